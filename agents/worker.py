@@ -1,0 +1,667 @@
+"""Our Prefect worker type, `cshare`: Prefect's process worker behind the claim gate.
+
+`prefect worker start --type cshare --pool acme-cpu` works (the type is announced
+through the `prefect.collections` entry point, see agents.prefect_plugin) given
+`CSHARE_API_URL` and `CSHARE_MACHINE_TOKEN`; `cshare agent start` runs it in-process
+with both. What it adds to the process worker:
+
+- **The claim gate.** Before a run leaves `Scheduled` (before Prefect's `Pending`), the
+  worker claims it from the control plane. Only a `run` answer proceeds, with the
+  limits granted; `hold` and `reject` were already written into the run's Prefect state
+  by the control plane, and the worker also logs the reason to the run's own logs;
+  `skip` leaves it for the right machine. An error asking means "not now" (the run stays
+  `Scheduled` and is asked about again): never a silent drop, never a run without a yes.
+- **Limits.** The max runtime is a watchdog: the run's process group gets SIGTERM at
+  the limit, SIGKILL a few seconds later, and the run ends `Failed` with "exceeded max
+  runtime N s". Memory: cgroup v2 or RLIMIT_DATA (agents.limits); a run that hits it
+  ends `Failed` naming the limit. Slots: Prefect's own worker limit (`--limit`) counts
+  runs from claim to exit, so more than `slots` never run at once.
+- **Fast dispatch.** A released run is picked up at once: the worker subscribes to
+  Prefect's event stream for its pool and polls as soon as a run there becomes
+  `Scheduled`, with a short poll (`CSHARE_POLL_INTERVAL_S`, 1 s) as the fallback. The
+  run's process was started ahead of time with Prefect already imported
+  (agents.engine_host), which removes ~2.5 s of imports from the path.
+
+One `FlowRunExecutorContext` (Prefect's process supervision: cancellation observer,
+control channel, crash reporting) serves all runs of the worker instead of one per run
+as in the stock process worker: its set-up (a websocket subscription among other
+things) is then off the dispatch path. This uses Prefect 3.8.8 runner internals
+(`prefect.runner._flow_run_executor`, `_process_manager`), pinned with Prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import anyio.abc
+from prefect.client.schemas.objects import StateType
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+from prefect.flows import load_flow_from_flow_run
+from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
+from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
+from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, get_current_settings
+from prefect.settings.context import temporary_settings
+from prefect.states import Crashed, Failed
+from prefect.utilities.processutils import sanitize_subprocess_env
+from prefect.workers.process import (
+    ProcessJobConfiguration,
+    ProcessWorker,
+    ProcessWorkerResult,
+)
+
+from agents import config as agent_config
+from agents import limits, materialize
+from agents.client import AgentClient, ApiProblem, ClaimAnswer, MachineGone
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.runner._control_channel import ControlChannel
+
+__all__ = ["ControlPlane", "CshareWorker", "WarmPool"]
+
+log = logging.getLogger("cshare.agent.worker")
+
+WORKER_TYPE: Final = "cshare"
+DEFAULT_POLL_INTERVAL_S: Final = 1.0
+KILL_GRACE_S: Final = 3.0
+# A run the control plane said `skip` to (or could not be asked about) is not asked
+# about again before this, so a run meant for another machine costs one claim per
+# interval, not one per poll.
+SKIP_BACKOFF_S: Final = 5.0
+ERROR_BACKOFF_S: Final = 2.0
+EVENT_RETRY_S: Final = 5.0
+SPAWN_RETRY_S: Final = 10.0
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """Where to claim runs, and with which machine token."""
+
+    api_url: str
+    machine_token: str
+
+    @classmethod
+    def from_env(cls) -> ControlPlane:
+        url = os.environ.get("CSHARE_API_URL")
+        token = os.environ.get("CSHARE_MACHINE_TOKEN")
+        if not url or not token:
+            raise ValueError(
+                "The cshare worker claims every run from the Compute Share API before "
+                "running it: set CSHARE_API_URL and CSHARE_MACHINE_TOKEN (the token "
+                "`cshare agent start` stored), or start it with `cshare agent start`."
+            )
+        return cls(url, token)
+
+
+# ------------------------------------------------------------------ warm processes
+
+
+class WarmPool:
+    """Flow-run processes started ahead of time (see agents.engine_host).
+
+    `size` processes are kept ready; `take()` hands one over (or starts one when none is
+    ready, which is no slower than a cold start). 0 disables pre-starting.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, size)
+        self._ready: list[anyio.abc.Process] = []
+        self._wanted = anyio.Event()
+        self._closed = False
+
+    @staticmethod
+    async def spawn() -> anyio.abc.Process:
+        env = dict(os.environ)
+        env.update(get_current_settings().to_environment_variables(exclude_unset=True))
+        env["CSHARE_HOST_PARENT"] = str(os.getpid())
+        clean = {k: v for k, v in sanitize_subprocess_env(env).items() if v is not None}
+        return await anyio.open_process(
+            [sys.executable, "-m", "agents.engine_host"],
+            stdin=subprocess.PIPE,
+            stdout=None,  # inherit: the run's output goes where the worker's goes
+            stderr=None,
+            env=clean,
+            # Its own process group: stopping the run stops everything it started.
+            start_new_session=True,
+        )
+
+    async def take(self) -> anyio.abc.Process:
+        while self._ready:
+            process = self._ready.pop(0)
+            if process.returncode is None:
+                self._wanted.set()
+                return process
+        self._wanted.set()
+        return await self.spawn()
+
+    async def keep_ready(self) -> None:
+        """Background task: top the pool up whenever a process was taken."""
+        while not self._closed:
+            self._ready = [p for p in self._ready if p.returncode is None]
+            try:
+                while len(self._ready) < self.size and not self._closed:
+                    self._ready.append(await self.spawn())
+            except OSError as exc:  # out of processes or memory: runs start cold meanwhile
+                log.warning("could not start a warm flow-run process: %s", exc)
+                await anyio.sleep(SPAWN_RETRY_S)
+                continue
+            self._wanted = anyio.Event()
+            await self._wanted.wait()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wanted.set()
+        ready, self._ready = self._ready, []
+        for process in ready:
+            with contextlib.suppress(Exception):
+                if process.stdin is not None:
+                    await process.stdin.aclose()  # EOF: the host exits by itself
+        for process in ready:
+            with anyio.move_on_after(2):
+                await process.wait()
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------- run starter
+
+
+class _GatedStarter:
+    """Prefect's `ProcessStarter` contract, on a warm process, under the run's limits."""
+
+    def __init__(
+        self,
+        *,
+        pool: WarmPool,
+        env: dict[str, str | None],
+        cwd: Path,
+        command: str | None,
+        stream_output: bool,
+        memory: limits.MemoryLimit | None,
+        max_runtime_s: int,
+        control_channel: ControlChannel | None,
+    ) -> None:
+        self._pool = pool
+        self._env = env
+        self._cwd = cwd
+        self._command = command
+        self._stream_output = stream_output
+        self._memory = memory
+        self._max_runtime_s = max_runtime_s
+        self._control_channel = control_channel
+        self.timed_out = False
+
+    def _run_env(self, flow_run: FlowRun, control_env: dict[str, str]) -> dict[str, str]:
+        # The same assembly as Prefect's EngineCommandStarter.
+        env: dict[str, str | None] = dict(os.environ)
+        env.update(self._env)
+        env.update(get_current_settings().to_environment_variables(exclude_unset=True))
+        env.update(
+            {
+                "PREFECT__FLOW_RUN_ID": str(flow_run.id),
+                "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
+                **control_env,
+            }
+        )
+        if self._memory is not None:
+            env["CSHARE_MEMORY_MB"] = str(self._memory.memory_mb)
+        env["CSHARE_MAX_RUNTIME_S"] = str(self._max_runtime_s)
+        return {k: v for k, v in sanitize_subprocess_env(env).items() if v is not None}
+
+    async def start(
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        control_env: dict[str, str] = {}
+        registered = False
+        if self._control_channel is not None:
+            try:
+                port, token = self._control_channel.register(flow_run.id)
+                control_env = {"PREFECT__CONTROL_PORT": str(port), "PREFECT__CONTROL_TOKEN": token}
+                registered = True
+            except RuntimeError:
+                pass  # no control channel: Prefect falls back to kill-only cancellation
+        handed_off = False
+        try:
+            process = await self._pool.take()
+            spec = {
+                "env": self._run_env(flow_run, control_env),
+                "cwd": str(self._cwd),
+                "command": self._command,
+                "stream_output": self._stream_output,
+                "memory": {"memory_mb": self._memory.memory_mb, "cgroup": self._memory.cgroup}
+                if self._memory is not None
+                else None,
+            }
+            assert process.stdin is not None
+            await process.stdin.send((json.dumps(spec) + "\n").encode())
+            await process.stdin.aclose()
+            handle = ProcessHandle(
+                process, termination_scope=create_isolated_termination_scope(process.pid)
+            )
+            handed_off = True
+            task_status.started(handle)
+        except BaseException:
+            if registered and not handed_off and self._control_channel is not None:
+                self._control_channel.unregister(flow_run.id)
+            raise
+        with anyio.move_on_after(self._max_runtime_s) as watchdog:
+            await process.wait()
+        if watchdog.cancelled_caught:
+            self.timed_out = True
+            await self._stop(process)
+
+    @staticmethod
+    async def _stop(process: anyio.abc.Process) -> None:
+        for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 30.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            with anyio.move_on_after(grace):
+                await process.wait()
+            if process.returncode is not None:
+                return
+
+
+# ------------------------------------------------------------------------ worker
+
+
+class CshareWorker(ProcessWorker):
+    # The job configuration and its variables are the process worker's.
+    type = WORKER_TYPE
+    _description = (
+        "Compute Share's worker: Prefect's process worker that claims every run from the "
+        "Compute Share control plane first and enforces the job's runtime and memory limits."
+    )
+    _display_name = "Compute Share"
+    _documentation_url = "https://github.com/compute-share/compute-share"
+
+    def __init__(
+        self,
+        work_pool_name: str,
+        work_queues: list[str] | None = None,
+        name: str | None = None,
+        prefetch_seconds: float | None = None,
+        create_pool_if_not_found: bool = True,
+        limit: int | None = None,
+        heartbeat_interval_seconds: int | None = None,
+        *,
+        base_job_template: dict[str, Any] | None = None,
+        control: ControlPlane | None = None,
+        poll_interval_s: float | None = None,
+        warm_processes: int | None = None,
+        flows_dir: str | None = None,
+        on_machine_gone: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(
+            work_pool_name,
+            work_queues,
+            name,
+            prefetch_seconds,
+            create_pool_if_not_found,
+            limit,
+            heartbeat_interval_seconds,
+            base_job_template=base_job_template,
+        )
+        self._control = control or ControlPlane.from_env()
+        self._poll_interval_s = poll_interval_s or float(
+            os.environ.get("CSHARE_POLL_INTERVAL_S", DEFAULT_POLL_INTERVAL_S)
+        )
+        warm = warm_processes
+        if warm is None:
+            # One per slot, up to two: a burst beyond that starts cold (each warm process
+            # holds ~90 MB while it waits).
+            warm = int(os.environ.get("CSHARE_WARM_PROCESSES", min(limit or 1, 2)))
+        self._warm = WarmPool(min(warm, limit) if limit else warm)
+        self._flows_dir = flows_dir or os.environ.get("CSHARE_FLOWS_DIR")
+        # The machine's dataset cache bound (agents.materialize.InputCache).
+        cache_mb = float(os.environ.get("CSHARE_INPUT_CACHE_MAX_MB", "20480"))
+        self._input_cache_max_bytes = int(cache_mb * 2**20)
+        self._on_machine_gone = on_machine_gone
+        self._grants: dict[uuid.UUID, ClaimAnswer] = {}
+        self._active: set[uuid.UUID] = set()  # claimed (or being claimed) until it ends
+        self._running: set[uuid.UUID] = set()
+        self._not_before: dict[uuid.UUID, float] = {}
+        self._cgroups: limits.CgroupV2 | None = None
+        self._api: AgentClient | None = None
+        self._executor_ctx: FlowRunExecutorContext | None = None
+        self._background: anyio.abc.TaskGroup | None = None
+        self._poll_lock = anyio.Lock()
+
+    # -- what the agent reads -----------------------------------------------------
+
+    def active_flow_runs(self) -> list[uuid.UUID]:
+        """Runs this worker has claimed and not finished (for heartbeats)."""
+        return sorted(self._active)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(
+        self,
+        run_once: bool = False,
+        with_healthcheck: bool = False,
+        printer: Callable[..., None] = print,
+    ) -> None:
+        # Prefect reads its poll interval from settings inside start().
+        with temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: self._poll_interval_s}):
+            await super().start(
+                run_once=run_once, with_healthcheck=with_healthcheck, printer=printer
+            )
+
+    async def __aenter__(self) -> CshareWorker:
+        await super().__aenter__()
+        self._api = AgentClient(self._control.api_url, self._control.machine_token)
+        if os.environ.get("CSHARE_MEMORY_METHOD", "auto") != "rlimit":
+            cgroups = limits.CgroupV2()
+            self._cgroups = cgroups if cgroups.setup() else None
+        self._executor_ctx = FlowRunExecutorContext()
+        await self._executor_ctx.__aenter__()
+        self._background = anyio.create_task_group()
+        await self._background.__aenter__()
+        self._background.start_soon(self._warm.keep_ready)
+        self._background.start_soon(self._wake_on_events)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            if self._background is not None:
+                self._background.cancel_scope.cancel()
+                await self._background.__aexit__(None, None, None)
+            await self._warm.close()
+            await super().__aexit__(*exc_info)  # waits for the runs in flight
+        finally:
+            if self._executor_ctx is not None:
+                await self._executor_ctx.__aexit__(None, None, None)
+            if self._api is not None:
+                await self._api.aclose()
+
+    # -- fast dispatch ------------------------------------------------------------
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        # Polls come from the interval loop and from events; one at a time.
+        async with self._poll_lock:
+            return await super().get_and_submit_flow_runs()
+
+    async def _wake_on_events(self) -> None:
+        """Poll as soon as a run in our pool becomes `Scheduled` (released or created)."""
+        while True:
+            pool = self._work_pool
+            if pool is None:
+                await anyio.sleep(0.2)
+                continue
+            event_filter = EventFilter(
+                event=EventNameFilter(name=["prefect.flow-run.Scheduled"]),
+                related=EventRelatedFilter(
+                    resources_in_roles=[(f"prefect.work-pool.{pool.id}", "work-pool")]
+                ),
+            )
+            try:
+                async with get_events_subscriber(filter=event_filter) as events:
+                    async for _event in events:
+                        await self.get_and_submit_flow_runs()
+            except Exception as exc:  # the interval poll carries on meanwhile
+                self._logger.debug("event subscription failed (%s); retrying", exc)
+            await anyio.sleep(EVENT_RETRY_S)
+
+    # -- the claim gate -------------------------------------------------------------
+
+    def _drop(self, flow_run_id: uuid.UUID) -> None:
+        """Give up a run before it started: free its slot, forget it."""
+        self._release_limit_slot(flow_run_id)
+        self._submitting_flow_run_ids.discard(flow_run_id)
+        if self._cancelling_observer is not None:
+            self._cancelling_observer.remove_in_flight_flow_run_id(flow_run_id)
+        self._active.discard(flow_run_id)
+        self._grants.pop(flow_run_id, None)
+
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        if time.monotonic() < self._not_before.get(flow_run.id, 0.0):
+            self._drop(flow_run.id)
+            return
+        self._active.add(flow_run.id)
+        answer = await self._claim(flow_run)
+        if answer is None or not answer.granted:
+            self._drop(flow_run.id)
+            return
+        self._grants[flow_run.id] = answer
+        try:
+            await super()._submit_run(flow_run)
+        finally:
+            if flow_run.id not in self._running:  # refused by Prefect, or failed to start
+                self._active.discard(flow_run.id)
+                self._grants.pop(flow_run.id, None)
+
+    async def _claim(self, flow_run: FlowRun) -> ClaimAnswer | None:
+        run_logger = self.get_flow_run_logger(flow_run)
+        assert self._api is not None
+        # The limiter holds this run already: the others are what the machine runs.
+        running = max(0, len(self._active) - 1)
+        try:
+            answer = await self._api.claim(flow_run.id, running)
+        except MachineGone as exc:
+            self._machine_gone(f"The control plane no longer knows this machine: {exc.detail}")
+            return None
+        except ApiProblem as exc:
+            if exc.status == 403:  # the machine is not (or no longer) approved
+                self._machine_gone(exc.detail)
+            elif exc.status == 404:
+                self._not_before[flow_run.id] = time.monotonic() + 60
+                run_logger.warning("Not claimed: %s", exc.detail)
+            else:
+                self._not_before[flow_run.id] = time.monotonic() + ERROR_BACKOFF_S
+                run_logger.warning("Could not claim the run yet (%s); will ask again.", exc.detail)
+            return None
+        except Exception as exc:  # the API is unreachable: ask again soon, run nothing
+            self._not_before[flow_run.id] = time.monotonic() + ERROR_BACKOFF_S
+            self._logger.warning("claim for %s failed: %s; will ask again", flow_run.id, exc)
+            return None
+        if answer.decision == "skip":
+            self._not_before[flow_run.id] = time.monotonic() + SKIP_BACKOFF_S
+            self._logger.info(
+                "Leaving flow run %s to another machine: %s", flow_run.id, answer.reason
+            )
+        elif answer.decision in ("hold", "reject"):
+            verb = "held" if answer.decision == "hold" else "rejected"
+            run_logger.warning("Compute Share %s this run: %s", verb, answer.reason)
+        else:
+            run_logger.info(
+                "Claimed by machine '%s' (limits: %s MB memory, %s s runtime).",
+                self.name,
+                answer.memory_mb,
+                answer.max_runtime_s,
+            )
+        return answer
+
+    def _machine_gone(self, reason: str) -> None:
+        self._logger.error("%s", reason)
+        if self._on_machine_gone is not None:
+            self._on_machine_gone(reason)
+
+    # -- running under limits -------------------------------------------------------
+
+    def _memory_limit(self, flow_run_id: uuid.UUID, memory_mb: int) -> limits.MemoryLimit:
+        if self._cgroups is not None:
+            try:
+                return self._cgroups.create_run(flow_run_id.hex, memory_mb)
+            except OSError as exc:
+                self._logger.warning("cgroup for %s failed (%s); using rlimit", flow_run_id, exc)
+        return limits.MemoryLimit(memory_mb, limits.RLIMIT_METHOD)
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> ProcessWorkerResult:
+        if task_status is None:
+            task_status = anyio.TASK_STATUS_IGNORED
+        grant = self._grants.get(flow_run.id)
+        if grant is None or grant.memory_mb is None or grant.max_runtime_s is None:
+            # Unreachable through _submit_run; a guard against any other entry point.
+            raise RuntimeError(f"Flow run {flow_run.id} was not claimed; it will not run here.")
+        assert self._executor_ctx is not None
+        memory = self._memory_limit(flow_run.id, grant.memory_mb)
+        env = dict(configuration.env)
+        if self._flows_dir:
+            env.setdefault("CSHARE_FLOWS_DIR", self._flows_dir)
+        if grant.job_id:
+            env["CSHARE_JOB_ID"] = grant.job_id
+        if grant.job_token and grant.org:
+            # The flow's own identity towards the API (datasets, outputs: flows.runtime).
+            env.update(
+                CSHARE_API_URL=self._control.api_url,
+                CSHARE_ORG=grant.org,
+                CSHARE_JOB_TOKEN=grant.job_token,
+            )
+        starter = _GatedStarter(
+            pool=self._warm,
+            env=env,
+            cwd=Path("."),
+            command=configuration.command if configuration._command_configured else None,
+            stream_output=configuration.stream_output,
+            memory=memory,
+            max_runtime_s=grant.max_runtime_s,
+            control_channel=self._executor_ctx.control_channel,
+        )
+        working_dir = (
+            contextlib.nullcontext(str(configuration.working_dir))
+            if configuration.working_dir
+            else tempfile.TemporaryDirectory(suffix="prefect")
+        )
+        execution: FlowRunExecutionResult | None = None
+        self._running.add(flow_run.id)
+        try:
+            with working_dir as cwd, self._inputs(grant, Path(cwd)) as inputs_env:
+                starter._cwd = Path(cwd)  # relative: to the worker's directory, as the host's
+                starter._env.update(await inputs_env())
+                executor = self._executor_ctx.create_executor(
+                    flow_run,
+                    starter,
+                    resolve_flow=load_flow_from_flow_run,
+                    propose_submitting=False,
+                )
+
+                async def execute(
+                    *, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
+                ) -> None:
+                    nonlocal execution
+                    execution = await executor.submit(task_status=task_status)
+
+                async with anyio.create_task_group() as group:
+                    handle = await group.start(execute)
+                    if handle.pid is None:
+                        raise RuntimeError("Flow run process has no PID")
+                    task_status.started(handle.pid)
+            await self._report_limits(flow_run, starter, memory, grant.max_runtime_s)
+        finally:
+            self._running.discard(flow_run.id)
+            self._active.discard(flow_run.id)
+            self._grants.pop(flow_run.id, None)
+            self._not_before.pop(flow_run.id, None)
+            if memory.cgroup:
+                limits.CgroupV2.remove(memory.cgroup)
+        if execution is None or execution.status_code is None:
+            raise RuntimeError("Failed to start flow run process.")
+        return ProcessWorkerResult(
+            status_code=execution.status_code, identifier=str(execution.handle.pid)
+        )
+
+    @contextlib.contextmanager
+    def _inputs(
+        self, grant: ClaimAnswer, job_dir: Path
+    ) -> Iterator[Callable[[], Awaitable[dict[str, str]]]]:
+        """The job's dataset inputs, read-only under `job_dir/inputs` (agents.materialize)
+        for the run's duration. Yields an async function that prepares them and returns
+        the environment the flow needs; a failure raises, so the run never starts."""
+        prepared = False
+
+        async def prepare() -> dict[str, str]:
+            nonlocal prepared
+            if not grant.inputs or not (grant.job_token and grant.org and grant.job_id):
+                return {}
+            done = await anyio.to_thread.run_sync(
+                materialize.materialize_job,
+                self._control.api_url,
+                grant.org,
+                grant.job_id,
+                grant.job_token,
+                job_dir,
+                agent_config.state_dir() / "inputs-cache",
+                self._input_cache_max_bytes,
+            )
+            prepared = True
+            return dict(done.env)
+
+        try:
+            yield prepare
+        finally:
+            if prepared:
+                materialize.release(job_dir)
+
+    async def _report_limits(
+        self,
+        flow_run: FlowRun,
+        starter: _GatedStarter,
+        memory: limits.MemoryLimit,
+        max_runtime_s: int,
+    ) -> None:
+        """A run stopped by a limit ends `Failed` with the limit in its message."""
+        message: str | None = None
+        which = "memory"
+        if starter.timed_out:
+            message, which = limits.runtime_failure_message(max_runtime_s), "runtime"
+        elif memory.cgroup and limits.CgroupV2.oom_killed(memory.cgroup):
+            message = limits.memory_failure_message(memory, "The kernel stopped it.")
+        else:  # the engine exits 0 after reporting a failure, so the state tells
+            current = await self.client.read_flow_run(flow_run.id)
+            state = current.state
+            if (
+                state is not None
+                and state.type in (StateType.FAILED, StateType.CRASHED)
+                and "MemoryError" in (state.message or "")
+            ):
+                message = limits.memory_failure_message(memory, state.message)
+        if message is None:
+            return
+        self.get_flow_run_logger(flow_run).error(message)
+        # Forced: the engine already proposed its own end (Crashed on a signal,
+        # Failed on MemoryError); the limit is the reason people need to see. Then the
+        # ledger, which may have copied the engine's end already.
+        await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
+        if self._api is not None:
+            try:
+                await self._api.report_limit(flow_run.id, which, message)
+            except Exception as exc:  # Prefect has the reason; the ledger keeps the engine's
+                self._logger.warning("could not report the limit of %s: %s", flow_run.id, exc)
+
+    async def abort_all(self, reason: str) -> None:
+        """Stop every run this worker has (the machine was removed or rejected, or the
+        agent is stopping): kill its processes and end the runs `Crashed` with `reason`."""
+        if self._executor_ctx is None:
+            return
+        manager = self._executor_ctx.process_manager
+        ids = list(manager.flow_run_ids())
+        for flow_run_id in ids:
+            with contextlib.suppress(Exception):
+                await manager.kill(flow_run_id, grace_seconds=KILL_GRACE_S)
+        for flow_run_id in ids:
+            with contextlib.suppress(Exception):
+                await self.client.set_flow_run_state(
+                    flow_run_id, Crashed(message=reason), force=False
+                )

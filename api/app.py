@@ -1,0 +1,136 @@
+"""The FastAPI application: routers under /api/v1, error mapping, schema upgrade on start."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors, metrics, web
+from api.routers import (
+    accounts,
+    agent,
+    audit,
+    datasets,
+    invitations,
+    lineage,
+    machines,
+    operations,
+    organizations,
+    overview,
+)
+from api.routers import deployments as deployment_routes
+from api.routers import jobs as job_routes
+from api.routers import schedules as schedule_routes
+from api.routers import settings as settings_routes
+from api.schemas import ErrorOut
+from datasets.housekeeping import GarbageCollector
+from flows import hooks as _job_hooks  # noqa: F401  (registers the cascade hooks)
+from flows.dispatcher import Dispatcher
+from flows.gateway import PrefectGateway
+from flows.jobs import AdmissionRejected
+from flows.prefect_access import gateway_from_settings
+from orgs import migrate, notifications
+from orgs.config import Settings, get_settings
+from orgs.db import Database
+
+log = logging.getLogger("cshare.api")
+
+API_PREFIX = "/api/v1"
+
+# The errors any route may answer with (body: ErrorOut), documented once for all routers.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "The body could not be parsed (e.g. not UTF-8)."),
+        (401, "No token, or a bad, expired or revoked one."),
+        (403, "Visible to you, but your role may not do this."),
+        (404, "Not found, or not visible to you."),
+        (409, "Conflicts with the current state."),
+        (422, "Invalid input."),
+        (429, "A limit says no."),
+    )
+}
+
+
+def create_app(
+    settings: Settings | None = None,
+    database: Database | None = None,
+    gateway: PrefectGateway | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+    db = database or Database(settings.resolved_database_url())
+    # The one Prefect gateway of this process (its concurrency bound is per gateway).
+    prefect = gateway or gateway_from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        migrate.upgrade(db.engine)
+        # Webhook deliveries from the durable outbox, in a background thread.
+        deliverer = notifications.Deliverer(db, settings)
+        if settings.notifications_enabled:
+            deliverer.start()
+        # Purges stored dataset bytes nothing refers to (deleted organizations' data).
+        housekeeper = GarbageCollector(db, settings)
+        housekeeper.start()
+        # The job dispatcher (releases held jobs, reconciles states with Prefect).
+        dispatcher = Dispatcher(db, prefect, settings)
+        app.state.dispatcher = dispatcher
+        if settings.dispatcher_enabled:
+            dispatcher.start()
+        if settings.gc_freeze:
+            # Move the ~200k start-up objects out of the collector's reach: full
+            # collections over them were the p99 of every endpoint (bench/overview.py).
+            gc.collect()
+            gc.freeze()
+        yield
+        dispatcher.stop()
+        if gateway is None:
+            prefect.close()
+        deliverer.stop()
+        housekeeper.stop()
+        if database is None:
+            db.dispose()
+
+    app = FastAPI(
+        title="Compute Share",
+        version="0.1.0",
+        description="Pool an organization's machines and run Prefect flows on them.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = db
+    # Request handlers get the budgeted, urgent view; the dispatcher the gateway itself.
+    app.state.gateway = prefect.for_requests(settings.prefect_request_budget_s)
+    errors.install(app)
+    app.add_exception_handler(AdmissionRejected, job_routes.admission_rejected_handler)
+    app.state.scrape_metrics = metrics.make_scrape(db)
+    app.add_middleware(metrics.RequestLatencyMiddleware, slow_after_s=settings.slow_request_s)
+    routers = (
+        accounts,
+        organizations,
+        invitations,
+        settings_routes,
+        audit,
+        overview,
+        machines,
+        agent,
+        deployment_routes,
+        job_routes,
+        schedule_routes,
+        datasets,
+        lineage,
+    )
+    for router in (r.router for r in routers):
+        app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    # /healthz, /readyz, /metrics at the root (probes, Prometheus) and under the prefix.
+    app.include_router(operations.router)
+    app.include_router(operations.router, prefix=API_PREFIX, include_in_schema=False)
+    # The web console at / (and its assets at /static), behind every API route and
+    # outside the OpenAPI schema; see api/web/app.py.
+    web.install(app)
+
+    return app

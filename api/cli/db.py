@@ -1,0 +1,49 @@
+"""`cshare db ...`: operator commands run next to the control plane's database.
+
+They read the server's settings (CSHARE_DATABASE_URL, CSHARE_HOME), not the CLI config,
+and import the server code lazily so the client commands stay light.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from api.cli import output
+from api.cli.options import JsonOpt
+from api.cli.output import CliError
+
+app = typer.Typer(help="Database maintenance (operators, on the server).", no_args_is_help=True)
+
+
+@app.command("upgrade")
+def upgrade(
+    revision: Annotated[str, typer.Argument(metavar="REVISION", help="Target revision.")] = "heads",
+    json_: JsonOpt = False,
+) -> None:
+    """Apply the schema migrations to the configured database."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from orgs import migrate
+    from orgs.config import get_settings
+    from orgs.db import Database, normalize_url
+
+    url = get_settings().resolved_database_url()
+    shown = make_url(normalize_url(url)).render_as_string(hide_password=True)
+    db = Database(url)
+    try:
+        migrate.upgrade(db.engine, revision)
+        with db.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise CliError(f"Upgrading {shown} failed: {type(exc).__name__}: {reason}") from None
+    finally:
+        db.dispose()
+    if json_:
+        output.print_json({"database": shown, "revision": current})
+    else:
+        output.say(f"Database {shown} is at revision {current}.")

@@ -1,0 +1,172 @@
+"""`cshare deploy`: register a prefect.yaml's deployments (or one flow) with the org.
+
+Each flow is loaded here, on the caller's machine, to compute its parameter schema
+(exactly as `prefect deploy` does), so the server can check a job's parameters before
+anything reaches Prefect. Loading imports Prefect: only this command pays for it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from api.cli import config, output
+from api.cli.client import connect, require_org, seg
+from api.cli.options import JsonOpt, OrgOpt
+from api.cli.output import CliError, UsageProblem
+
+
+@dataclass
+class Planned:
+    """One deployment to register, as read from the file or the command line."""
+
+    name: str
+    entrypoint: str
+    base: Path  # where a relative entrypoint is found on this machine
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    job_variables: dict[str, Any] = field(default_factory=dict)
+    pull_steps: list[dict[str, Any]] | None = None
+
+
+def read_prefect_yaml(path: Path) -> list[Planned]:
+    """The deployments of a prefect.yaml (YAML anchors resolved; templates kept as is:
+    Prefect resolves `{{ ... }}` in pull steps on the machine at run time)."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"Cannot read {path}: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("deployments"), list):
+        raise CliError(f"{path} has no 'deployments' list.")
+    top_pull = doc.get("pull") if isinstance(doc.get("pull"), list) else None
+    planned: list[Planned] = []
+    for i, item in enumerate(doc["deployments"]):
+        if not isinstance(item, dict) or not item.get("name") or not item.get("entrypoint"):
+            raise CliError(f"{path}: deployment #{i + 1} needs a name and an entrypoint.")
+        pool: dict[str, Any] = item["work_pool"] if isinstance(item.get("work_pool"), dict) else {}
+        pull = item.get("pull") if isinstance(item.get("pull"), list) else top_pull
+        planned.append(
+            Planned(
+                name=str(item["name"]),
+                entrypoint=str(item["entrypoint"]),
+                base=path.resolve().parent,
+                description=str(item.get("description") or "").strip(),
+                tags=[str(t) for t in item.get("tags") or []],
+                parameters=dict(item.get("parameters") or {}),
+                job_variables=dict(pool.get("job_variables") or {}),
+                pull_steps=[dict(step) for step in pull] if pull else None,
+            )
+        )
+    return planned
+
+
+def load_flow(entrypoint: str, base: Path) -> tuple[str, dict[str, Any]]:
+    """(flow name, parameter schema) of `path.py:flow` (relative to `base`) or
+    `package.module:flow` (importable from `base`)."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    target = entrypoint
+    file_part = entrypoint.rsplit(":", 1)[0]
+    if file_part.endswith(".py"):
+        target = str((base / file_part).resolve()) + ":" + entrypoint.rsplit(":", 1)[1]
+    elif str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    try:
+        flow: Any = load_flow_from_entrypoint(target, use_placeholder_flow=False)
+    except Exception as exc:  # any import-time error of user code
+        raise CliError(f"Cannot load the flow '{entrypoint}': {exc}") from None
+    schema: dict[str, Any] = parameter_schema(flow.fn).model_dump_for_openapi()
+    return str(flow.name), schema
+
+
+def deploy(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="A prefect.yaml (default: ./prefect.yaml), or one flow as 'path.py:flow' "
+            "or 'package.module:flow'.",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Only this deployment of the file; for a flow, its name."),
+    ] = None,
+    machine_type: Annotated[
+        str, typer.Option("--machine-type", help="Machine type the jobs run on.")
+    ] = "cpu",
+    path: Annotated[
+        str | None,
+        typer.Option(
+            "--path",
+            help="Where the code lives on the machines (default: the file's pull steps, "
+            "else $CSHARE_FLOWS_DIR on each machine).",
+        ),
+    ] = None,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Register deployments with the organization (creates or updates them)."""
+    target = target or "prefect.yaml"
+    if target.endswith((".yaml", ".yml")):
+        file = Path(target)
+        if not file.exists():
+            raise UsageProblem(f"{file} not found.", hint="Pass a prefect.yaml or 'path.py:flow'.")
+        planned = read_prefect_yaml(file)
+        if name is not None:
+            planned = [p for p in planned if p.name == name]
+            if not planned:
+                raise UsageProblem(f"No deployment named '{name}' in {file}.")
+    elif ":" in target:
+        planned = [Planned(name="", entrypoint=target, base=Path.cwd())]
+    else:
+        raise UsageProblem(
+            f"'{target}' is neither a prefect.yaml nor a flow entrypoint ('path.py:flow')."
+        )
+
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    results: list[dict[str, Any]] = []
+    with connect(cfg) as client:
+        for p in planned:
+            flow_name, schema = load_flow(p.entrypoint, p.base)
+            body: dict[str, Any] = {
+                "name": p.name or name or flow_name.replace("_", "-"),
+                "entrypoint": p.entrypoint,
+                "machine_type": machine_type,
+                "flow_name": flow_name,
+                "description": p.description,
+                "tags": p.tags,
+                "parameters": p.parameters,
+                "parameter_schema": schema,
+                "job_variables": p.job_variables,
+            }
+            if path is not None:
+                body["path"] = path
+            elif p.pull_steps is not None:
+                body["pull_steps"] = p.pull_steps
+            results.append(client.post(f"/orgs/{seg(slug)}/deployments", json=body))
+    if json_:
+        output.print_json({"items": results, "total": len(results)})
+        return
+    output.table(
+        ["NAME", "FLOW", "ENTRYPOINT", "POOL", "PREFECT"],
+        (
+            [
+                r.get("name"),
+                r.get("flow_name"),
+                r.get("entrypoint"),
+                r.get("work_pool"),
+                r.get("prefect_name"),
+            ]
+            for r in results
+        ),
+        title=f"Deployments registered with {slug}",
+    )

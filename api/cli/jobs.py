@@ -1,0 +1,254 @@
+"""`cshare job ...`: submit (or explain), list, show, cancel, logs."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from api.cli import config, output
+from api.cli.client import Client, connect, read_org, require_org, seg
+from api.cli.options import JsonOpt, OrgOpt
+from api.cli.output import UsageProblem
+
+app = typer.Typer(help="Submit jobs and follow them.", no_args_is_help=True)
+
+FINAL = frozenset({"completed", "failed", "crashed", "cancelled", "rejected"})
+JobArg = Annotated[str, typer.Argument(metavar="JOB", help="The job id.")]
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """`k=v` pairs; each value is read as JSON when it parses (3, 0.5, true, [1], "x"),
+    else taken as a string."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageProblem(f"--param expects key=value, got '{item}'.")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+def parse_inputs(items: list[str] | None) -> list[dict[str, Any]]:
+    inputs: list[dict[str, Any]] = []
+    for item in items or []:
+        dataset, _, version = item.partition("@")
+        entry: dict[str, Any] = {"dataset": dataset}
+        if version:
+            entry["version"] = version
+        inputs.append(entry)
+    return inputs
+
+
+def _describe(job: dict[str, Any]) -> str:
+    state = job.get("state")
+    text = f"Job {job.get('id')} is {state}"
+    if state == "held":
+        position = job.get("queue_position")
+        text += f" (position {position} in your queue)" if position else ""
+    if job.get("reason"):
+        text += f": {job['reason']}"
+    return text
+
+
+@app.command("submit")
+def submit(
+    deployment: Annotated[str, typer.Argument(help="The deployment's name.")],
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="key=value (value parsed as JSON if it can be)."),
+    ] = None,
+    machine_type: Annotated[str | None, typer.Option("--machine-type")] = None,
+    memory: Annotated[int | None, typer.Option("--memory", help="Memory in MB.")] = None,
+    runtime: Annotated[int | None, typer.Option("--runtime", help="Max runtime in s.")] = None,
+    priority: Annotated[int, typer.Option("--priority", help="Higher runs first.")] = 0,
+    input_: Annotated[
+        list[str] | None, typer.Option("--input", help="DATASET[@VERSION] read by the job.")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Extra run tags.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option("--idempotency-key", help="Resubmitting returns the same job.")
+    ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Only say what would happen; create nothing.")
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job is over.")] = False,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Submit a job (or, with --explain, show the admission decision)."""
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    body: dict[str, Any] = {
+        "deployment": deployment,
+        "parameters": parse_params(param),
+        "priority": priority,
+        "tags": list(tag or []),
+        "inputs": parse_inputs(input_),
+        "resources": {"memory_mb": memory, "max_runtime_s": runtime},
+    }
+    if machine_type:
+        body["machine_type"] = machine_type
+    if idempotency_key:
+        body["idempotency_key"] = idempotency_key
+    with connect(cfg) as client:
+        if explain:
+            result = client.post(f"/orgs/{seg(slug)}/jobs/explain", json=body)
+            _print_explain(result, json_)
+            return
+        job = client.post(f"/orgs/{seg(slug)}/jobs", json=body)
+        if wait:
+            if not json_:
+                output.say(_describe(job))
+            job = _wait(client, slug, str(job["id"]))
+    if json_:
+        output.print_json(job)
+    else:
+        output.say(_describe(job))
+        if job.get("prefect_url"):
+            output.say(f"Prefect: {job['prefect_url']}")
+    if wait and job.get("state") != "completed":
+        raise typer.Exit(1)
+
+
+def _print_explain(result: dict[str, Any], json_: bool) -> None:
+    if json_:
+        output.print_json(result)
+        return
+    decision = result.get("decision")
+    line = f"Decision: {decision}"
+    if result.get("rule"):
+        line += f" ({result['rule']})"
+    output.say(line)
+    output.say(result.get("reason") or "")
+    if result.get("queue_position"):
+        output.say(f"Queue position: {result['queue_position']}")
+    res = result.get("resources") or {}
+    output.say(f"Resources: {res.get('memory_mb')} MB, {res.get('max_runtime_s')} s")
+    output.table(
+        ["RULE", "EFFECT", "STATUS", "REASON"],
+        ([o["rule"], o["effect"], o["status"], o["reason"]] for o in result.get("rules", [])),
+    )
+
+
+def _wait(client: Client, slug: str, job_id: str, interval_s: float = 2.0) -> dict[str, Any]:
+    while True:
+        job: dict[str, Any] = client.get(f"/orgs/{seg(slug)}/jobs/{seg(job_id)}")
+        if job.get("state") in FINAL:
+            return job
+        time.sleep(interval_s)
+
+
+@app.command("list")
+def list_(
+    state: Annotated[str | None, typer.Option("--state")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Admins: someone's jobs.")] = None,
+    deployment: Annotated[str | None, typer.Option("--deployment")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500)] = 50,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List jobs, newest first (yours; admins see everyone's)."""
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    params = {"state": state, "user": user, "deployment": deployment, "limit": limit}
+    with connect(cfg) as client:
+        page = client.get(f"/orgs/{seg(slug)}/jobs", params=params)
+    if json_:
+        output.print_json(page)
+        return
+    output.table(
+        ["ID", "DEPLOYMENT", "USER", "STATE", "CREATED", "REASON"],
+        (
+            [
+                j.get("id"),
+                j.get("deployment"),
+                (j.get("user") or {}).get("name"),
+                j.get("state"),
+                output.when(j.get("created_at")),
+                j.get("reason"),
+            ]
+            for j in page.get("items", [])
+        ),
+        title=f"Jobs in {slug} ({page.get('total', 0)})",
+        empty="No jobs.",
+    )
+
+
+@app.command("show")
+def show(job_id: JobArg, org: OrgOpt = None, json_: JsonOpt = False) -> None:
+    """One job: state and reason, timings, machine, parameters, resources, Prefect link."""
+    _slug, job = read_org(org, "jobs", job_id)
+    if output.printed_as_json(job, json_):
+        return
+    res = job.get("resources") or {}
+    machine = job.get("machine") or {}
+    rows = [
+        ("ID", job.get("id")),
+        ("Deployment", job.get("deployment")),
+        ("User", (job.get("user") or {}).get("name")),
+        ("State", job.get("state")),
+        ("Reason", job.get("reason")),
+        ("Rule", job.get("rule")),
+        ("Queue position", job.get("queue_position")),
+        ("Machine", machine.get("name") or machine.get("id")),
+        ("Machine type", job.get("machine_type")),
+        ("Resources", f"{res.get('memory_mb')} MB, {res.get('max_runtime_s')} s"),
+        ("Parameters", json.dumps(job.get("parameters") or {})),
+        ("Priority", job.get("priority")),
+        ("Created", job.get("created_at")),
+        ("Released", job.get("released_at")),
+        ("Started", job.get("started_at")),
+        ("Ended", job.get("ended_at")),
+        ("Flow run", job.get("flow_run_id")),
+        ("Prefect", job.get("prefect_url")),
+    ]
+    output.table(["FIELD", "VALUE"], ([k, v] for k, v in rows))
+
+
+@app.command("cancel")
+def cancel(job_id: JobArg, org: OrgOpt = None, json_: JsonOpt = False) -> None:
+    """Cancel a job (yours; admins any): held ones at once, running ones via Prefect."""
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    with connect(cfg) as client:
+        job = client.post(f"/orgs/{seg(slug)}/jobs/{seg(job_id)}/cancel")
+    if json_:
+        output.print_json(job)
+    else:
+        output.say(_describe(job))
+
+
+@app.command("logs")
+def logs(
+    job_id: JobArg,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job is over.")
+    ] = False,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Print the job's log lines (flow and task logs, from Prefect)."""
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    offset = 0
+    with connect(cfg) as client:
+        while True:
+            page = client.get(
+                f"/orgs/{seg(slug)}/jobs/{seg(job_id)}/logs", params={"offset": offset}
+            )
+            for line in page.get("items", []):
+                if json_:
+                    typer.echo(json.dumps(line))
+                else:
+                    typer.echo(f"{line['timestamp']} {line['level_name']:<7} {line['message']}")
+            offset = int(page.get("next_offset", offset))
+            if not follow or page.get("done"):
+                return
+            if not page.get("items"):
+                time.sleep(1.0)

@@ -1,0 +1,173 @@
+"""`cshare org overview` and `cshare usage`: how the organization's machines are used."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+
+from api.cli import config, output
+from api.cli.client import connect, require_org, seg
+from api.cli.options import JsonOpt, OrgOpt
+from api.cli.output import UsageProblem
+
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Window start: an ISO time (2026-01-31T00:00) or an age like 7d, 12h, 30m. "
+        "Default: 30 days ago.",
+        show_default=False,
+    ),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option("--until", help="Window end (same forms). Default: now.", show_default=False),
+]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(value: str | None, *, now: datetime | None = None) -> str | None:
+    """An ISO time as given, or an age (`7d`) turned into the ISO time that long ago."""
+    if value is None:
+        return None
+    text = value.strip()
+    unit = text[-1:].lower()
+    if unit in _UNITS and text[:-1].replace(".", "", 1).isdigit():
+        moment = (now or datetime.now(UTC)) - timedelta(seconds=float(text[:-1]) * _UNITS[unit])
+        return moment.isoformat()
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageProblem(
+            f"'{value}' is not a time; use ISO (2026-01-31T12:00) or an age like 7d or 12h."
+        ) from None
+    return text
+
+
+def hours(seconds: Any) -> str:
+    try:
+        value = float(seconds) / 3600
+    except (TypeError, ValueError):
+        return ""
+    return f"{value:,.1f}"
+
+
+def org_overview(
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    idle_hours: Annotated[
+        float, typer.Option("--idle-hours", min=0.01, help="Idle after this many hours.")
+    ] = 24,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """The organization at a glance: machines, free capacity, jobs, compute time."""
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    with connect(cfg) as client:
+        body = client.get(
+            f"/orgs/{seg(slug)}/overview",
+            params={
+                "since": parse_when(since),
+                "until": parse_when(until),
+                "idle_hours": idle_hours,
+            },
+        )
+    if json_:
+        output.print_json(body)
+        return
+    output.say(
+        f"{slug}: {body['machines']} machines ({body['online']} online, "
+        f"{body['pending']} pending), {body['free_slots']} of {body['slots']} slots free; "
+        f"{body['active_jobs']} active jobs ({body['running_jobs']} running), "
+        f"{body['queued_jobs']} queued."
+    )
+    output.say(
+        f"Compute {hours(body['compute_seconds'])} h from {output.when(body['since'])} "
+        f"to {output.when(body['until'])} UTC."
+    )
+    output.table(
+        [
+            "TYPE",
+            "MACHINES",
+            "ONLINE",
+            "PENDING",
+            "IDLE",
+            "SLOTS",
+            "FREE",
+            "ACTIVE",
+            "RUNNING",
+            "QUEUED",
+            "COMPUTE H",
+        ],
+        (
+            [
+                t["machine_type"],
+                t["machines"],
+                t["online"],
+                t["pending"],
+                t["idle_machines"],
+                t["slots"],
+                t["free_slots"],
+                t["active_jobs"],
+                t["running_jobs"],
+                t["queued_jobs"],
+                hours(t["compute_seconds"]),
+            ]
+            for t in body.get("by_type", [])
+        ),
+        empty="No machines or jobs yet.",
+    )
+
+
+def usage(
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only this user name.", show_default=False)
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Per-user usage over a window (admins): compute hours, jobs run and held, now."""
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    with connect(cfg) as client:
+        body = client.get(
+            f"/orgs/{seg(slug)}/usage",
+            params={
+                "since": parse_when(since),
+                "until": parse_when(until),
+                "user": user,
+                "limit": limit,
+            },
+        )
+    if json_:
+        output.print_json(body)
+        return
+    output.table(
+        ["USER", "COMPUTE H", "JOBS RUN", "JOBS HELD", "RUNNING", "ACTIVE", "QUEUED"],
+        (
+            [
+                u["name"],
+                hours(u["compute_seconds"]),
+                u["jobs_run"],
+                u["jobs_held"],
+                u["running_now"],
+                u["active_now"],
+                u["queued_now"],
+            ]
+            for u in body.get("items", [])
+        ),
+        title=(
+            f"Usage in {slug} from {output.when(body['since'])} to "
+            f"{output.when(body['until'])} UTC: {hours(body['compute_seconds'])} compute hours"
+        ),
+        empty="No usage in this window.",
+    )
+    if body.get("total", 0) > len(body.get("items", [])):
+        output.note(f"Showing {len(body['items'])} of {body['total']} users; raise --limit.")

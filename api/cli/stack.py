@@ -1,0 +1,59 @@
+"""`cshare up`: the whole embedded stack in the foreground (see api.stack)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from api.cli.output import CliError
+
+
+def up(
+    port: Annotated[
+        int, typer.Option("--port", envvar="CSHARE_PORT", help="The API's port.", min=1, max=65535)
+    ] = 8000,
+    prefect_port: Annotated[
+        int,
+        typer.Option(
+            "--prefect-port",
+            envvar="CSHARE_PREFECT_PORT",
+            help="The Prefect server's port (its UI too).",
+            min=1,
+            max=65535,
+        ),
+    ] = 4200,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface the API and Prefect listen on.")
+    ] = "127.0.0.1",
+    demo: Annotated[
+        bool,
+        typer.Option("--demo", help="Also register the example flows and submit a few jobs."),
+    ] = False,
+    agent: Annotated[
+        bool, typer.Option("--agent/--no-agent", help="Run a local agent for this machine.")
+    ] = True,
+) -> None:
+    """Run the embedded stack on this machine: Prefect, the API with its dispatcher, and a
+    local agent. Data lives in CSHARE_HOME (default ~/.cshare); Ctrl-C stops everything."""
+    from api.stack import Stack, StackError, StackOptions
+    from orgs.config import Settings
+
+    settings = Settings()
+    home = Path(os.environ.get("CSHARE_HOME") or settings.home)
+    options = StackOptions(
+        home=home,
+        host=host,
+        port=port,
+        prefect_port=prefect_port,
+        demo=demo,
+        agent=agent,
+        database_url=settings.database_url,
+    )
+    try:
+        code = Stack(options).run()
+    except StackError as exc:
+        raise CliError(str(exc)) from None
+    raise typer.Exit(code)

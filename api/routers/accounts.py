@@ -1,0 +1,89 @@
+"""Accounts: /auth/signup, /auth/login, /auth/logout, /me, /me/tokens."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, Field
+
+from api.deps import AuthDep, CurrentUser, SessionDep
+from api.schemas import Page, TokenOut, UserOut
+from orgs import accounts
+
+router = APIRouter(tags=["accounts"])
+
+
+class SignupIn(BaseModel):
+    email: str = Field(max_length=320)
+    name: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class SignupOut(BaseModel):
+    user: UserOut
+    token: str
+
+
+class LoginIn(BaseModel):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1024)
+
+
+class LoginOut(BaseModel):
+    token: str
+    expires_at: str | None
+
+
+class NewTokenIn(BaseModel):
+    name: str = Field(max_length=100)
+    expires_in_days: int | None = Field(default=90, ge=1, le=accounts.MAX_TOKEN_DAYS)
+
+
+class NewTokenOut(BaseModel):
+    token: str = Field(description="The secret. Shown once; store it now.")
+    info: TokenOut
+
+
+@router.post("/auth/signup", status_code=status.HTTP_201_CREATED)
+def signup(body: SignupIn, session: SessionDep) -> SignupOut:
+    user, issued = accounts.signup(
+        session, email=body.email, name=body.name, password=body.password
+    )
+    return SignupOut(user=UserOut.model_validate(user), token=issued.token)
+
+
+@router.post("/auth/login")
+def login(body: LoginIn, session: SessionDep) -> LoginOut:
+    issued = accounts.login(session, email=body.email, password=body.password)
+    expires = issued.record.expires_at
+    return LoginOut(token=issued.token, expires_at=expires.isoformat() if expires else None)
+
+
+@router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+def logout(auth: AuthDep, session: SessionDep) -> None:
+    accounts.logout(session, auth[1])
+
+
+@router.get("/me")
+def me(user: CurrentUser) -> UserOut:
+    return UserOut.model_validate(user)
+
+
+@router.post("/me/tokens", status_code=status.HTTP_201_CREATED)
+def create_token(body: NewTokenIn, user: CurrentUser, session: SessionDep) -> NewTokenOut:
+    issued = accounts.create_personal_token(
+        session, user, name=body.name, expires_in_days=body.expires_in_days
+    )
+    return NewTokenOut(token=issued.token, info=TokenOut.model_validate(issued.record))
+
+
+@router.get("/me/tokens")
+def list_tokens(user: CurrentUser, session: SessionDep) -> Page[TokenOut]:
+    items = [TokenOut.model_validate(t) for t in accounts.list_tokens(session, user)]
+    return Page(items=items, total=len(items), limit=len(items), offset=0)
+
+
+@router.delete("/me/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_token(token_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> None:
+    accounts.revoke_token(session, user, token_id)

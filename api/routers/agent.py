@@ -1,0 +1,241 @@
+"""The agent's side of the API, authenticated with a machine token (never a user's).
+
+- `GET /agent/me`: who am I, am I approved, what must I poll, with which credentials;
+- `POST /agent/heartbeat {running}`: I am alive with these runs; same answer as /me;
+- `POST /agent/claims {flow_run_id}`: may I run this? 200 `run` with the limits, or
+  409 `hold`/`skip`, or 403 `reject`, each with the reason (see flows.claims).
+
+Prefect credentials: OSS Prefect has one shared secret (PREFECT_SERVER_API_AUTH_STRING),
+and a worker cannot poll a pool without it. An approved machine's agent receives the
+Prefect URL and that secret here, and only here (`agent_share_prefect_auth`, on by
+default). It never reaches members through any user route, and pending or rejected
+machines never get it. The trade-off: a machine owner can read it from their agent and
+use the Prefect API directly. That cannot make anything run on a member's machine
+without a claim (every worker of ours asks this API first), but it does expose the
+Prefect API; organizations that do not accept this set
+`CSHARE_AGENT_SHARE_PREFECT_AUTH=false` and give each agent PREFECT_API_AUTH_STRING
+out of band (or put Prefect behind their own authenticating proxy).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from api.deps import CurrentMachine, SessionDep, SettingsDep
+from api.errors import error_body
+from api.routers.deployments import GatewayDep
+from api.schemas import ErrorOut
+from datasets import access
+from flows import claims
+from flows.gateway import work_pool_name
+from flows.models import Job
+from orgs import machines
+from orgs.config import Settings
+from orgs.db import utcnow
+from orgs.machines import MachineStatus
+from orgs.models import Machine, Organization
+from policies.errors import NotFound
+
+log = logging.getLogger("cshare.api.agent")
+
+router = APIRouter(prefix="/agent", tags=["agent"])
+
+
+class PrefectOut(BaseModel):
+    api_url: str
+    auth_string: str | None = Field(
+        description="Prefect's shared secret; null when agents must bring their own."
+    )
+
+
+class AgentStatusOut(BaseModel):
+    machine_id: uuid.UUID
+    name: str
+    org: str = Field(description="The organization's slug.")
+    machine_type: str
+    slots: int
+    status: MachineStatus
+    approved: bool
+    reason: str | None = Field(None, description="Why the machine may not work (yet).")
+    work_pool: str
+    work_pool_type: str = Field(
+        description="The type the control plane creates its pools with; the agent creates "
+        "its pool only when that is its own worker type."
+    )
+    heartbeat_interval_s: float
+    offline_after_s: int
+    prefect: PrefectOut | None = Field(None, description="Only for approved machines.")
+
+
+class HeartbeatIn(BaseModel):
+    running: list[uuid.UUID] = Field(
+        default_factory=list, max_length=1024, description="Flow runs the agent runs now."
+    )
+    free_slots: int | None = Field(None, ge=0, le=machines.MAX_SLOTS)
+
+
+class ClaimIn(BaseModel):
+    flow_run_id: uuid.UUID
+    running: int | None = Field(
+        None, ge=0, le=machines.MAX_SLOTS, description="Runs the agent has now (not this one)."
+    )
+
+
+class LimitsOut(BaseModel):
+    memory_mb: int
+    max_runtime_s: int
+
+
+class ClaimOut(BaseModel):
+    decision: Literal["run"] = "run"
+    flow_run_id: uuid.UUID
+    job_id: uuid.UUID
+    org: str = Field(description="The organization's slug.")
+    machine_type: str
+    user: str | None
+    limits: LimitsOut
+    job_token: str = Field(
+        description="The flow's own credential (datasets, outputs): `CSHARE_JOB_TOKEN`."
+    )
+    inputs: int = Field(description="Dataset inputs the agent materialises before the run.")
+
+
+class ClaimRefusedOut(ErrorOut):
+    decision: Literal["hold", "reject", "skip"]
+    rule: str | None = None
+    flow_run_id: uuid.UUID
+
+
+def _status(session: Session, settings: Settings, machine: Machine) -> AgentStatusOut:
+    org = session.get(Organization, machine.org_id)
+    if org is None:
+        raise NotFound("The machine's organization no longer exists.")
+    offline_after = machines.offline_after_s(session, machine)
+    approved = machine.status == MachineStatus.approved
+    reason: str | None = None
+    if machine.status == MachineStatus.pending:
+        reason = "Waiting for an admin of the organization to approve this machine."
+    elif machine.status == MachineStatus.rejected:
+        reason = "The machine was rejected by an admin" + (
+            f": {machine.status_reason}" if machine.status_reason else "."
+        )
+    prefect = None
+    if approved:
+        auth = settings.prefect_auth_string if settings.agent_share_prefect_auth else None
+        prefect = PrefectOut(
+            api_url=settings.agent_prefect_api_url or settings.prefect_api_url,
+            auth_string=auth.get_secret_value() if auth is not None else None,
+        )
+    return AgentStatusOut(
+        machine_id=machine.id,
+        name=machine.name,
+        org=org.slug,
+        machine_type=machine.machine_type,
+        slots=machine.slots,
+        status=MachineStatus(machine.status),
+        approved=approved,
+        reason=reason,
+        work_pool=work_pool_name(org.slug, machine.machine_type),
+        work_pool_type=settings.work_pool_type,
+        # At least three heartbeats fit in the offline window.
+        heartbeat_interval_s=min(settings.agent_heartbeat_interval_s, offline_after / 3),
+        offline_after_s=offline_after,
+        prefect=prefect,
+    )
+
+
+@router.get("/me")
+def me(machine: CurrentMachine, session: SessionDep, settings: SettingsDep) -> AgentStatusOut:
+    return _status(session, settings, machine)
+
+
+@router.post("/heartbeat")
+def heartbeat(
+    body: HeartbeatIn,
+    machine: CurrentMachine,
+    session: SessionDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+) -> AgentStatusOut:
+    machines.heartbeat(session, machine, running=len(body.running), now=utcnow())
+    out = _status(session, settings, machine)
+    session.commit()
+    if out.approved:
+        try:
+            claims.reconcile_heartbeat(session, gateway, machine, set(body.running))
+        except Exception:  # the sweep catches what this misses; the heartbeat counts
+            log.warning("heartbeat reconciliation failed for %s", machine.id, exc_info=True)
+    return out
+
+
+_REFUSED_STATUS = {"hold": 409, "skip": 409, "reject": 403}
+
+_CLAIM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": ClaimRefusedOut, "description": "hold (a limit is full) or skip."},
+    403: {
+        "model": ClaimRefusedOut,
+        "description": "reject (never runs), or the machine is not approved.",
+    },
+}
+
+
+@router.post("/claims", response_model=ClaimOut, responses=_CLAIM_RESPONSES)
+def claim(
+    body: ClaimIn,
+    machine: CurrentMachine,
+    session: SessionDep,
+    gateway: GatewayDep,
+) -> ClaimOut | JSONResponse:
+    result = claims.claim(session, gateway, machine, body.flow_run_id, running=body.running)
+    if result.decision == "run":
+        assert result.job_id and result.memory_mb and result.max_runtime_s
+        job = session.get(Job, result.job_id)
+        org = session.get(Organization, machine.org_id)
+        assert job is not None and org is not None
+        # A fresh token per claim (a repeated claim gets its own); it expires with the
+        # job's runtime limit and is the flow's identity towards datasets.
+        job_token = access.issue_job_token(session, job)
+        session.commit()
+        return ClaimOut(
+            flow_run_id=result.flow_run_id,
+            job_id=result.job_id,
+            org=org.slug,
+            machine_type=result.machine_type or machine.machine_type,
+            user=result.user,
+            limits=LimitsOut(memory_mb=result.memory_mb, max_runtime_s=result.max_runtime_s),
+            job_token=job_token,
+            inputs=len(job.inputs or []),
+        )
+    return JSONResponse(
+        error_body(
+            f"claim_{result.decision}",
+            result.reason,
+            decision=result.decision,
+            rule=result.rule,
+            flow_run_id=str(result.flow_run_id),
+        ),
+        status_code=_REFUSED_STATUS[result.decision],
+    )
+
+
+class LimitReportIn(BaseModel):
+    limit: Literal["memory", "runtime"]
+    message: str = Field(max_length=2000, description="What the run's Prefect state says.")
+
+
+@router.post("/runs/{flow_run_id}/limit", status_code=status.HTTP_204_NO_CONTENT)
+def report_limit(
+    flow_run_id: Annotated[uuid.UUID, Path()],
+    body: LimitReportIn,
+    machine: CurrentMachine,
+    session: SessionDep,
+) -> None:
+    """The agent stopped this run at a limit: the job ends `failed` naming it."""
+    claims.report_limit(session, machine, flow_run_id, limit=body.limit, message=body.message)

@@ -1,0 +1,637 @@
+"""Datasets: catalog, streamed upload and download, access, delete, the org's data store,
+and a job's inputs.
+
+Uploads and downloads never hold a database session while bytes move: the request's
+session is closed once the route has decided what to do, and reopened (a new, short
+transaction) to record the result. Bodies are streamed in bounded chunks, never read
+whole.
+
+A download is verified while it streams. If the stored bytes do not match their
+checksum, the last chunk is withheld and the stream is aborted: the client gets fewer
+bytes than `Content-Length` (a broken transfer, never complete-looking bad data) and the
+server logs the mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+import anyio
+import anyio.from_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from api.deps import Credentials, Requires, SessionDep, SettingsDep, get_auth
+from api.schemas import Page, PublicUserOut
+from datasets import catalog, stores, wire
+from datasets.access import Caller, is_job_token, job_caller
+from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
+from flows.models import Job
+from orgs.context import member_context
+from orgs.db import Database
+from orgs.models import User
+from policies.errors import Invalid, NotFound, Unauthenticated
+from policies.permissions import Permission
+
+router = APIRouter(tags=["datasets"])
+
+
+class JobAware(Requires):
+    """`Requires(permission)` that also accepts a job token (`cs_j_...`), acting as the
+    job's user with that user's current role and access, for the job-scoped routes a
+    flow calls from its machine (inputs, outputs, metadata)."""
+
+    def __call__(  # type: ignore[override]
+        self,
+        session: SessionDep,
+        credentials: Credentials,
+        org: Annotated[str, Path(max_length=64)],
+    ) -> Caller:
+        if credentials is not None and is_job_token(credentials.credentials):
+            caller = job_caller(session, org, credentials.credentials)
+            if caller is None:
+                raise Unauthenticated("The job token is unknown or expired.", code="bad_token")
+        else:
+            user, _ = get_auth(session, credentials)
+            caller = Caller(member_context(session, org, user))
+        caller.ctx.require(self.permission)
+        return caller
+
+
+DatasetsRead = Annotated[Caller, Depends(JobAware(Permission.datasets_read))]
+DatasetsCreate = Annotated[Caller, Depends(JobAware(Permission.datasets_create))]
+StorageConfigure = Annotated[Caller, Depends(JobAware(Permission.storage_configure))]
+JobInputsView = Annotated[Caller, Depends(JobAware(Permission.jobs_view_own))]
+NameParam = Annotated[str, Path(description="The dataset's name.")]
+JobId = Annotated[uuid.UUID, Path(alias="id", description="The job id.")]
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+class DatasetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Bounded for parsing only; the real rule (datasets.names) answers with its sentence.
+    name: str = Field(max_length=1000)
+    description: str | None = Field(default=None, max_length=10_000)
+    visibility: Literal["org", "restricted"] = "org"
+    members: list[str] = Field(
+        default_factory=list, max_length=1000, description="User ids or names (restricted)."
+    )
+
+
+class AccessIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    visibility: Literal["org", "restricted"] | None = None
+    members: list[str] | None = Field(
+        default=None, max_length=1000, description="Replaces the list: user ids or names."
+    )
+
+
+class VersionRef(BaseModel):
+    version: int
+    sha256: str
+    size: int
+    kind: str
+    created_at: datetime
+
+
+class DatasetOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    description: str
+    visibility: str
+    created_by: PublicUserOut | None
+    created_at: datetime
+    version_count: int = 0
+    size: int = Field(0, description="Bytes of all live versions (before deduplication).")
+    latest_version: VersionRef | None = None
+
+
+class VersionOut(BaseModel):
+    dataset: str
+    version: int
+    kind: str
+    filename: str
+    sha256: str
+    size: int
+    file_count: int
+    description: str
+    created_by: PublicUserOut | None
+    created_at: datetime
+    produced_by_job_id: uuid.UUID | None
+    used_by_job_ids: list[uuid.UUID] = Field(default_factory=list)
+    used_by_count: int = 0
+    tombstoned_at: datetime | None = None
+    download_path: str | None = None
+
+
+class DatasetDetailOut(DatasetOut):
+    members: list[PublicUserOut] = Field(default_factory=list)
+    can_write: bool = False
+    versions: list[VersionOut] = Field(default_factory=list)
+
+
+class AccessOut(BaseModel):
+    name: str
+    visibility: str
+    members: list[PublicUserOut]
+
+
+class DeleteOut(BaseModel):
+    name: str
+    deleted_versions: int
+    tombstoned_versions: int = Field(description="Kept as records because jobs used them.")
+    purged_objects: int = Field(description="Stored objects removed (nothing else used them).")
+
+
+class DatastoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["default", "s3"]
+    bucket: str | None = Field(default=None, max_length=63)
+    prefix: str | None = Field(default=None, max_length=512)
+    endpoint_url: str | None = Field(default=None, max_length=512)
+    region: str | None = Field(default=None, max_length=32)
+    profile: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An AWS profile of the API server; credentials are never sent here.",
+    )
+    verify: bool = Field(default=True, description="Write and read back a probe first.")
+
+
+class DatastoreOut(BaseModel):
+    kind: str
+    id: uuid.UUID | None
+    config: dict[str, str]
+    created_at: datetime | None
+
+
+class JobInputOut(BaseModel):
+    name: str = Field(description="What the flow passes to flows.runtime.input_path().")
+    dataset: str
+    version: int
+    kind: str
+    filename: str
+    sha256: str
+    size: int
+    download_path: str
+
+
+class JobInputsOut(BaseModel):
+    job_id: uuid.UUID
+    items: list[JobInputOut]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _user(u: User | None) -> PublicUserOut | None:
+    return PublicUserOut(id=u.id, name=u.name) if u is not None else None
+
+
+def _ref(v: DatasetVersion | None) -> VersionRef | None:
+    if v is None:
+        return None
+    return VersionRef(
+        version=v.version, sha256=v.sha256, size=v.size, kind=v.kind, created_at=v.created_at
+    )
+
+
+def _dataset_out(
+    d: Dataset, creator: User | None, count: int, size: int, latest: DatasetVersion | None
+) -> DatasetOut:
+    return DatasetOut(
+        id=d.id,
+        name=d.name,
+        description=d.description,
+        visibility=d.visibility,
+        created_by=_user(creator),
+        created_at=d.created_at,
+        version_count=count,
+        size=size,
+        latest_version=_ref(latest),
+    )
+
+
+def _version_out(
+    slug: str, dataset: str, v: DatasetVersion, creator: User | None, info: Any = None
+) -> VersionOut:
+    return VersionOut(
+        dataset=dataset,
+        version=v.version,
+        kind=v.kind,
+        filename=v.filename,
+        sha256=v.sha256,
+        size=v.size,
+        file_count=v.file_count,
+        description=v.description,
+        created_by=_user(creator),
+        created_at=v.created_at,
+        produced_by_job_id=v.produced_by_job_id,
+        used_by_job_ids=list(info.used_by) if info else [],
+        used_by_count=info.used_by_count if info else 0,
+        tombstoned_at=v.tombstoned_at,
+        download_path=None
+        if v.tombstoned_at
+        else f"/orgs/{slug}/datasets/{dataset}/versions/{v.version}/download",
+    )
+
+
+# Batches in flight between the network and the worker thread, each about `BATCH`
+# bytes: the two sides overlap (one receives or sends while the other hashes and
+# reads or writes) and memory stays bounded at about DEPTH * BATCH per transfer.
+BATCH = 1 << 20
+DEPTH = 8
+_Item = bytes | Exception
+
+
+async def _pump_body(stream: AsyncIterator[bytes], tx: MemoryObjectSendStream[_Item]) -> None:
+    """Forward the request body in ~BATCH pieces; a failure is forwarded as an item."""
+    async with tx:
+        parts: list[bytes] = []
+        got = 0
+        try:
+            async for chunk in stream:
+                parts.append(chunk)
+                got += len(chunk)
+                if got >= BATCH:
+                    await tx.send(parts[0] if len(parts) == 1 else b"".join(parts))
+                    parts, got = [], 0
+            if parts:
+                await tx.send(b"".join(parts))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # the consumer stopped (it failed); nothing more to deliver
+        except Exception as exc:  # ClientDisconnect, a broken connection, ...
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await tx.send(exc)
+
+
+def _thread_chunks(rx: MemoryObjectReceiveStream[_Item]) -> Iterator[bytes]:
+    """The pumped body, for code in a worker thread. A client that went away becomes
+    `Invalid(upload_interrupted)`: nothing half-received is ever committed."""
+    while True:
+        try:
+            item = anyio.from_thread.run(rx.receive)
+        except anyio.EndOfStream:
+            return
+        if isinstance(item, Exception):
+            raise Invalid(
+                "The upload ended before the whole body arrived; nothing was stored.",
+                field="body",
+                code="upload_interrupted",
+            ) from item
+        yield item
+
+
+async def receive_body(request: Request, plan: catalog.UploadPlan) -> catalog.Received:
+    """Stream the request body into the store through a worker thread."""
+    tx, rx = anyio.create_memory_object_stream[_Item](DEPTH)
+    result: catalog.Received | None = None
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_pump_body, request.stream(), tx)
+        with rx:
+            try:
+                reader = wire.IterReader(_thread_chunks(rx))
+                result = await anyio.to_thread.run_sync(catalog.receive, plan, reader)
+            except Exception as exc:
+                error = exc
+                tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    assert result is not None
+    return result
+
+
+class PrefetchingResponse(StreamingResponse):
+    """A streamed body produced by a worker thread up to DEPTH chunks ahead of the
+    socket, so reading and hashing overlap with sending.
+
+    An error while producing (a checksum mismatch) aborts the response mid-stream.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(iter(()), **kwargs)
+        self._chunks = chunks
+
+    def _produce(self, tx: MemoryObjectSendStream[bytes]) -> None:
+        try:
+            for chunk in self._chunks:
+                anyio.from_thread.run(tx.send, chunk)
+        finally:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()  # the open object, at once, even when the client left early
+
+    async def _producer(self, tx: MemoryObjectSendStream[bytes]) -> None:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            async with tx:
+                await anyio.to_thread.run_sync(self._produce, tx)
+
+    async def stream_response(self, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        tx, rx = anyio.create_memory_object_stream[bytes](DEPTH)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._producer, tx)
+                with rx:
+                    async for chunk in rx:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None  # the cause, not the task group's wrapper
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _content_disposition(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def job_in_org(session: Session, caller: Caller, job_id: uuid.UUID) -> Job:
+    """The job if the caller may see it: their own, any for admins, the token's own."""
+    job = session.get(Job, job_id)
+    visible = (
+        job is not None
+        and job.org_id == caller.org.id
+        and (
+            (caller.job.id == job.id)
+            if caller.job is not None
+            else (job.user_id == caller.user.id or caller.ctx.can(Permission.jobs_view_all))
+        )
+    )
+    if not visible or job is None:
+        raise NotFound(f"No job {job_id} in this organization.", code="job_not_found")
+    return job
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@router.post("/orgs/{org}/datasets", status_code=status.HTTP_201_CREATED)
+def create_dataset(body: DatasetIn, caller: DatasetsCreate, session: SessionDep) -> DatasetOut:
+    dataset = catalog.create_dataset(
+        caller.ctx,
+        session,
+        name=body.name,
+        description=body.description,
+        visibility=body.visibility,
+        members=body.members,
+    )
+    return _dataset_out(dataset, caller.user, 0, 0, None)
+
+
+@router.get("/orgs/{org}/datasets")
+def list_datasets(
+    caller: DatasetsRead,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> Page[DatasetOut]:
+    rows, total = catalog.list_datasets(session, caller.ctx, limit=limit, offset=offset)
+    items = [
+        _dataset_out(r.dataset, r.creator, r.version_count, r.total_size, r.latest) for r in rows
+    ]
+    return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/orgs/{org}/datasets/{name}")
+def show_dataset(
+    name: NameParam,
+    caller: DatasetsRead,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Newest versions shown.")] = 1000,
+) -> DatasetDetailOut:
+    dataset = catalog.find_dataset(session, caller.ctx, name)
+    detail = catalog.dataset_detail(session, caller.ctx, dataset, limit=limit)
+    live = [i.version for i in detail.versions if i.version.tombstoned_at is None]
+    slug = caller.org.slug
+    return DatasetDetailOut(
+        **_dataset_out(
+            dataset,
+            detail.creator,
+            len(live),
+            sum(v.size for v in live),
+            max(live, key=lambda v: v.version, default=None),
+        ).model_dump(),
+        members=[PublicUserOut(id=u.id, name=u.name) for u in detail.members],
+        can_write=detail.can_write,
+        versions=[
+            _version_out(slug, dataset.name, i.version, i.creator, i) for i in detail.versions
+        ],
+    )
+
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "description": (
+            "The version's bytes, streamed. `application/x-tar` (an uncompressed or gzipped "
+            "tar of regular files) makes a directory version; anything else a file version."
+        ),
+        "content": {
+            wire.FILE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            wire.TAR_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/orgs/{org}/datasets/{name}/versions",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=UPLOAD_BODY,
+    responses={200: {"description": "Same content as the latest version: that version."}},
+)
+async def upload_version(
+    name: NameParam,
+    request: Request,
+    response: Response,
+    caller: DatasetsCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    filename: Annotated[
+        str | None, Query(max_length=1000, description="File name (default: the dataset's).")
+    ] = None,
+    description: Annotated[str | None, Query(max_length=10_000)] = None,
+    job: Annotated[
+        uuid.UUID | None, Query(description="Your job that produced this (lineage).")
+    ] = None,
+    x_content_sha256: Annotated[
+        str | None,
+        Header(
+            alias="X-Content-SHA256",
+            max_length=100,
+            description="The checksum the version must get (a file's SHA-256, or a "
+            "directory's manifest SHA-256); the upload is refused if it differs.",
+        ),
+    ] = None,
+) -> VersionOut:
+    """Upload a new version (streamed). It becomes visible only once every byte is stored
+    and every checksum verified."""
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    kind = KIND_DIRECTORY if media in (wire.TAR_MEDIA_TYPE, "application/tar") else KIND_FILE
+    plan = await run_in_threadpool(
+        catalog.plan_upload,
+        session,
+        settings,
+        caller,
+        name,
+        kind=kind,
+        filename=filename,
+        description=description,
+        job_id=job,
+        expected_sha256=x_content_sha256,
+    )
+    # Release the connection (and SQLite's write lock) before the first byte is read.
+    await run_in_threadpool(session.close)
+    received = await receive_body(request, plan)
+    version, created = await run_in_threadpool(catalog.commit_upload, session, plan, received)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return _version_out(caller.org.slug, plan.dataset_name, version, plan.actor)
+
+
+DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": (
+            "The bytes (a file) or a tar stream (a directory). `X-Content-SHA256` is the "
+            "version's checksum. A stream that ends before Content-Length means the stored "
+            "bytes failed verification; never use a short download."
+        ),
+        "content": {
+            wire.FILE_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            wire.TAR_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    503: {"description": "The store is unreachable, or the bytes are missing from it."},
+}
+
+
+@router.get(
+    "/orgs/{org}/datasets/{name}/versions/{version}/download",
+    response_class=StreamingResponse,
+    responses=DOWNLOAD_RESPONSES,
+)
+def download_version(
+    name: NameParam,
+    version: Annotated[str, Path(max_length=20, description="A number, or 'latest'.")],
+    caller: DatasetsRead,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> StreamingResponse:
+    plan = catalog.plan_download(session, settings, caller, name, catalog.parse_version(version))
+    session.close()  # nothing of the database is held while the bytes stream
+    filename = plan.filename if plan.kind == KIND_FILE else f"{plan.filename}.tar"
+    headers = {
+        "Content-Length": str(plan.content_length),
+        "ETag": f'"{plan.sha256}"',
+        wire.SHA256_HEADER: plan.sha256,
+        "X-Cshare-Kind": plan.kind,
+        "X-Cshare-Version": str(plan.version),
+        "Content-Disposition": _content_disposition(filename),
+    }
+    return PrefetchingResponse(catalog.stream(plan), media_type=plan.media_type, headers=headers)
+
+
+@router.put("/orgs/{org}/datasets/{name}/access")
+def set_access(
+    name: NameParam, body: AccessIn, caller: DatasetsCreate, session: SessionDep
+) -> AccessOut:
+    """Visibility and the member list of a restricted dataset (creator or admin)."""
+    dataset = catalog.find_dataset(session, caller.ctx, name)
+    catalog.set_access(
+        caller.ctx, session, dataset, visibility=body.visibility, members=body.members
+    )
+    members = catalog.access_members(session, dataset.id)
+    return AccessOut(
+        name=dataset.name,
+        visibility=dataset.visibility,
+        members=[PublicUserOut(id=u.id, name=u.name) for u in members],
+    )
+
+
+@router.delete("/orgs/{org}/datasets/{name}")
+def delete_dataset(
+    name: NameParam, caller: DatasetsCreate, session: SessionDep, settings: SettingsDep
+) -> DeleteOut:
+    """Delete a dataset (creator or admin). Versions used by jobs stay as tombstones."""
+    dataset = catalog.find_dataset(session, caller.ctx, name)
+    result = catalog.delete_dataset(session, settings, caller.ctx, dataset)
+    return DeleteOut(
+        name=name,
+        deleted_versions=result.deleted_versions,
+        tombstoned_versions=result.tombstoned_versions,
+        purged_objects=result.purged_objects,
+    )
+
+
+def _datastore_out(data: dict[str, Any]) -> DatastoreOut:
+    return DatastoreOut(
+        kind=data["kind"],
+        id=data["id"],
+        config={k: str(v) for k, v in data["config"].items()},
+        created_at=data["created_at"],
+    )
+
+
+@router.get("/orgs/{org}/datastore")
+def show_datastore(
+    caller: DatasetsRead, session: SessionDep, settings: SettingsDep
+) -> DatastoreOut:
+    """Where the organization's new uploads go (no credentials: there are none here)."""
+    return _datastore_out(stores.describe(session, settings, caller.org.id))
+
+
+@router.put("/orgs/{org}/datastore")
+def configure_datastore(
+    body: DatastoreIn, caller: StorageConfigure, session: SessionDep, settings: SettingsDep
+) -> DatastoreOut:
+    """Use the organization's own S3 bucket (or the default store again) for new
+    uploads. Credentials come from the API server's AWS environment or `profile`."""
+    config: dict[str, Any] = {}
+    if body.kind == stores.KIND_S3:
+        if not body.bucket:
+            raise Invalid("An S3 store needs a bucket.", field="bucket")
+        config = {
+            "bucket": body.bucket,
+            "prefix": body.prefix,
+            "endpoint_url": body.endpoint_url,
+            "region": body.region,
+            "profile": body.profile,
+        }
+    stores.configure(
+        caller.ctx, session, settings, kind=body.kind, config=config, verify=body.verify
+    )
+    return _datastore_out(stores.describe(session, settings, caller.org.id))
+
+
+@router.get("/orgs/{org}/jobs/{id}/inputs")
+def job_inputs(
+    job_id: JobId, caller: JobInputsView, request: Request, session: SessionDep
+) -> JobInputsOut:
+    """The job's pinned inputs, with the job user's read access checked again now; for
+    the agent materialising them (job token) or the job's owner."""
+    job = job_in_org(session, caller, job_id)
+    session.close()
+    db: Database = request.app.state.db
+    # A write transaction of its own: resolving records the inputs for lineage.
+    with db.transaction() as tx:
+        fresh = tx.get(Job, job.id)
+        assert fresh is not None
+        items = catalog.resolve_inputs(tx, fresh)
+    return JobInputsOut(job_id=job.id, items=[JobInputOut(**i) for i in items])

@@ -1,0 +1,164 @@
+"""Deployments of an organization: GET/POST /orgs/{org}/deployments, GET/DELETE .../{name}."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from pydantic import BaseModel, Field
+
+from api.deps import Requires, SessionDep, SettingsDep
+from flows import deployments
+from flows.gateway import PrefectGateway, work_pool_name
+from flows.models import Deployment
+from orgs.context import OrgContext
+from policies.permissions import Permission
+
+router = APIRouter(tags=["deployments"])
+
+
+async def get_gateway(request: Request) -> PrefectGateway:
+    """The app's one Prefect gateway (built from settings in `create_app`)."""
+    gateway: PrefectGateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[PrefectGateway, Depends(get_gateway)]
+
+DeploymentsView = Annotated[OrgContext, Depends(Requires(Permission.deployments_view))]
+DeploymentsRegister = Annotated[OrgContext, Depends(Requires(Permission.deployments_register))]
+NamePath = Annotated[str, Path(max_length=64)]
+
+
+class DeploymentIn(BaseModel):
+    name: str = Field(max_length=64, examples=["train"])
+    entrypoint: str = Field(
+        max_length=512,
+        description="'path/to/file.py:flow' (relative to `path` on the machines) or "
+        "'package.module:flow'.",
+        examples=["flows/library/train.py:train"],
+    )
+    machine_type: str = Field("cpu", max_length=32)
+    path: str | None = Field(
+        None, max_length=1024, description="Working directory of the code on the machines."
+    )
+    flow_name: str | None = Field(None, max_length=128)
+    description: str = Field("", max_length=2000)
+    tags: list[str] = Field(default_factory=list, max_length=50)
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Defaults.")
+    parameter_schema: dict[str, Any] = Field(
+        default_factory=dict, description="The flow's parameter JSON schema (as Prefect makes it)."
+    )
+    job_variables: dict[str, Any] = Field(default_factory=dict)
+    pull_steps: list[dict[str, Any]] | None = Field(
+        None, max_length=20, description="Prefect pull steps (default: the machine's checkout)."
+    )
+
+
+class DeploymentOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    flow_name: str
+    entrypoint: str
+    path: str | None
+    machine_type: str
+    description: str
+    tags: list[str]
+    parameters: dict[str, Any]
+    parameter_schema: dict[str, Any]
+    job_variables: dict[str, Any]
+    work_pool: str
+    prefect_name: str
+    prefect_deployment_id: uuid.UUID | None
+    created_by: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeploymentList(BaseModel):
+    items: list[DeploymentOut]
+    total: int
+
+
+def deployment_out(dep: Deployment, org_slug: str) -> DeploymentOut:
+    return DeploymentOut(
+        id=dep.id,
+        name=dep.name,
+        flow_name=dep.flow_name,
+        entrypoint=dep.entrypoint,
+        path=dep.path,
+        machine_type=dep.machine_type,
+        description=dep.description,
+        tags=list(dep.tags or []),
+        parameters=dict(dep.parameters or {}),
+        parameter_schema=dict(dep.parameter_schema or {}),
+        job_variables=dict(dep.job_variables or {}),
+        work_pool=work_pool_name(org_slug, dep.machine_type),
+        prefect_name=f"{dep.flow_name}/{deployments.prefect_deployment_name(org_slug, dep.name)}",
+        prefect_deployment_id=dep.prefect_deployment_id,
+        created_by=dep.created_by,
+        created_at=dep.created_at,
+        updated_at=dep.updated_at,
+    )
+
+
+@router.get("/orgs/{org}/deployments")
+def list_deployments(ctx: DeploymentsView, session: SessionDep) -> DeploymentList:
+    found = deployments.list_deployments(session, ctx.org)
+    items = [deployment_out(d, ctx.org.slug) for d in found]
+    return DeploymentList(items=items, total=len(items))
+
+
+@router.post(
+    "/orgs/{org}/deployments",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "An existing deployment was updated."}},
+)
+def register_deployment(
+    body: DeploymentIn,
+    ctx: DeploymentsRegister,
+    session: SessionDep,
+    gateway: GatewayDep,
+    settings: SettingsDep,
+    response: Response,
+) -> DeploymentOut:
+    """Register a flow entrypoint as a deployment of the org (or update yours)."""
+    spec = deployments.DeploymentSpec(
+        name=body.name,
+        entrypoint=body.entrypoint,
+        machine_type=body.machine_type,
+        path=body.path,
+        flow_name=body.flow_name,
+        description=body.description,
+        tags=body.tags,
+        parameters=body.parameters,
+        parameter_schema=body.parameter_schema,
+        job_variables=body.job_variables,
+        pull_steps=body.pull_steps,
+    )
+    dep, created = deployments.register(
+        ctx,
+        session,
+        gateway,
+        spec,
+        pool_type=settings.work_pool_type,
+        schedules_backend=settings.schedules_backend,
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return deployment_out(dep, ctx.org.slug)
+
+
+@router.get("/orgs/{org}/deployments/{name}")
+def get_deployment(name: NamePath, ctx: DeploymentsView, session: SessionDep) -> DeploymentOut:
+    return deployment_out(deployments.get_deployment(session, ctx.org, name), ctx.org.slug)
+
+
+@router.delete("/orgs/{org}/deployments/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_deployment(
+    name: NamePath, ctx: DeploymentsRegister, session: SessionDep, gateway: GatewayDep
+) -> None:
+    """Delete a deployment (its creator, or an admin). Refused while jobs of it run."""
+    deployments.delete_deployment(ctx, session, gateway, name)

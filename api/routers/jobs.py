@@ -1,0 +1,336 @@
+"""Jobs: submit, explain, list, show, cancel, logs (under /orgs/{org}/jobs)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from api.deps import Requires, SessionDep, SettingsDep, get_database
+from api.errors import error_body, status_for
+from api.routers.deployments import GatewayDep
+from flows import jobs
+from flows.gateway import PrefectGateway
+from flows.models import FINAL_STATES, Deployment, Job
+from flows.prefect_access import ui_url_for_flow_run
+from orgs.config import Settings
+from orgs.context import OrgContext
+from orgs.db import Database
+from orgs.models import Machine, User
+from policies.permissions import Permission
+
+router = APIRouter(tags=["jobs"])
+
+JobsSubmit = Annotated[OrgContext, Depends(Requires(Permission.jobs_submit))]
+JobsView = Annotated[OrgContext, Depends(Requires(Permission.jobs_view_own))]
+JobsCancel = Annotated[OrgContext, Depends(Requires(Permission.jobs_cancel_own))]
+
+_INT32 = 2**31 - 1
+JobId = Annotated[uuid.UUID, Path(alias="id", description="The job id.")]
+
+
+class ResourcesIn(BaseModel):
+    memory_mb: int | None = Field(None, ge=-_INT32, le=_INT32, description="MB")
+    max_runtime_s: int | None = Field(None, ge=-_INT32, le=_INT32, description="seconds")
+
+
+class JobIn(BaseModel):
+    deployment: str = Field(max_length=64)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    machine_type: str | None = Field(None, max_length=32)
+    resources: ResourcesIn = Field(default_factory=ResourcesIn)
+    inputs: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
+    priority: int = Field(0, ge=jobs.MIN_PRIORITY, le=jobs.MAX_PRIORITY)
+    tags: list[str] = Field(default_factory=list, max_length=50)
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=128, description="Repeats return the first job (200)."
+    )
+
+    def spec(self) -> jobs.SubmitSpec:
+        return jobs.SubmitSpec(
+            deployment=self.deployment,
+            parameters=self.parameters,
+            machine_type=self.machine_type,
+            memory_mb=self.resources.memory_mb,
+            max_runtime_s=self.resources.max_runtime_s,
+            inputs=self.inputs,
+            priority=self.priority,
+            tags=self.tags,
+            idempotency_key=self.idempotency_key,
+        )
+
+
+class ResourcesOut(BaseModel):
+    memory_mb: int
+    max_runtime_s: int
+
+
+class NamedRef(BaseModel):
+    id: uuid.UUID | None
+    name: str | None
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    state: str
+    reason: str | None
+    rule: str | None
+    flow_run_id: uuid.UUID | None
+    deployment: str | None
+    user: NamedRef
+    machine_type: str
+    machine: NamedRef | None
+    parameters: dict[str, Any]
+    resources: ResourcesOut
+    priority: int
+    tags: list[str]
+    source: str
+    schedule_id: uuid.UUID | None
+    idempotency_key: str | None
+    queue_position: int | None = Field(description="1-based place in your queue when held.")
+    prefect_state: str | None
+    prefect_url: str | None
+    created_at: datetime
+    released_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    cancel_requested_at: datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class RuleOut(BaseModel):
+    rule: str
+    effect: str
+    status: str
+    reason: str
+    field: str | None
+
+
+class ExplainOut(BaseModel):
+    decision: str = Field(description="accept, hold or reject")
+    rule: str | None
+    reason: str
+    field: str | None
+    queue_position: int | None
+    machine_type: str
+    resources: ResourcesOut
+    rules: list[RuleOut]
+
+
+class LogLineOut(BaseModel):
+    timestamp: datetime
+    level: int
+    level_name: str
+    message: str
+
+
+class LogPage(BaseModel):
+    items: list[LogLineOut]
+    offset: int
+    next_offset: int
+    job_state: str
+    done: bool = Field(description="The job is over and every line so far was returned.")
+
+
+def job_out(
+    job: Job,
+    session: Session,
+    settings: Settings,
+    gateway: PrefectGateway,
+    *,
+    user_name: str | None = None,
+    deployment_name: str | None = None,
+    with_position: bool = True,
+) -> JobOut:
+    if user_name is None:
+        user = session.get(User, job.user_id)
+        user_name = user.name if user is not None else None
+    if deployment_name is None and job.deployment_id is not None:
+        dep = session.get(Deployment, job.deployment_id)
+        deployment_name = dep.name if dep is not None else None
+    machine = None
+    if job.machine_id is not None:
+        row = session.get(Machine, job.machine_id)
+        machine = NamedRef(id=job.machine_id, name=row.name if row is not None else None)
+    return JobOut(
+        id=job.id,
+        state=job.state,
+        reason=job.reason or None,
+        rule=job.rule or None,
+        flow_run_id=job.flow_run_id,
+        deployment=deployment_name,
+        user=NamedRef(id=job.user_id, name=user_name),
+        machine_type=job.machine_type,
+        machine=machine,
+        parameters=dict(job.parameters or {}),
+        resources=ResourcesOut(memory_mb=job.memory_mb, max_runtime_s=job.max_runtime_s),
+        priority=job.priority,
+        tags=list(job.tags or []),
+        source=job.source,
+        schedule_id=job.schedule_id,
+        idempotency_key=job.idempotency_key,
+        queue_position=jobs.queue_position(session, job) if with_position else None,
+        prefect_state=job.prefect_state or None,
+        prefect_url=ui_url_for_flow_run(settings, gateway, job.flow_run_id)
+        if job.flow_run_id
+        else None,
+        created_at=job.created_at,
+        released_at=job.released_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        cancel_requested_at=job.cancel_requested_at,
+    )
+
+
+async def admission_rejected_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """`{"error": <rule>, "detail", "rule", "field"?}` with the rule's status."""
+    assert isinstance(exc, jobs.AdmissionRejected)
+    extra: dict[str, object] = {"rule": exc.rule}
+    if exc.field:
+        extra["field"] = exc.field
+    return JSONResponse(error_body(exc.rule, exc.detail, **extra), status_code=status_for(exc))
+
+
+@router.post(
+    "/orgs/{org}/jobs",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "A job with this idempotency_key existed; returned."}},
+)
+def submit_job(
+    body: JobIn,
+    ctx: JobsSubmit,
+    session: SessionDep,
+    gateway: GatewayDep,
+    settings: SettingsDep,
+    response: Response,
+    background: BackgroundTasks,
+    db: Annotated[Database, Depends(get_database)],
+) -> JobOut:
+    """Submit a job: scheduled now, or held (with the reason) until a slot frees.
+
+    Refusals name the admission rule: 403 role, 422 unknown deployment or machine type
+    or resources above the maximum, 429 too many queued jobs. `flow_run_id` is null if
+    Prefect was unreachable: the job is recorded and its run is created later.
+    """
+    job, created = jobs.submit(ctx, session, gateway, body.spec(), defer=(background.add_task, db))
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    out = job_out(job, session, settings, gateway, user_name=ctx.user.name)
+    # End the (write) transaction the reads above opened: the deferred attach needs the
+    # SQLite write lock, and may run before this session is closed.
+    session.commit()
+    return out
+
+
+@router.post("/orgs/{org}/jobs/explain")
+def explain_job(body: JobIn, ctx: JobsSubmit, session: SessionDep) -> ExplainOut:
+    """What a submission would get (decision, rule, queue position); creates nothing."""
+    ex = jobs.explain_submission(ctx, session, body.spec())
+    return ExplainOut(
+        decision=ex.decision,
+        rule=ex.rule,
+        reason=ex.reason,
+        field=ex.field,
+        queue_position=ex.queue_position,
+        machine_type=ex.machine_type,
+        resources=ResourcesOut(memory_mb=ex.memory_mb, max_runtime_s=ex.max_runtime_s),
+        rules=[
+            RuleOut(rule=o.rule, effect=o.effect, status=o.status, reason=o.reason, field=o.field)
+            for o in ex.rules
+        ],
+    )
+
+
+@router.get("/orgs/{org}/jobs")
+def list_jobs(
+    ctx: JobsView,
+    session: SessionDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+    state: Annotated[str | None, Query(max_length=16)] = None,
+    user: Annotated[str | None, Query(max_length=64, description="Name or id (admins).")] = None,
+    deployment: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> JobPage:
+    """Your jobs (admins: everyone's), newest first."""
+    rows, total = jobs.list_jobs(
+        ctx, session, state=state, user=user, deployment=deployment, limit=limit, offset=offset
+    )
+    items = [
+        job_out(
+            job,
+            session,
+            settings,
+            gateway,
+            user_name=user_name,
+            deployment_name=dep_name,
+            with_position=False,
+        )
+        for job, user_name, dep_name in rows
+    ]
+    return JobPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/orgs/{org}/jobs/{id}")
+def get_job(
+    job_id: JobId,
+    ctx: JobsView,
+    session: SessionDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+) -> JobOut:
+    return job_out(jobs.get_job(ctx, session, job_id), session, settings, gateway)
+
+
+@router.post("/orgs/{org}/jobs/{id}/cancel")
+def cancel_job(
+    job_id: JobId,
+    ctx: JobsCancel,
+    session: SessionDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
+) -> JobOut:
+    """Held -> cancelled at once; scheduled/running -> cancelling, then cancelled once
+    Prefect confirms. Yours, or anyone's for admins."""
+    job = jobs.cancel(ctx, session, gateway, job_id)
+    return job_out(job, session, settings, gateway)
+
+
+@router.get("/orgs/{org}/jobs/{id}/logs")
+def job_logs(
+    job_id: JobId,
+    ctx: JobsView,
+    session: SessionDep,
+    gateway: GatewayDep,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 200,
+) -> LogPage:
+    """A page of the run's log lines from `offset` (poll with `next_offset` to follow)."""
+    job, lines = jobs.job_logs(ctx, session, gateway, job_id, offset=offset, limit=limit)
+    return LogPage(
+        items=[
+            LogLineOut(
+                timestamp=line.timestamp,
+                level=line.level,
+                level_name=line.level_name,
+                message=line.message,
+            )
+            for line in lines
+        ],
+        offset=offset,
+        next_offset=offset + len(lines),
+        job_state=job.state,
+        done=job.state in FINAL_STATES and len(lines) < limit,
+    )

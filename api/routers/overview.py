@@ -1,0 +1,331 @@
+"""The organization overview, per-user usage, and webhook notification settings.
+
+- `GET /orgs/{org}/overview` (members): machines, capacity, jobs now, compute time;
+- `GET /orgs/{org}/usage?since=&until=` (admins): per user, heaviest first;
+- `GET/PUT /orgs/{org}/notifications` (admins), `POST .../notifications/test`,
+  `GET .../notifications/deliveries` (the last deliveries and their outcome).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from api.deps import Requires, SessionDep, SettingsDep
+from orgs import notifications, usage_views
+from orgs.context import OrgContext
+from orgs.models import User
+from policies.errors import Invalid
+from policies.permissions import Permission
+
+router = APIRouter(tags=["overview"])
+
+OverviewView = Annotated[OrgContext, Depends(Requires(Permission.overview_view))]
+UsageView = Annotated[OrgContext, Depends(Requires(Permission.usage_view))]
+SettingsUpdate = Annotated[OrgContext, Depends(Requires(Permission.settings_update))]
+
+Since = Annotated[
+    datetime | None,
+    Query(description="Window start, inclusive; UTC if no zone. Default: 30 days before `until`."),
+]
+Until = Annotated[
+    datetime | None, Query(description="Window end, exclusive; UTC if no zone. Default: now.")
+]
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
+    start, end = usage_views.window(_aware(since), _aware(until))
+    if start >= end:
+        raise Invalid("'since' must be before 'until'.", field="since")
+    if end - start > timedelta(days=3660):
+        raise Invalid("The window may span at most ten years.", field="since")
+    return start, end
+
+
+# --------------------------------------------------------------------------- overview
+
+
+class Counts(BaseModel):
+    machines: int = Field(description="Registered machines, any status.")
+    online: int = Field(description="Approved machines with a recent heartbeat.")
+    pending: int = Field(description="Machines awaiting approval.")
+    slots: int = Field(description="Job slots of online machines.")
+    free_slots: int = Field(description="Available capacity: online slots not running a job.")
+    active_jobs: int = Field(description="Jobs holding a slot: scheduled, running, cancelling.")
+    running_jobs: int = Field(description="Jobs on a machine now.")
+    queued_jobs: int = Field(description="Held jobs waiting for a slot.")
+    compute_seconds: float = Field(
+        description="Sum of job run time in the window, one slot per job, clipped to it."
+    )
+    compute_hours: float
+    idle_machines: int = Field(description="Approved machines with no job for `idle_hours`.")
+
+
+class TypeOverviewOut(Counts):
+    machine_type: str
+
+
+class OverviewOut(Counts):
+    since: datetime
+    until: datetime
+    idle_hours: float
+    by_type: list[TypeOverviewOut]
+
+
+def _counts(c: usage_views.Overview | usage_views.TypeOverview) -> dict[str, object]:
+    return {
+        "machines": c.machines,
+        "online": c.online,
+        "pending": c.pending,
+        "slots": c.slots,
+        "free_slots": c.free_slots,
+        "active_jobs": c.active_jobs,
+        "running_jobs": c.running_jobs,
+        "queued_jobs": c.queued_jobs,
+        "compute_seconds": round(c.compute_seconds, 3),
+        "compute_hours": round(c.compute_seconds / 3600, 3),
+        "idle_machines": c.idle_machines,
+    }
+
+
+@router.get("/orgs/{org}/overview")
+def get_overview(
+    ctx: OverviewView,
+    session: SessionDep,
+    since: Since = None,
+    until: Until = None,
+    idle_hours: Annotated[
+        float, Query(gt=0, le=24 * 365, description="A machine idle this long counts as idle.")
+    ] = 24,
+) -> OverviewOut:
+    start, end = _window(since, until)
+    o = usage_views.overview(
+        session, ctx.org, since=start, until=end, idle_after=timedelta(hours=idle_hours)
+    )
+    return OverviewOut(
+        since=o.since,
+        until=o.until,
+        idle_hours=idle_hours,
+        by_type=[
+            TypeOverviewOut(machine_type=t.machine_type, **_counts(t))  # type: ignore[arg-type]
+            for t in o.by_type
+        ],
+        **_counts(o),  # type: ignore[arg-type]
+    )
+
+
+# ------------------------------------------------------------------------------ usage
+
+
+class UserUsageOut(BaseModel):
+    user_id: uuid.UUID
+    name: str
+    compute_seconds: float
+    compute_hours: float
+    jobs_run: int = Field(description="Jobs that started in the window.")
+    jobs_held: int = Field(description="Jobs created in the window that waited for a slot.")
+    running_now: int
+    active_now: int
+    queued_now: int
+
+
+class UsageOut(BaseModel):
+    since: datetime
+    until: datetime
+    compute_seconds: float
+    compute_hours: float
+    items: list[UserUsageOut]
+    total: int
+    limit: int
+    offset: int
+
+
+@router.get("/orgs/{org}/usage")
+def get_usage(
+    ctx: UsageView,
+    session: SessionDep,
+    since: Since = None,
+    until: Until = None,
+    user: Annotated[str | None, Query(max_length=64, description="Only this user name.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> UsageOut:
+    start, end = _window(since, until)
+    user_id = None
+    if user is not None:
+        user_id = session.scalar(select(User.id).where(User.name == user))
+        if user_id is None:
+            raise Invalid(f"No user named '{user}'.", field="user")
+    u = usage_views.usage(session, ctx.org, since=start, until=end, user_id=user_id)
+    page = u.users[offset : offset + limit]
+    return UsageOut(
+        since=u.since,
+        until=u.until,
+        compute_seconds=round(u.compute_seconds, 3),
+        compute_hours=round(u.compute_seconds / 3600, 3),
+        items=[
+            UserUsageOut(
+                user_id=r.user_id,
+                name=r.name,
+                compute_seconds=round(r.compute_seconds, 3),
+                compute_hours=round(r.compute_hours, 3),
+                jobs_run=r.jobs_run,
+                jobs_held=r.jobs_held,
+                running_now=r.running_now,
+                active_now=r.active_now,
+                queued_now=r.queued_now,
+            )
+            for r in page
+        ],
+        total=len(u.users),
+        limit=limit,
+        offset=offset,
+    )
+
+
+# ---------------------------------------------------------------------- notifications
+
+EventName = Literal[
+    "job.failed",
+    "job.crashed",
+    "machine.pending_approval",
+    "machine.offline",
+    "member.joined",
+    "member.left",
+]
+
+
+class TargetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["slack", "webhook"]
+    url: str = Field(max_length=2048, description="http(s) URL on a public address.")
+    secret: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=256,
+        description="Webhooks: the HMAC-SHA256 signing key. Omit to keep the current one.",
+    )
+    events: list[EventName] = Field(
+        default_factory=list, max_length=16, description="Empty: every event."
+    )
+
+
+class NotificationsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[TargetIn] = Field(max_length=notifications.MAX_TARGETS)
+
+
+class TargetOut(BaseModel):
+    id: uuid.UUID
+    kind: str
+    url: str
+    events: list[str]
+    secret_set: bool
+    created_at: datetime
+
+
+class NotificationsOut(BaseModel):
+    targets: list[TargetOut]
+    events: list[str] = Field(description="Every event a target can subscribe to.")
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    event: str
+    target_id: uuid.UUID
+    status: str
+    attempts: int
+    last_status: int | None
+    last_error: str
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+class DeliveriesOut(BaseModel):
+    items: list[DeliveryOut]
+
+
+class QueuedOut(BaseModel):
+    queued: int
+
+
+def _notifications_out(targets: list[notifications.NotificationTarget]) -> NotificationsOut:
+    return NotificationsOut(
+        targets=[
+            TargetOut(
+                id=t.id,
+                kind=t.kind,
+                url=t.url,
+                events=list(t.events),
+                secret_set=bool(t.secret),
+                created_at=t.created_at,
+            )
+            for t in targets
+        ],
+        events=list(notifications.EVENTS),
+    )
+
+
+@router.get("/orgs/{org}/notifications")
+def get_notifications(ctx: SettingsUpdate, session: SessionDep) -> NotificationsOut:
+    """The org's targets (admins: a Slack URL is itself a credential). Secrets never leave."""
+    return _notifications_out(notifications.list_targets(session, ctx.org.id))
+
+
+@router.put("/orgs/{org}/notifications")
+def put_notifications(
+    ctx: SettingsUpdate, session: SessionDep, settings: SettingsDep, body: NotificationsIn
+) -> NotificationsOut:
+    """Replace the org's targets. URLs must be http(s) on public addresses (422 otherwise)."""
+    specs = [
+        notifications.TargetSpec(kind=t.kind, url=t.url, secret=t.secret, events=tuple(t.events))
+        for t in body.targets
+    ]
+    targets = notifications.replace_targets(ctx, session, specs, settings=settings)
+    return _notifications_out(targets)
+
+
+@router.post("/orgs/{org}/notifications/test", status_code=202)
+def test_notifications(ctx: SettingsUpdate, session: SessionDep) -> QueuedOut:
+    """Queue a test delivery to every target; see the result under `deliveries`."""
+    return QueuedOut(queued=notifications.send_test(ctx, session))
+
+
+@router.get("/orgs/{org}/notifications/deliveries")
+def get_deliveries(
+    ctx: SettingsUpdate,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> DeliveriesOut:
+    rows = notifications.list_deliveries(session, ctx.org.id, limit=limit)
+    return DeliveriesOut(
+        items=[
+            DeliveryOut(
+                id=r.id,
+                event=r.event,
+                target_id=r.target_id,
+                status=r.status,
+                attempts=r.attempts,
+                last_status=r.last_status,
+                last_error=r.last_error,
+                created_at=r.created_at,
+                next_attempt_at=r.next_attempt_at if r.status == notifications.PENDING else None,
+                delivered_at=r.delivered_at,
+            )
+            for r in rows
+        ]
+    )

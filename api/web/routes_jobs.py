@@ -1,0 +1,192 @@
+"""Jobs: the list with filters, one job's page (state, reason, lineage, logs), cancel, rerun.
+
+Members see their own jobs and admins everyone's: `flows.jobs.list_jobs` and `get_job`
+decide, as for `GET /orgs/{org}/jobs`. The list renders straight from the rows the
+service returns (one query for the page, one for the count) so it stays fast with tens
+of thousands of jobs; the job page uses the REST route's `job_out` (queue position,
+Prefect UI link) so both show the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
+from fastapi.responses import Response
+
+from api.routers import jobs as job_routes
+from api.web.core import OrgPage, OrgPageDep, redirect, render, settings_of
+from api.web.routes_data import gateway_of
+from datasets import lineage
+from flows import deployments, jobs
+from flows.models import ALL_STATES, FINAL_STATES
+from policies.errors import DomainError, Invalid
+from policies.permissions import Permission
+
+log = logging.getLogger("cshare.web")
+
+router = APIRouter()
+
+JOBS_PER_PAGE = 50
+JobId = Annotated[uuid.UUID, PathParam()]
+STATE_ORDER = (
+    "held",
+    "scheduled",
+    "running",
+    "cancelling",
+    "completed",
+    "failed",
+    "crashed",
+    "cancelled",
+    "rejected",
+)
+
+
+def _clean(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None
+
+
+@router.get("/orgs/{org}/jobs")
+def jobs_page(
+    request: Request,
+    page: OrgPageDep,
+    state: str = "",
+    user: str = "",
+    deployment: str = "",
+    offset: int = 0,
+) -> Response:
+    page.require(Permission.jobs_view_own)
+    offset = max(0, min(offset, 10_000_000))
+    filters = {"state": _clean(state), "user": _clean(user), "deployment": _clean(deployment)}
+    error = None
+    try:
+        rows, total = jobs.list_jobs(
+            page.ctx,
+            page.session,
+            state=filters["state"],
+            user=filters["user"],
+            deployment=filters["deployment"],
+            limit=JOBS_PER_PAGE,
+            offset=offset,
+        )
+    except DomainError as exc:  # an unknown state, or a member filtering by someone else
+        rows, total, error = [], 0, exc.detail
+    return render(
+        request,
+        "jobs.html",
+        page=page,
+        active="jobs",
+        status_code=422 if error else 200,
+        rows=rows,
+        total=total,
+        offset=offset,
+        per_page=JOBS_PER_PAGE,
+        filters={k: v or "" for k, v in filters.items()},
+        states=[s for s in STATE_ORDER if s in ALL_STATES],
+        deployment_names=[d.name for d in deployments.list_deployments(page.session, page.org)],
+        error=error,
+    )
+
+
+def _lineage(page: OrgPage, job: Any) -> dict[str, Any] | None:
+    """The job's record and graph; None (shown as unavailable) if it cannot be read."""
+    try:
+        record = lineage.job_record(page.session, job)
+        graph = lineage.job_graph(page.session, page.ctx, job, depth=2)
+    except DomainError as exc:
+        log.info("lineage of job %s unavailable: %s", job.id, exc.detail)
+        return None
+    return {"record": record, "graph": graph.as_dict()}
+
+
+def _job_page(
+    request: Request, page: OrgPage, job_id: uuid.UUID, *, code: int = 200, error: str = ""
+) -> Response:
+    page.require(Permission.jobs_view_own)
+    job = jobs.get_job(page.ctx, page.session, job_id)
+    out = job_routes.job_out(job, page.session, settings_of(request), gateway_of(request))
+    return render(
+        request,
+        "job.html",
+        page=page,
+        active="jobs",
+        status_code=code,
+        job=out,
+        final=job.state in FINAL_STATES,
+        can_cancel=job.state not in FINAL_STATES
+        and (job.user_id == page.viewer.user.id or page.can(Permission.jobs_cancel_all)),
+        can_rerun=page.can(Permission.jobs_submit) and job.deployment_id is not None,
+        lineage=_lineage(page, job),
+        times=jobs.summary_times(job),
+        error=error,
+    )
+
+
+@router.get("/orgs/{org}/jobs/{job_id}")
+def job_page(request: Request, page: OrgPageDep, job_id: JobId) -> Response:
+    return _job_page(request, page, job_id)
+
+
+@router.get("/orgs/{org}/jobs/{job_id}/logs")
+def job_logs(request: Request, page: OrgPageDep, job_id: JobId, offset: int = 0) -> Response:
+    """The log panel (an htmx fragment, polled while the job is not over)."""
+    page.require(Permission.jobs_view_own)
+    lines: list[Any] = []
+    problem = None
+    try:
+        job, lines = jobs.job_logs(
+            page.ctx, page.session, gateway_of(request), job_id, offset=0, limit=200
+        )
+        state = job.state
+    except DomainError as exc:
+        if exc.code == "job_not_found":
+            raise
+        problem = f"The logs cannot be read right now: {exc.detail}"
+        state = jobs.get_job(page.ctx, page.session, job_id).state
+    return render(
+        request,
+        "_job_logs.html",
+        page=page,
+        lines=lines,
+        problem=problem,
+        job_id=job_id,
+        final=state in FINAL_STATES,
+    )
+
+
+@router.post("/orgs/{org}/jobs/{job_id}/cancel")
+def cancel_job(request: Request, page: OrgPageDep, job_id: JobId) -> Response:
+    page.require(Permission.jobs_cancel_own)
+    try:
+        jobs.cancel(page.ctx, page.session, gateway_of(request), job_id)
+    except DomainError as exc:
+        if exc.code in ("job_not_found", "forbidden"):
+            raise
+        return _job_page(request, page, job_id, code=409, error=exc.detail)
+    return redirect(page.url(f"/jobs/{job_id}"), notice="cancelled")
+
+
+@router.post("/orgs/{org}/jobs/{job_id}/rerun")
+def rerun_job(request: Request, page: OrgPageDep, job_id: JobId) -> Response:
+    """Submit the job again: same deployment, parameters, machine type, resources and
+    pinned input versions (the lineage module's `rerun_spec`, as `cshare job rerun`)."""
+    page.require(Permission.jobs_submit)
+    job = jobs.get_job(page.ctx, page.session, job_id)
+    spec = lineage.rerun_spec(page.session, job)
+    if not spec.get("deployment"):
+        raise Invalid("The job's deployment no longer exists.", field="deployment")
+    body = job_routes.JobIn.model_validate(
+        {k: spec[k] for k in ("deployment", "parameters", "machine_type", "resources", "inputs")}
+        | {"tags": spec.get("tags", []), "priority": job.priority}
+    )
+    try:
+        new, _created = jobs.submit(page.ctx, page.session, gateway_of(request), body.spec())
+    except DomainError as exc:
+        if exc.code in ("job_not_found",):
+            raise
+        return _job_page(request, page, job_id, code=422, error=exc.detail)
+    return redirect(page.url(f"/jobs/{new.id}"), notice="rerun")

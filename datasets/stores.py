@@ -1,0 +1,295 @@
+"""Which store holds an organization's bytes: the default store, or the org's own S3.
+
+The default store is the installation's (`CSHARE_DATASET_STORE_URL`, else local disk
+under `CSHARE_HOME/datasets`). An admin may give the organization its own S3 bucket
+(`PUT /orgs/{org}/datastore`); new uploads go there, while versions already stored keep
+reading from where their bytes are (every blob row records its store), so switching
+stores never strands data.
+
+Only *where* is stored (bucket, prefix, endpoint, region, the name of an AWS profile);
+credentials come from the API process's usual AWS sources and never enter the database,
+the responses or the logs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from datasets.local import LocalStorage
+from datasets.models import DataStore
+from datasets.s3 import S3Storage
+from datasets.storage import Storage, StorageError
+from orgs import audit
+from orgs.config import Settings
+from orgs.context import OrgContext
+from policies.errors import Invalid, NotFound
+
+KIND_DEFAULT = "default"
+KIND_S3 = "s3"
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+_PROFILE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+_cache: dict[str, Storage] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRef:
+    """A store and its backend. `store_id` None = the default store."""
+
+    store_id: uuid.UUID | None
+    backend: Storage
+
+
+def _backend(settings: Settings, kind: str, config: dict[str, Any]) -> Storage:
+    """A backend per configuration, built once per process (S3 clients are costly to
+    make and thread-safe to share)."""
+    key = json.dumps(
+        [
+            kind,
+            config,
+            settings.dataset_chunk_bytes,
+            settings.dataset_s3_part_bytes,
+            settings.dataset_s3_concurrency,
+            settings.dataset_fsync,
+        ],
+        sort_keys=True,
+    )
+    with _cache_lock:
+        found = _cache.get(key)
+        if found is None:
+            found = _cache[key] = _build(settings, kind, config)
+        return found
+
+
+def _build(settings: Settings, kind: str, config: dict[str, Any]) -> Storage:
+    if kind == "local":
+        return LocalStorage(
+            Path(config["path"]),
+            chunk_size=settings.dataset_chunk_bytes,
+            fsync=settings.dataset_fsync,
+        )
+    if kind == KIND_S3:
+        return S3Storage(
+            config["bucket"],
+            prefix=config.get("prefix") or "",
+            endpoint_url=config.get("endpoint_url"),
+            region=config.get("region"),
+            profile=config.get("profile"),
+            part_size=settings.dataset_s3_part_bytes,
+            concurrency=settings.dataset_s3_concurrency,
+            chunk_size=settings.dataset_chunk_bytes,
+        )
+    raise ValueError(f"unknown store kind {kind!r}")
+
+
+def parse_store_url(url: str) -> tuple[str, dict[str, Any]]:
+    """`s3://bucket/prefix?endpoint_url=...&region=...&profile=...`, `file:///path` or a
+    plain path -> (kind, config)."""
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        return KIND_S3, validate_s3(
+            bucket=parts.netloc,
+            prefix=parts.path.strip("/"),
+            endpoint_url=query.get("endpoint_url"),
+            region=query.get("region"),
+            profile=query.get("profile"),
+        )
+    if parts.scheme in ("", "file"):
+        return "local", {"path": str(Path(parts.path or url).expanduser())}
+    raise ValueError(f"CSHARE_DATASET_STORE_URL: unsupported scheme {parts.scheme!r}")
+
+
+def default_store(settings: Settings) -> Storage:
+    if settings.dataset_store_url:
+        kind, config = parse_store_url(settings.dataset_store_url)
+        return _backend(settings, kind, config)
+    return _backend(settings, "local", {"path": str(settings.resolved_dataset_dir())})
+
+
+def backend_for(session: Session, settings: Settings, store_id: uuid.UUID | None) -> Storage:
+    """The backend of a store by id (None = default), active or not: old bytes stay
+    readable after an organization switches stores."""
+    if store_id is None:
+        return default_store(settings)
+    store = session.get(DataStore, store_id)
+    if store is None:
+        raise NotFound("The data store of this version no longer exists.", code="store_missing")
+    return _backend(settings, store.kind, dict(store.config))
+
+
+def active_store(session: Session, org_id: uuid.UUID) -> DataStore | None:
+    return session.scalars(
+        select(DataStore)
+        .where(DataStore.org_id == org_id, DataStore.active.is_(True))
+        .order_by(DataStore.created_at.desc())
+    ).first()
+
+
+def current_store(session: Session, settings: Settings, org_id: uuid.UUID) -> StoreRef:
+    """Where the organization's new uploads go."""
+    store = active_store(session, org_id)
+    if store is None:
+        return StoreRef(None, default_store(settings))
+    return StoreRef(store.id, _backend(settings, store.kind, dict(store.config)))
+
+
+# --------------------------------------------------------------- configuration (admins)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def validate_s3(
+    *,
+    bucket: str,
+    prefix: str | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """The S3 settings, checked (each error names its field); None values dropped."""
+    if not _BUCKET_RE.fullmatch(bucket or "") or ".." in bucket:
+        raise Invalid(
+            "Bucket names are 3-63 lowercase letters, digits, '.' and '-'.", field="bucket"
+        )
+    if _is_ip(bucket):
+        raise Invalid("A bucket name may not look like an IP address.", field="bucket")
+    clean_prefix = (prefix or "").strip("/")
+    if clean_prefix and (
+        len(clean_prefix) > 512
+        or any(p in ("", ".", "..") for p in clean_prefix.split("/"))
+        or any(ord(c) < 32 or ord(c) == 127 for c in clean_prefix)
+    ):
+        raise Invalid(
+            "The prefix is up to 512 printable characters of '/'-separated names "
+            "(no empty, '.' or '..' parts).",
+            field="prefix",
+        )
+    if endpoint_url is not None:
+        parts = urlsplit(endpoint_url)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username
+            or parts.password
+            or len(endpoint_url) > 512
+            or any(ord(c) <= 32 for c in endpoint_url)
+        ):
+            raise Invalid(
+                "endpoint_url is an http(s) URL like https://s3.example.com "
+                "(credentials never go in it).",
+                field="endpoint_url",
+            )
+        try:
+            parts.port  # noqa: B018  (raises on a bad port)
+        except ValueError:
+            raise Invalid("endpoint_url has an invalid port.", field="endpoint_url") from None
+    if region is not None and not _REGION_RE.fullmatch(region):
+        raise Invalid("region is like 'eu-west-1'.", field="region")
+    if profile is not None and not _PROFILE_RE.fullmatch(profile):
+        raise Invalid(
+            "profile names an AWS profile of the API server: 1-64 letters, digits, '.', "
+            "'_' or '-'.",
+            field="profile",
+        )
+    config = {
+        "bucket": bucket,
+        "prefix": clean_prefix,
+        "endpoint_url": endpoint_url,
+        "region": region,
+        "profile": profile,
+    }
+    return {k: v for k, v in config.items() if v not in (None, "")}
+
+
+def describe(session: Session, settings: Settings, org_id: uuid.UUID) -> dict[str, Any]:
+    """What members see of where their organization's bytes go (no secrets)."""
+    store = active_store(session, org_id)
+    if store is None:
+        return {"kind": KIND_DEFAULT, "id": None, "config": {}, "created_at": None}
+    return {
+        "kind": store.kind,
+        "id": store.id,
+        "config": dict(store.config),
+        "created_at": store.created_at,
+    }
+
+
+def configure(
+    ctx: OrgContext,
+    session: Session,
+    settings: Settings,
+    *,
+    kind: str,
+    config: dict[str, Any],
+    verify: bool,
+) -> None:
+    """Make `kind`/`config` the organization's store for new uploads; commits.
+
+    With `verify`, the bucket is written and read back first (with the API server's
+    credentials), so a typo or a missing permission is a 422 now rather than a failed
+    upload later. The session is closed during that check: no lock is held on the
+    network.
+    """
+    before = describe(session, settings, ctx.org.id)
+    if kind == KIND_S3:
+        config = validate_s3(**config)
+        if verify:
+            session.close()  # nothing of the database is held while S3 is asked
+            try:
+                # One attempt, short timeouts: an admin is waiting for the answer.
+                S3Storage(
+                    config["bucket"],
+                    prefix=config.get("prefix") or "",
+                    endpoint_url=config.get("endpoint_url"),
+                    region=config.get("region"),
+                    profile=config.get("profile"),
+                    connect_timeout=3.0,
+                    max_attempts=1,
+                ).check()
+            except StorageError as exc:
+                raise Invalid(f"The bucket is not usable: {exc.detail}", field="bucket") from None
+    elif kind != KIND_DEFAULT:
+        raise Invalid("kind is 'default' or 's3'.", field="kind")
+    for old in session.scalars(
+        select(DataStore).where(DataStore.org_id == ctx.org.id, DataStore.active.is_(True))
+    ):
+        old.active = False
+    if kind == KIND_S3:
+        session.add(
+            DataStore(
+                org_id=ctx.org.id, kind=kind, config=config, active=True, created_by=ctx.user.id
+            )
+        )
+    session.flush()
+    after = describe(session, settings, ctx.org.id)
+    audit.record(
+        session,
+        org_id=ctx.org.id,
+        actor=ctx.user,
+        action="datastore.configured",
+        target_type="datastore",
+        target_id=after["id"] or KIND_DEFAULT,
+        before={"kind": before["kind"], **before["config"]},
+        after={"kind": after["kind"], **after["config"]},
+    )
+    session.commit()

@@ -1,0 +1,138 @@
+"""What leaving an organization (or deleting it) does to jobs, schedules and deployments.
+
+Registered with `orgs.cascade` when this module is imported (the app imports it). Hooks
+change rows in the caller's transaction only; Prefect is told afterwards by the
+dispatcher, from the ledger (cancelling jobs, final jobs whose run is still live) or
+from the Prefect outbox (for rows that are deleted here), so a crash can never leave a
+departed member's job running unnoticed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from flows.models import (
+    ACTIVE_STATES,
+    CANCELLED,
+    CANCELLING,
+    HELD,
+    Deployment,
+    Job,
+    PrefectTask,
+    Schedule,
+)
+from orgs import audit
+from orgs.cascade import on_member_removed, on_org_deleted
+from orgs.db import utcnow
+from orgs.models import Organization
+
+MEMBER_GONE = "Its owner is no longer a member of the organization."
+
+
+@on_member_removed
+def cancel_member_jobs(session: Session, org: Organization, user_id: uuid.UUID) -> None:
+    """Held jobs -> cancelled; active jobs -> cancelling; the member's schedules go."""
+    now = utcnow()
+    # Held jobs, and active ones whose run was never created (Prefect was down): at once.
+    held = session.execute(
+        update(Job)
+        .where(
+            Job.org_id == org.id,
+            Job.user_id == user_id,
+            or_(
+                Job.state == HELD,
+                and_(Job.state.in_(tuple(ACTIVE_STATES)), Job.flow_run_id.is_(None)),
+            ),
+        )
+        .values(state=CANCELLED, reason=MEMBER_GONE, rule="", ended_at=now, updated_at=now)
+    )
+    active = session.execute(
+        update(Job)
+        .where(
+            Job.org_id == org.id,
+            Job.user_id == user_id,
+            Job.state.in_(tuple(ACTIVE_STATES - {CANCELLING})),
+        )
+        .values(state=CANCELLING, reason=MEMBER_GONE, cancel_requested_at=now, updated_at=now)
+    )
+    schedules = [
+        (sid, psid, pdid)
+        for sid, psid, pdid in session.execute(
+            select(Schedule.id, Schedule.prefect_schedule_id, Deployment.prefect_deployment_id)
+            .join(Deployment, Deployment.id == Schedule.deployment_id)
+            .where(Schedule.org_id == org.id, Schedule.user_id == user_id)
+        )
+    ]
+    _queue_schedule_deletions(session, schedules)
+    session.execute(delete(Schedule).where(Schedule.org_id == org.id, Schedule.user_id == user_id))
+    held_n, active_n = _count(held), _count(active)
+    if held_n or active_n or schedules:
+        audit.record(
+            session,
+            org_id=org.id,
+            actor=None,
+            action="jobs.cancelled_for_member",
+            target_type="user",
+            target_id=user_id,
+            after={
+                "held_cancelled": held_n,
+                "active_cancelling": active_n,
+                "schedules_deleted": len(schedules),
+            },
+        )
+
+
+@on_org_deleted
+def forget_org_in_prefect(session: Session, org: Organization) -> None:
+    """The org's rows go with it (cascade); queue the Prefect side for the dispatcher:
+    live runs cancelled, deployments (and so their schedules and queued runs) deleted."""
+    runs = session.scalars(
+        select(Job.flow_run_id).where(
+            Job.org_id == org.id,
+            Job.state.in_(tuple(ACTIVE_STATES | {HELD})),
+            Job.flow_run_id.is_not(None),
+        )
+    ).all()
+    for run_id in runs:
+        if run_id is not None:
+            session.add(
+                PrefectTask(kind="cancel_run", target_id=run_id, reason="Organization deleted.")
+            )
+    deployments = session.scalars(
+        select(Deployment.prefect_deployment_id).where(
+            Deployment.org_id == org.id, Deployment.prefect_deployment_id.is_not(None)
+        )
+    ).all()
+    for dep_id in deployments:
+        if dep_id is not None:
+            session.add(
+                PrefectTask(
+                    kind="delete_deployment", target_id=dep_id, reason="Organization deleted."
+                )
+            )
+    # Explicit deletes: not every backend configuration cascades (and order matters).
+    session.execute(delete(Job).where(Job.org_id == org.id))
+    session.execute(delete(Schedule).where(Schedule.org_id == org.id))
+    session.execute(delete(Deployment).where(Deployment.org_id == org.id))
+
+
+def _queue_schedule_deletions(
+    session: Session, schedules: list[tuple[uuid.UUID, uuid.UUID | None, uuid.UUID | None]]
+) -> None:
+    for _id, prefect_schedule_id, prefect_deployment_id in schedules:
+        if prefect_schedule_id is not None and prefect_deployment_id is not None:
+            session.add(
+                PrefectTask(
+                    kind="delete_schedule",
+                    target_id=prefect_schedule_id,
+                    deployment_id=prefect_deployment_id,
+                    reason="Its creator left the organization.",
+                )
+            )
+
+
+def _count(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,29 @@
+"""Building the control plane's one Prefect gateway from settings (once per app)."""
+
+from __future__ import annotations
+
+import httpx
+
+from flows.gateway import PrefectGateway
+from orgs.config import Settings
+
+
+def gateway_from_settings(
+    settings: Settings, *, transport: httpx.BaseTransport | None = None
+) -> PrefectGateway:
+    """A gateway for `settings.prefect_api_url`. Creating it opens no connection."""
+    auth = settings.prefect_auth_string
+    return PrefectGateway(
+        settings.prefect_api_url,
+        auth.get_secret_value() if auth is not None else None,
+        max_concurrency=settings.prefect_max_concurrency,
+        retries=settings.prefect_retries,
+        transport=transport,
+    )
+
+
+def ui_url_for_flow_run(settings: Settings, gateway: PrefectGateway, flow_run_id: object) -> str:
+    """The Prefect UI page of a run: `prefect_ui_url` when set, else derived from the API."""
+    if settings.prefect_ui_url:
+        return f"{settings.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+    return f"{gateway.api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}"

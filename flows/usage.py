@@ -1,0 +1,129 @@
+"""Admission snapshots from the job ledger: how many slots a user and an org hold now.
+
+Every caller that decides about a job (submit, explain, the dispatcher releasing a held
+job, the agent claiming a run) builds its snapshot here, so they all count the same way:
+
+- ``UserUsage.running``: the user's jobs in ``ACTIVE_STATES`` (scheduled, running,
+  cancelling: each holds a slot until Prefect confirms it is over);
+- ``UserUsage.queued``: the user's held jobs;
+- ``OrgUsage.running_by_type``: the organization's active jobs per machine type.
+
+The job being decided is never counted (``exclude_job_id``), otherwise a user at exactly
+their limit would be held by their own job.
+
+``lock=True`` serializes admission per organization: on PostgreSQL it takes the org row
+lock (``SELECT ... FOR UPDATE``) and re-reads the limits under it, so two concurrent
+submissions cannot both see the last free slot, and a settings change (which takes the
+same lock) cannot interleave. On SQLite the write transaction (``BEGIN IMMEDIATE``)
+already serializes every writer, and SQLAlchemy renders no ``FOR UPDATE`` there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func, literal, select, union_all
+from sqlalchemy.orm import Session
+
+from flows.models import ACTIVE_STATES, HELD, Job
+from orgs import settings_doc
+from orgs.models import Organization
+from policies.admission import AdmissionSnapshot, JobRequest, OrgUsage, UserUsage
+from policies.permissions import Role
+
+__all__ = ["REQUESTED_KEY", "admission_snapshot", "job_request_for"]
+
+# Key in ``Job.job_metadata`` holding what the submitter asked for (None = "org maximum"),
+# so a held job's resources are recomputed against the limits in force at release.
+REQUESTED_KEY = "requested"
+
+
+def admission_snapshot(
+    session: Session,
+    org: Organization,
+    user_id: UUID | None,
+    role: Role | None,
+    request: JobRequest,
+    *,
+    exclude_job_id: UUID | None = None,
+    for_release: bool = False,
+    lock: bool = False,
+) -> AdmissionSnapshot:
+    """The snapshot ``policies.admission.decide`` needs, counted from the ledger.
+
+    ``user_id`` None (a run with no known submitter) counts no user usage; ``role`` None
+    then rejects it anyway. Call with ``lock=True`` inside the write transaction that will
+    act on the decision.
+    """
+    raw_settings: dict[str, Any]
+    if lock:
+        locked = session.execute(
+            select(Organization.settings).where(Organization.id == org.id).with_for_update()
+        ).scalar_one()
+        raw_settings = dict(locked or {})
+    else:
+        raw_settings = dict(org.settings or {})
+    limits = settings_doc.load(raw_settings).limits
+
+    # One round trip for both counts (each half index-only): the user's held and active
+    # jobs, and the org's active jobs, per state and machine type.
+    active = tuple(sorted(ACTIVE_STATES))
+    org_part = select(Job.state, Job.machine_type, literal(False).label("mine"), func.count())
+    org_part = org_part.where(Job.org_id == org.id, Job.state.in_(active))
+    if exclude_job_id is not None:
+        org_part = org_part.where(Job.id != exclude_job_id)
+    parts = [org_part.group_by(Job.state, Job.machine_type)]
+    if user_id is not None:
+        user_part = select(Job.state, Job.machine_type, literal(True).label("mine"), func.count())
+        user_part = user_part.where(
+            Job.org_id == org.id, Job.user_id == user_id, Job.state.in_((*active, HELD))
+        )
+        if exclude_job_id is not None:
+            user_part = user_part.where(Job.id != exclude_job_id)
+        parts.append(user_part.group_by(Job.state, Job.machine_type))
+    running = queued = 0
+    running_by_type: dict[str, int] = {}
+    org_by_type: dict[str, int] = {}
+    for state, machine_type, is_mine, n in session.execute(union_all(*parts)):
+        if not is_mine:
+            org_by_type[machine_type] = org_by_type.get(machine_type, 0) + n
+        elif state == HELD:
+            queued += n
+        else:
+            running += n
+            running_by_type[machine_type] = running_by_type.get(machine_type, 0) + n
+
+    return AdmissionSnapshot(
+        role=role,
+        limits=limits,
+        request=request,
+        user=UserUsage(running=running, queued=queued, running_by_type=running_by_type),
+        org=OrgUsage(running_by_type=org_by_type),
+        for_release=for_release,
+    )
+
+
+def job_request_for(job: Job, deployment_known: bool = True) -> JobRequest:
+    """The request a ledger job was admitted with.
+
+    Uses what the submitter asked for (stored under ``job_metadata["requested"]``) when
+    known, so "no request" still means "the org maximum" at release time; falls back to
+    the job's stored effective resources.
+    """
+    requested = (job.job_metadata or {}).get(REQUESTED_KEY)
+    if isinstance(requested, dict):
+        memory = requested.get("memory_mb")
+        runtime = requested.get("max_runtime_s")
+        return JobRequest(
+            machine_type=job.machine_type,
+            memory_mb=memory if isinstance(memory, int) else None,
+            max_runtime_s=runtime if isinstance(runtime, int) else None,
+            deployment_known=deployment_known,
+        )
+    return JobRequest(
+        machine_type=job.machine_type,
+        memory_mb=job.memory_mb,
+        max_runtime_s=job.max_runtime_s,
+        deployment_known=deployment_known,
+    )

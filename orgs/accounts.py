@@ -1,0 +1,189 @@
+"""Accounts: sign-up, login with throttling, logout, personal access tokens."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from orgs import security
+from orgs.config import get_settings
+from orgs.db import utcnow
+from orgs.models import ApiToken, User
+from policies.errors import Conflict, Invalid, LimitExceeded, NotFound, Unauthenticated
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]{1,255}\.[^@\s\x00-\x1f]{1,63}$")
+MAX_TOKEN_DAYS = 3650
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str  # the secret, shown once
+    record: ApiToken
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 320 or not EMAIL_RE.match(email):
+        raise Invalid("That is not a valid email address.", field="email")
+    return email
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise Invalid(
+            "Names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+            field="name",
+        )
+    return name
+
+
+def validate_password(password: str) -> str:
+    if len(password) < 8:
+        raise Invalid("Passwords need at least 8 characters.", field="password")
+    if len(password) > 1024:
+        raise Invalid("Passwords may have at most 1024 characters.", field="password")
+    return password
+
+
+def _issue(
+    session: Session, user: User, kind: str, name: str, expires_at: datetime | None
+) -> IssuedToken:
+    secret = security.new_token(kind)
+    record = ApiToken(
+        user_id=user.id,
+        kind=kind,
+        name=name,
+        token_hash=security.hash_token(secret),
+        prefix=security.token_prefix(secret),
+        expires_at=expires_at,
+    )
+    record.user = user
+    session.add(record)
+    return IssuedToken(secret, record)
+
+
+def _session_expiry() -> datetime:
+    return utcnow() + timedelta(days=get_settings().session_token_days)
+
+
+def signup(session: Session, *, email: str, name: str, password: str) -> tuple[User, IssuedToken]:
+    email = normalize_email(email)
+    validate_name(name)
+    validate_password(password)
+    taken = session.scalars(select(User).where((User.email == email) | (User.name == name))).first()
+    if taken is not None:
+        field = "email" if taken.email == email else "name"
+        raise Conflict(f"An account with that {field} already exists.", code=f"{field}_taken")
+    user = User(email=email, name=name, password_hash=security.hash_password(password))
+    session.add(user)
+    issued = _issue(session, user, "session", "signup", _session_expiry())
+    try:
+        session.commit()
+    except IntegrityError as exc:  # a concurrent sign-up won the race
+        session.rollback()
+        raise Conflict("An account with that email or name already exists.") from exc
+    return user, issued
+
+
+def login(session: Session, *, email: str, password: str) -> IssuedToken:
+    """Check the password; after `login_max_failures` failures lock the account briefly.
+
+    Unknown emails and wrong passwords give the same answer in the same time.
+    """
+    settings = get_settings()
+    try:
+        email = normalize_email(email)
+    except Invalid:
+        security.verify_password(security.dummy_password_hash(), password)
+        raise Unauthenticated("Wrong email or password.", code="bad_credentials") from None
+    user = session.scalars(select(User).where(User.email == email)).first()
+    now = utcnow()
+    if user is None:
+        security.verify_password(security.dummy_password_hash(), password)
+        raise Unauthenticated("Wrong email or password.", code="bad_credentials")
+    if user.locked_until is not None and user.locked_until > now:
+        wait = int((user.locked_until - now).total_seconds()) + 1
+        raise LimitExceeded(
+            f"Too many failed sign-ins; try again in {wait} seconds.", code="login_throttled"
+        )
+    if not security.verify_password(user.password_hash, password):
+        failures = user.failed_logins + 1
+        locked = (
+            now + timedelta(seconds=settings.login_lockout_seconds)
+            if failures >= settings.login_max_failures
+            else None
+        )
+        session.execute(
+            update(User)
+            .where(User.id == user.id)
+            .values(failed_logins=0 if locked else failures, locked_until=locked)
+        )
+        session.commit()
+        raise Unauthenticated("Wrong email or password.", code="bad_credentials")
+    user.failed_logins = 0
+    user.locked_until = None
+    issued = _issue(session, user, "session", "login", _session_expiry())
+    session.commit()
+    return issued
+
+
+def authenticate(session: Session, token: str) -> tuple[User, ApiToken]:
+    """The user behind a session or personal token; 401 for anything else."""
+    record = session.scalars(
+        select(ApiToken).where(ApiToken.token_hash == security.hash_token(token))
+    ).first()
+    now = utcnow()
+    if (
+        record is None
+        or record.revoked_at is not None
+        or (record.expires_at is not None and record.expires_at <= now)
+    ):
+        raise Unauthenticated("The token is missing, expired or revoked.", code="bad_token")
+    return record.user, record
+
+
+def logout(session: Session, token: ApiToken) -> None:
+    token.revoked_at = utcnow()
+    session.commit()
+
+
+def create_personal_token(
+    session: Session, user: User, *, name: str, expires_in_days: int | None
+) -> IssuedToken:
+    name = name.strip()
+    if not 1 <= len(name) <= 100:
+        raise Invalid("Token names are 1-100 characters.", field="name")
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+        raise Invalid(
+            f"expires_in_days must be between 1 and {MAX_TOKEN_DAYS}.", field="expires_in_days"
+        )
+    expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+    issued = _issue(session, user, "personal", name, expires)
+    session.commit()
+    return issued
+
+
+def list_tokens(session: Session, user: User) -> list[ApiToken]:
+    return list(
+        session.scalars(
+            select(ApiToken)
+            .where(ApiToken.user_id == user.id, ApiToken.kind == "personal")
+            .order_by(ApiToken.created_at)
+        )
+    )
+
+
+def revoke_token(session: Session, user: User, token_id: uuid.UUID) -> None:
+    record = session.get(ApiToken, token_id)
+    if record is None or record.user_id != user.id or record.kind != "personal":
+        raise NotFound("No such token.")
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+    session.commit()

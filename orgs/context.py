@@ -1,0 +1,58 @@
+"""Who is acting inside which organization, and the one permission guard.
+
+Non-members never learn an organization exists (404); members whose role lacks a
+permission get 403 with the policy's sentence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from orgs.models import Membership, Organization, User
+from policies.errors import Forbidden, NotFound
+from policies.permissions import Permission, Role, allows, denial
+
+
+@dataclass(frozen=True, slots=True)
+class OrgContext:
+    user: User
+    org: Organization
+    membership: Membership
+
+    @property
+    def role(self) -> Role:
+        return Role(self.membership.role)
+
+    def can(self, permission: Permission) -> bool:
+        return allows(self.role, permission)
+
+    def require(self, permission: Permission) -> None:
+        if not self.can(permission):
+            raise Forbidden(denial(permission), code="forbidden")
+
+    def require_own_or(self, owner_id: object, permission: Permission) -> None:
+        """Allow the resource's owner; everyone else needs `permission` (e.g. manage-all)."""
+        if owner_id != self.user.id:
+            self.require(permission)
+
+
+def org_not_found(slug: str) -> NotFound:
+    return NotFound(f"No organization '{slug}' that you are a member of.", code="org_not_found")
+
+
+def member_context(session: Session, slug: str, user: User, *, lock: bool = False) -> OrgContext:
+    stmt = (
+        select(Organization, Membership)
+        .join(Membership, Membership.org_id == Organization.id)
+        .where(Organization.slug == slug, Membership.user_id == user.id)
+    )
+    if lock:
+        stmt = stmt.with_for_update(of=Organization)
+    row = session.execute(stmt).first()
+    if row is None:
+        raise org_not_found(slug)
+    org, membership = row
+    return OrgContext(user=user, org=org, membership=membership)

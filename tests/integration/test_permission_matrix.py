@@ -1,0 +1,634 @@
+"""Every API route x every role, generated from the app's routes and the permission table.
+
+Nothing here lists routes by hand except the few public ones: the cases come from
+`create_app().routes` and `policies.permissions.ROLE_PERMISSIONS`, so a route added later
+is covered without editing this file, and a route that cannot be classified fails:
+
+- a route with an `{org}` path parameter must depend on exactly one `Requires(...)`;
+- any other route either depends on the signed-in user (`get_auth`/`get_current_user`),
+  on a machine token (`get_machine`: every user token gets 401), or is on `PUBLIC_ROUTES`.
+
+For every (route, role) a fresh world is built directly through the services (an org
+with an owner, an admin and a member, plus an outsider who owns another org; unique
+names, so cases sharing the module's database and app never see each other, and
+destructive routes cannot break later cases), the path is filled from `PATH_EXAMPLES`
+(real rows where the parameter names one), the body from `BODY_EXAMPLES` (else `{}`),
+and the answer must be:
+
+- anonymous -> 401 on every route that is not public (and everyone on agent routes);
+- non_member (signed in, member of another org) -> 404 on every org route;
+- a member whose role lacks the route's permission -> 403;
+- a role that has it (and everyone on authenticated/public routes) -> not 401/403/404,
+  and no server error.
+
+The world grants every *conditional* permission (e.g. members may invite), so a 403 for
+a role that holds the permission is a bug in the route, not in the setting.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import fastapi.routing
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi import Path as PathParam
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api import deps
+from api.app import API_PREFIX, create_app
+from api.deps import Requires
+from orgs import accounts, organizations
+from orgs.config import get_settings
+from orgs.db import Database
+from orgs.models import Invitation, Membership, Organization, User
+from policies.permissions import ROLE_PERMISSIONS, Permission, Role
+from tests.integration.test_jobs_support import FakePrefect, jobs_app
+from tests.support import ApiClient, Person, password_for
+
+ROLES = ("owner", "admin", "member", "non_member", "anonymous")
+MEMBER_ROLES: dict[str, Role] = {"owner": Role.owner, "admin": Role.admin, "member": Role.member}
+
+# Routes anyone may call without a token. A new public route must be added here on
+# purpose; one that is neither listed nor authenticated fails `test_every_route_is_classified`.
+PUBLIC_ROUTES = frozenset(
+    {
+        "POST /auth/signup",
+        "POST /auth/login",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+    }
+)
+
+# Depending on any of these (directly or through another dependency) means "signed in".
+AUTH_DEPENDENCIES: tuple[Callable[..., Any], ...] = (deps.get_auth, deps.get_current_user)
+# Agent routes take a machine token: every user token (and none) gets 401 there.
+MACHINE_DEPENDENCIES: tuple[Callable[..., Any], ...] = (deps.get_machine,)
+
+Kind = Literal["org", "authenticated", "machine", "public", "invalid"]
+_PARAM_RE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """What the matrix knows about one (method, path) of the app."""
+
+    method: str
+    path: str  # as routed, with the /api/v1 prefix
+    label: str  # "DELETE /orgs/{org}", the prefix dropped
+    kind: Kind
+    permission: Permission | None = None
+    problem: str | None = None
+    has_body: bool = False
+
+    @property
+    def test_id(self) -> str:
+        """The label, marked when the route lives outside /api/v1 (probes are at both)."""
+        inside = self.path.startswith(API_PREFIX + "/")
+        return self.label if inside else f"{self.label} (root)"
+
+
+def _walk(dependant: Dependant) -> Iterator[Dependant]:
+    for sub in dependant.dependencies:
+        yield sub
+        yield from _walk(sub)
+
+
+def _label(method: str, path: str) -> str:
+    shown = path[len(API_PREFIX) :] if path.startswith(API_PREFIX + "/") else path
+    return f"{method} {shown}"
+
+
+def path_params(path: str) -> list[str]:
+    return _PARAM_RE.findall(path)
+
+
+def classify(path: str, method: str, dependant: Dependant) -> RouteRule:
+    """Classify one method of a route; a route that breaks the rules gets a `problem`."""
+    label = _label(method, path)
+    tree = [dependant, *_walk(dependant)]
+    calls = [d.call for d in tree]
+    rules = [c for c in calls if isinstance(c, Requires)]
+    authenticated = any(c in AUTH_DEPENDENCIES for c in calls)
+    has_body = any(d.body_params for d in tree)
+
+    def rule(kind: Kind, permission: Permission | None = None, problem: str = "") -> RouteRule:
+        return RouteRule(method, path, label, kind, permission, problem or None, has_body)
+
+    if "org" in path_params(path):
+        if len(rules) != 1:
+            found = ", ".join(repr(r) for r in rules) or "none"
+            return rule(
+                "invalid",
+                problem=(
+                    f"{label}: a route inside an organization needs exactly one permission "
+                    f"rule, found {found}; add a Requires(Permission.<x>) dependency "
+                    "(api.deps.Requires)."
+                ),
+            )
+        return rule("org", rules[0].permission)
+    if rules:
+        return rule(
+            "invalid",
+            problem=f"{label}: has {rules[0]!r} but no {{org}} path parameter to apply it to.",
+        )
+    if label in PUBLIC_ROUTES:
+        if authenticated:
+            return rule(
+                "invalid",
+                problem=f"{label}: listed in PUBLIC_ROUTES but requires a signed-in user.",
+            )
+        return rule("public")
+    if authenticated:
+        return rule("authenticated")
+    if any(c in MACHINE_DEPENDENCIES for c in calls):
+        return rule("machine")
+    return rule(
+        "invalid",
+        problem=(
+            f"{label}: neither authenticated nor known to be public; depend on "
+            "api.deps.CurrentUser/AuthDep (or Requires(...) under /orgs/{org}), or add it "
+            "to PUBLIC_ROUTES in this file if anyone may call it."
+        ),
+    )
+
+
+def api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Dependant]]:
+    """(path, methods, dependant) of every APIRoute, included routers resolved."""
+    iter_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if iter_contexts is None:  # FastAPI < 0.150 copies included routes into app.routes
+        for route in app.routes:
+            if isinstance(route, APIRoute):
+                yield route.path, set(route.methods or ()), route.dependant
+        return
+    for ctx in iter_contexts(app.routes):
+        if isinstance(ctx.original_route, APIRoute):
+            yield str(ctx.path), set(ctx.methods or ()), ctx.dependant
+
+
+def route_rules(app: FastAPI) -> list[RouteRule]:
+    return [
+        classify(path, method, dependant)
+        for path, methods, dependant in api_routes(app)
+        for method in sorted(methods - {"HEAD"})
+    ]
+
+
+def _app_for_collection() -> FastAPI:
+    """The app, built only to read its routes (its database is never opened)."""
+    db = Database(f"sqlite:///{Path(tempfile.gettempdir()) / 'cshare-routes-unused.db'}")
+    try:
+        return create_app(get_settings(), db)
+    finally:
+        db.dispose()
+
+
+RULES = route_rules(_app_for_collection())
+
+
+# --------------------------------------------------------------------------- the world
+
+
+@dataclass
+class World:
+    """One organization with an owner, an admin and a member; an outsider in another org."""
+
+    api: ApiClient
+    org_slug: str
+    org_name: str
+    org_id: uuid.UUID
+    people: dict[str, Person]
+    other_org_slug: str
+    cache: dict[str, str] = field(default_factory=dict)
+
+    def caller(self, role: str) -> Person | None:
+        return self.people.get(role)
+
+    def acting(self, role: str) -> Person:
+        """Who makes the org rows an example uses: the caller if in the org, else the member."""
+        return self.people[role] if role in MEMBER_ROLES else self.people["member"]
+
+    def own(self, role: str) -> Person:
+        """Whose account rows (tokens) an example uses: the caller's, or the member's."""
+        return self.people.get(role) or self.people["member"]
+
+    def user(self, session: Session, person: Person) -> User:
+        user = session.get(User, uuid.UUID(person.id))
+        assert user is not None
+        return user
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def build_world(api: ApiClient) -> World:
+    people: dict[str, Person] = {}
+    users: dict[str, User] = {}
+    with api.db.session() as s:
+        for role in ("owner", "admin", "member", "non_member"):
+            name = _unique(role.replace("_", "-"))
+            email = f"{name}@example.test"
+            user, issued = accounts.signup(s, email=email, name=name, password=password_for(name))
+            people[role] = Person(id=str(user.id), name=name, email=email, token=issued.token)
+            users[role] = user
+        org_name = f"Matrix {uuid.uuid4().hex[:8]}"
+        org = organizations.create(s, users["owner"], name=org_name, slug=None, description=None)
+        other = organizations.create(
+            s, users["non_member"], name=_unique("Elsewhere"), slug=None, description=None
+        )
+        for role in ("admin", "member"):
+            s.add(Membership(org_id=org.id, user_id=users[role].id, role=MEMBER_ROLES[role].value))
+        # Grant the conditional permissions (see the module docstring).
+        settings = dict(org.settings or {})
+        if isinstance(settings.get("invitations"), dict):
+            settings["invitations"] = {**settings["invitations"], "who_may_invite": "members"}
+            org.settings = settings
+        s.commit()
+        return World(
+            api=api,
+            org_slug=org.slug,
+            org_name=org.name,
+            org_id=org.id,
+            people=people,
+            other_org_slug=other.slug,
+        )
+
+
+# ------------------------------------------------------------- examples for the requests
+
+
+def _created(r: httpx.Response, what: str) -> dict[str, Any]:
+    if r.status_code not in (200, 201):
+        pytest.fail(f"could not create {what} for a path example: {r.status_code} {r.text}")
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _personal_token(w: World, role: str) -> str:
+    with w.api.db.session() as s:
+        issued = accounts.create_personal_token(
+            s, w.user(s, w.own(role)), name="matrix", expires_in_days=1
+        )
+        return str(issued.record.id)
+
+
+def _invitation(w: World) -> tuple[str, str]:
+    """(code, id) of a fresh invitation to the world's org, made by its owner."""
+    if "invitation" not in w.cache:
+        r = w.api.post(
+            f"/orgs/{w.org_slug}/invitations", w.people["owner"], json={"role": "member"}
+        )
+        body = _created(r, "an invitation")
+        inv_id = body.get("id") or body.get("invitation", {}).get("id")
+        if inv_id is None:
+            with w.api.db.session() as s:
+                inv_id = s.scalars(
+                    select(Invitation.id)
+                    .where(Invitation.org_id == w.org_id)
+                    .order_by(Invitation.created_at.desc())
+                ).first()
+        w.cache["invitation"] = f"{body['code']}\n{inv_id}"
+    code, inv_id = w.cache["invitation"].split("\n")
+    return code, inv_id
+
+
+def _machine(w: World, role: str) -> str:
+    r = w.api.post(
+        f"/orgs/{w.org_slug}/machines",
+        w.acting(role),
+        json={"name": _unique("m"), "machine_type": "cpu", "hardware": {}, "slots": 1},
+    )
+    body = _created(r, "a machine")
+    return str(body["machine"]["id"] if "machine" in body else body["id"])
+
+
+def _dataset(w: World, role: str) -> str:
+    name = _unique("ds")
+    owner = w.acting(role)
+    _created(w.api.post(f"/orgs/{w.org_slug}/datasets", owner, json={"name": name}), "a dataset")
+    w.cache["dataset"] = f"{name}\n{role}"
+    return name
+
+
+def _dataset_version(w: World, role: str) -> str:
+    """Version 1 of the dataset `_dataset` just made (the path names both)."""
+    name, made_for = w.cache["dataset"].split("\n")
+    owner = w.acting(made_for) if made_for in MEMBER_ROLES else w.people["member"]
+    r = w.api.post(
+        f"/orgs/{w.org_slug}/datasets/{name}/versions",
+        owner,
+        content=b"matrix bytes",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    return str(_created(r, "a dataset version")["version"])
+
+
+def _deployment(w: World, role: str | None = None) -> str:
+    """A deployment registered by `role`'s acting person, or the owner's shared one."""
+    if role is None and "deployment" in w.cache:
+        return w.cache["deployment"]
+    who = w.people["owner"] if role is None else w.acting(role)
+    name = _unique("deploy")
+    body = {"name": name, "entrypoint": "flows/library/train.py:train", "machine_type": "cpu"}
+    _created(w.api.post(f"/orgs/{w.org_slug}/deployments", who, json=body), "a deployment")
+    if role is None:
+        w.cache["deployment"] = name
+    return name
+
+
+def _job(w: World, role: str) -> str:
+    """A job submitted by the caller (jobs:*-own rules let members see their own)."""
+    r = w.api.post(f"/orgs/{w.org_slug}/jobs", w.acting(role), json={"deployment": _deployment(w)})
+    return str(_created(r, "a job")["id"])
+
+
+def _schedule(w: World, role: str) -> str:
+    r = w.api.post(
+        f"/orgs/{w.org_slug}/schedules",
+        w.acting(role),
+        json={"deployment": _deployment(w), "cron": "*/15 * * * *"},
+    )
+    return str(_created(r, "a schedule")["id"])
+
+
+# Path parameter -> example value for (world, role). Keyed "{param}", or "segment/{param}"
+# where the parameter's meaning depends on the segment before it (`{id}`, `{name}`).
+PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
+    "{org}": lambda w, role: w.org_slug,
+    "{user_id}": lambda w, role: w.people["member"].id,
+    "{token_id}": _personal_token,
+    "{code}": lambda w, role: _invitation(w)[0],
+    "invitations/{id}": lambda w, role: _invitation(w)[1],
+    "machines/{id}": _machine,
+    # Agent routes answer 401 to every user token before looking the run up.
+    "{flow_run_id}": lambda w, role: str(uuid.uuid4()),
+    "datasets/{name}": _dataset,
+    "versions/{version}": _dataset_version,
+    "deployments/{name}": _deployment,
+    "jobs/{id}": _job,
+    "schedules/{id}": _schedule,
+}
+
+# "METHOD /path" -> a minimal valid body for (world, role); routes not listed get `{}`.
+BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
+    "POST /auth/signup": lambda w, role: {
+        "email": f"{(n := _unique('new'))}@example.test",
+        "name": n,
+        "password": password_for(n),
+    },
+    "POST /auth/login": lambda w, role: {
+        "email": w.own(role).email,
+        "password": password_for(w.own(role).name),
+    },
+    "POST /me/tokens": lambda w, role: {"name": "matrix", "expires_in_days": 1},
+    "POST /orgs": lambda w, role: {"name": _unique("Matrix new")},
+    "PATCH /orgs/{org}": lambda w, role: {"description": "Changed by the permission matrix."},
+    "DELETE /orgs/{org}": lambda w, role: {"confirm": w.org_name},
+    "POST /orgs/{org}/transfer-ownership": lambda w, role: {"user_id": w.people["member"].id},
+    "PATCH /orgs/{org}/members/{user_id}": lambda w, role: {"role": "member"},
+    "PUT /orgs/{org}/settings": lambda w, role: {"description": "Set by the permission matrix."},
+    "POST /orgs/{org}/invitations": lambda w, role: {"role": "member", "max_uses": 1},
+    "POST /orgs/{org}/machines": lambda w, role: {
+        "name": _unique("m"),
+        "machine_type": "cpu",
+        "hardware": {},
+        "slots": 1,
+    },
+    "POST /orgs/{org}/datasets": lambda w, role: {"name": _unique("ds")},
+    "POST /orgs/{org}/deployments": lambda w, role: {
+        "name": _unique("deploy"),
+        "entrypoint": "flows/library/train.py:train",
+        "machine_type": "cpu",
+    },
+    "POST /orgs/{org}/jobs": lambda w, role: {"deployment": _deployment(w)},
+    "POST /orgs/{org}/jobs/explain": lambda w, role: {"deployment": _deployment(w)},
+    "POST /orgs/{org}/schedules": lambda w, role: {
+        "deployment": _deployment(w),
+        "cron": "*/15 * * * *",
+    },
+    "PATCH /orgs/{org}/schedules/{id}": lambda w, role: {"active": False},
+}
+
+
+def fill_path(rule: RouteRule, world: World, role: str) -> str:
+    path = rule.path
+    for match in list(_PARAM_RE.finditer(rule.path)):
+        name = match.group(1)
+        before = rule.path[: match.start()].rstrip("/").rsplit("/", 1)[-1]
+        keys = [f"{before}/{{{name}}}", f"{{{name}}}"]
+        resolver = next((PATH_EXAMPLES[k] for k in keys if k in PATH_EXAMPLES), None)
+        if resolver is None:
+            pytest.fail(
+                f"{rule.label}: no example value for path parameter {{{name}}}; add one to "
+                f"PATH_EXAMPLES in {Path(__file__).name} (keyed {keys[0]!r} or {keys[1]!r}), "
+                "preferably a real row of the world."
+            )
+        path = path.replace(match.group(0), resolver(world, role), 1)
+    return path
+
+
+def send(rule: RouteRule, world: World, role: str) -> httpx.Response:
+    url = fill_path(rule, world, role)
+    # Routes that read the raw request (PUT settings) declare no body; their example counts.
+    example = BODY_EXAMPLES.get(rule.label)
+    body = example(world, role) if example else ({} if rule.has_body else None)
+    caller = world.caller(role)
+    headers = caller.headers if caller else {}
+    response: httpx.Response = world.api.client.request(
+        rule.method, url, headers=headers, json=body
+    )
+    return response
+
+
+# ----------------------------------------------------------------------- expectations
+
+
+def expected(rule: RouteRule, role: str) -> int | None:
+    """The exact status a (route, role) must get, or None for 'allowed'."""
+    if rule.kind == "public":
+        return None
+    if role == "anonymous" or rule.kind == "machine":
+        return 401
+    if rule.kind == "authenticated":
+        return None
+    if role == "non_member":
+        return 404
+    assert rule.permission is not None
+    return None if rule.permission in ROLE_PERMISSIONS[MEMBER_ROLES[role]] else 403
+
+
+def check(rule: RouteRule, role: str, r: httpx.Response) -> None:
+    want = expected(rule, role)
+    shown = f"{rule.label} as {role}: got {r.status_code} {r.text[:300]}"
+    if want is not None:
+        assert r.status_code == want, f"{shown}; expected {want}"
+        body = r.json()
+        assert {"error", "detail"} <= set(body), f"{shown}; errors are {{error, detail}}"
+        return
+    why = f" ({rule.permission.value} is granted to {role})" if rule.permission else ""
+    assert r.status_code not in (401, 403, 404), f"{shown}; expected to be allowed{why}"
+    # 503 is the documented 'a dependency is down' answer (e.g. no Prefect in this test);
+    # anything else >= 500 is a bug.
+    server_error = r.status_code >= 500 and not (
+        r.status_code == 503 and r.json().get("error") not in (None, "internal")
+    )
+    assert not server_error, f"{shown}; server error"
+
+
+def run_case(api: ApiClient, rule: RouteRule, role: str) -> None:
+    if rule.problem:
+        pytest.fail(rule.problem)
+    world = build_world(api)
+    check(rule, role, send(rule, world, role))
+
+
+# ---------------------------------------------------------------------------- the tests
+
+
+def test_every_route_is_classified() -> None:
+    """One failure listing every route that has no rule (the matrix fails them one by one)."""
+    assert RULES, "the app has no routes?"
+    problems = [r.problem for r in RULES if r.problem]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_required_permission_is_granted_to_someone() -> None:
+    for rule in RULES:
+        if rule.permission is not None:
+            assert rule.permission in ROLE_PERMISSIONS[Role.owner], (
+                f"{rule.label} requires {rule.permission.value}, which no role has"
+            )
+
+
+def test_classifier_catches_routes_without_a_rule() -> None:
+    """The guard itself: an org route without Requires, and an unlisted public route."""
+    app = FastAPI()
+
+    @app.get(API_PREFIX + "/orgs/{org}/forgotten")
+    def forgotten(org: str = PathParam()) -> None:
+        return None
+
+    @app.get(API_PREFIX + "/orgs/{org}/doubled")
+    def doubled(
+        a: Any = Depends(Requires(Permission.org_view)),
+        b: Any = Depends(Requires(Permission.org_update)),
+    ) -> None:
+        return None
+
+    @app.get(API_PREFIX + "/surprise")
+    def surprise() -> None:
+        return None
+
+    @app.get(API_PREFIX + "/mine")
+    def mine(user: deps.CurrentUser) -> None:
+        return None
+
+    by_label = {r.label: r for r in route_rules(app)}
+    assert "add a Requires(" in str(by_label["GET /orgs/{org}/forgotten"].problem)
+    assert "exactly one" in str(by_label["GET /orgs/{org}/doubled"].problem)
+    assert "PUBLIC_ROUTES" in str(by_label["GET /surprise"].problem)
+    assert by_label["GET /mine"].kind == "authenticated"
+
+
+CASES = [
+    pytest.param(rule, role, id=f"{rule.test_id} as {role}") for rule in RULES for role in ROLES
+]
+
+
+class MatrixPrefect(FakePrefect):
+    """The in-memory Prefect of the job tests, plus the schedule calls it lacks."""
+
+    def set_deployment_schedule_active(
+        self, deployment_id: uuid.UUID, schedule_id: uuid.UUID, active: bool
+    ) -> None:
+        return None
+
+    def delete_deployment_schedule(self, deployment_id: uuid.UUID, schedule_id: uuid.UUID) -> None:
+        return None
+
+
+@contextmanager
+def _matrix_app(db: Database) -> Iterator[ApiClient]:
+    """The app with an in-memory Prefect, so deployments and jobs are real rows.
+
+    One app and database per module: every case builds its own world (unique users and
+    orgs), so cases cannot see each other, and no case pays for a database or app start.
+    """
+    try:
+        with jobs_app(db, MatrixPrefect()) as api:
+            yield api
+    finally:
+        db.dispose()
+
+
+@pytest.fixture(scope="module")
+def matrix_api(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[ApiClient]:
+    path = tmp_path_factory.mktemp("matrix") / "cshare.db"
+    shutil.copy(sqlite_template, path)
+    with _matrix_app(Database(f"sqlite:///{path}")) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def matrix_pg_api(pg_server_url: str) -> Iterator[ApiClient]:
+    with _matrix_app(Database(pg_server_url)) as api:
+        yield api
+
+
+@pytest.mark.parametrize(("rule", "role"), CASES)
+def test_route_as_role(matrix_api: ApiClient, rule: RouteRule, role: str) -> None:
+    run_case(matrix_api, rule, role)
+
+
+def _boundary_roles(rule: RouteRule) -> list[str]:
+    """Where the answer flips: the lowest role allowed and the highest role refused."""
+    if rule.kind != "org" or rule.permission is None:
+        return ["member"]
+    ranked = sorted(MEMBER_ROLES, key=lambda r: MEMBER_ROLES[r].rank)
+    allowed = [r for r in ranked if rule.permission in ROLE_PERMISSIONS[MEMBER_ROLES[r]]]
+    refused = [r for r in ranked if r not in allowed]
+    return allowed[:1] + refused[-1:]
+
+
+PG_CASES = [
+    pytest.param(rule, role, id=f"{rule.test_id} as {role}")
+    for rule in RULES
+    for role in _boundary_roles(rule)
+]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("rule", "role"), PG_CASES)
+def test_route_as_role_on_postgres(matrix_pg_api: ApiClient, rule: RouteRule, role: str) -> None:
+    """The permission boundary of every route, once more on PostgreSQL."""
+    run_case(matrix_pg_api, rule, role)
+
+
+def test_world_is_what_the_matrix_assumes(sqlite_api: ApiClient) -> None:
+    world = build_world(sqlite_api)
+    with sqlite_api.db.session() as s:
+        rows = s.execute(
+            select(Membership.user_id, Membership.role).where(Membership.org_id == world.org_id)
+        ).all()
+        roles = {str(user_id): role for user_id, role in rows}
+        other = s.scalars(select(Organization).where(Organization.slug == world.other_org_slug))
+        assert other.one() is not None
+    assert roles == {world.people[r].id: MEMBER_ROLES[r].value for r in MEMBER_ROLES}
+    r = sqlite_api.get(f"/orgs/{world.org_slug}", world.people["non_member"])
+    assert r.status_code == 404
