@@ -8,18 +8,18 @@ explains itself without a rerun.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator
 
 import pytest
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.when != "call" or not report.failed:
-        return
+        return report
     for value in getattr(item, "funcargs", {}).values():
         diagnostics = getattr(value, "diagnostics", None)
         if not callable(diagnostics):
@@ -30,3 +30,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             sections = {"diagnostics": f"could not collect: {exc!r}"}
         for title, text in sections.items():
             report.sections.append((title, text))
+    return report
