@@ -38,6 +38,7 @@ import pytest
 
 from flows.gateway import PrefectGateway, StateType
 from tests.prefect_server import (
+    PREFECT_STALL_S,
     PrefectServer,
     _b64,
     _free_port,
@@ -53,11 +54,6 @@ CSHARE = str(Path(sys.executable).parent / "cshare")
 OFFLINE_AFTER_S = 5
 DISPATCHER_INTERVAL_S = 0.5
 FINAL = {"completed", "failed", "crashed", "cancelled", "rejected"}
-# Prefect's SQLite server has been seen to stop answering for up to two minutes on a
-# loaded machine (a write lock held through its own 60 s busy timeout, twice). Waits for
-# an outcome that needs Prefect allow for that; how fast a limit acted is checked from
-# Prefect's own timestamps, which a stall does not move.
-PREFECT_STALL_S = 150
 
 
 def _clean_env() -> dict[str, str]:

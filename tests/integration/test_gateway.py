@@ -23,7 +23,7 @@ from flows.gateway import (
     work_pool_name,
 )
 from policies.errors import Conflict, Invalid, NotFound, Unavailable
-from tests.prefect_server import REPO_ROOT, PrefectServer, wait_for_runs
+from tests.prefect_server import PREFECT_STALL_S, REPO_ROOT, PrefectServer, wait_for_runs
 
 pytestmark = [pytest.mark.prefect, pytest.mark.xdist_group("prefect")]
 
@@ -280,7 +280,12 @@ def test_worker_skips_held_runs_until_released(
     with prefect_worker(pool, prefetch_seconds=60):
         # A run scheduled now, picked up and running, proves the worker polls this pool...
         slow = create(parameters={"epochs": 1000, "sleep_s": 0.1})
-        wait_for_runs(prefect_gateway, [slow], lambda r: r.state_type is StateType.RUNNING, 60)
+        wait_for_runs(
+            prefect_gateway,
+            [slow],
+            lambda r: r.state_type is StateType.RUNNING,
+            60 + PREFECT_STALL_S,
+        )
         # ...while the held one, in the same pool, was left alone.
         assert prefect_gateway.read_flow_run(held).is_held
 
@@ -288,7 +293,7 @@ def test_worker_skips_held_runs_until_released(
         # Cancelling a running run: Cancelling, the worker kills it, Cancelled.
         cancelling = prefect_gateway.cancel_flow_run(slow, "stop please")
         assert cancelling.state_type is StateType.CANCELLING
-        done = wait_for_runs(prefect_gateway, [held, slow], timeout_s=60)
+        done = wait_for_runs(prefect_gateway, [held, slow])
         assert done[held].state_type is StateType.COMPLETED
         assert done[slow].state_type is StateType.CANCELLED
 

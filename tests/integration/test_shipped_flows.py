@@ -14,7 +14,14 @@ import pytest
 
 from flows.gateway import PrefectGateway, StateType
 from flows.library import SHIPPED_FLOWS
-from tests.prefect_server import PREFECT, REPO_ROOT, PrefectServer, start_worker, wait_for_runs
+from tests.prefect_server import (
+    PREFECT,
+    PREFECT_STALL_S,
+    REPO_ROOT,
+    PrefectServer,
+    start_worker,
+    wait_for_runs,
+)
 
 pytestmark = [pytest.mark.prefect, pytest.mark.xdist_group("prefect")]
 
@@ -95,7 +102,9 @@ def test_shipped_flows_run_on_a_process_worker(
     train_bad = run("train", epochs=5, fail_at_epoch=3)
 
     runs = wait_for_runs(
-        prefect_gateway, [command_ok, command_bad, etl_ok, train_ok, train_bad], timeout_s=120
+        prefect_gateway,
+        [command_ok, command_bad, etl_ok, train_ok, train_bad],
+        timeout_s=120 + PREFECT_STALL_S,
     )
     expected = {
         command_ok: StateType.COMPLETED,
