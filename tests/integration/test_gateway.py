@@ -250,7 +250,7 @@ def test_runs_updated_since(prefect_gateway: PrefectGateway, deployment: uuid.UU
     )
     one = prefect_gateway.create_flow_run(deployment, idempotency_key=str(uuid.uuid4()), tags=[tag])
     prefect_gateway.release_flow_run(both.id)
-    deadline = time.monotonic() + 20  # events are persisted in batches
+    deadline = time.monotonic() + 20 + PREFECT_STALL_S  # events are persisted in batches
     while True:
         changed = {run.id for run in prefect_gateway.read_flow_runs_updated_since(since, [tag])}
         if changed >= {both.id, one.id} or time.monotonic() > deadline:
@@ -299,7 +299,7 @@ def test_worker_skips_held_runs_until_released(
 
         # The completed run's own log lines, in order, in pages. The flow process ships
         # its last lines after reporting Completed, so give them a moment.
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20 + PREFECT_STALL_S
         while True:
             lines = prefect_gateway.read_logs(held)
             if any("epoch 2 loss=" in line.message for line in lines):

@@ -24,7 +24,7 @@ from tests.integration.test_jobs_support import (
     settings_with,
     setup_org,
 )
-from tests.prefect_server import PrefectServer, start_worker
+from tests.prefect_server import PREFECT_STALL_S, PrefectServer, start_worker
 
 pytestmark = [
     pytest.mark.prefect,
@@ -53,7 +53,10 @@ def org(sqlite_database: Database, prefect_gateway: PrefectGateway) -> Iterator[
 
 
 def drive(
-    db: Database, gateway: PrefectGateway, done: Callable[[], bool], timeout_s: float = 90
+    db: Database,
+    gateway: PrefectGateway,
+    done: Callable[[], bool],
+    timeout_s: float = 90 + PREFECT_STALL_S,
 ) -> None:
     """Run dispatcher cycles until `done()`."""
     d = Dispatcher(db, gateway, settings_with(dispatcher_create_grace_s=0.0))
@@ -112,7 +115,7 @@ def test_jobs_complete_fail_and_cancel(
         StateType.CANCELLED
     )
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 20 + PREFECT_STALL_S
     while True:  # the flow process ships its last lines just after its final state
         logs = org.api.get(f"/orgs/{SLUG}/jobs/{bad_job['id']}/logs", alice).json()
         text = "\n".join(line["message"] for line in logs["items"])

@@ -30,7 +30,7 @@ POOL = "cshare-default"  # the placeholder pool named in prefect.yaml
 
 def _wait_for_log(gateway: PrefectGateway, run_id: uuid.UUID, text: str) -> list[str]:
     # A flow process ships its last log lines just after reporting its final state.
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 20 + PREFECT_STALL_S
     while True:
         messages = [line.message for line in gateway.read_logs(run_id, limit=200)]
         if any(text in message for message in messages) or time.monotonic() > deadline:
