@@ -42,15 +42,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from flows import ledger
 from flows.gateway import FlowRunInfo, PrefectGateway, StateType, work_pool_name
 from flows.models import (
-    CANCELLED,
     CANCELLING,
-    COMPLETED,
-    CRASHED,
-    FAILED,
     FINAL_STATES,
-    HELD,
     REJECTED,
     RUNNING,
     SCHEDULED,
@@ -64,6 +60,7 @@ from orgs.db import utcnow
 from orgs.models import Machine, Membership, Organization, User
 from policies.admission import Accept, Hold, JobRequest, Reject, decide
 from policies.errors import Forbidden, NotFound
+from policies.job_states import PREFECT_END_EVENTS, JobEvent
 from policies.permissions import Role
 
 __all__ = [
@@ -89,12 +86,6 @@ REVOKE_GRACE: Final = timedelta(seconds=30)
 SWEEP_BATCH: Final = 100
 
 _ON_A_MACHINE: Final = (RUNNING, CANCELLING)
-_FINAL_JOB_STATE: Final = {
-    StateType.COMPLETED: COMPLETED,
-    StateType.FAILED: FAILED,
-    StateType.CRASHED: CRASHED,
-    StateType.CANCELLED: CANCELLED,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,35 +271,20 @@ def _claim_from_ledger(
         lock=True,
     )
     decision = decide(snapshot)
-    now = utcnow()
     if isinstance(decision, Accept):
-        if job.state == HELD:
-            job.released_at = now
-        _start(job, machine, decision, now, running)
+        _start(session, job, machine, decision, running)
         return _run(job, flow_run_id, user_name)
-    job.reason = decision.reason
-    job.rule = decision.rule
-    if isinstance(decision, Hold):
-        job.state = HELD
-        return ClaimResult(
-            "hold", flow_run_id, decision.reason, decision.rule, job.id, prefect_action="hold"
-        )
-    job.state = REJECTED
-    job.ended_at = now
+    ledger.apply(session, job, ledger.event_for(decision), decision=decision)
+    kind: Literal["hold", "reject"] = "hold" if isinstance(decision, Hold) else "reject"
     return ClaimResult(
-        "reject", flow_run_id, decision.reason, decision.rule, job.id, prefect_action="reject"
+        kind, flow_run_id, decision.reason, decision.rule, job.id, prefect_action=kind
     )
 
 
-def _start(job: Job, machine: Machine, accept: Accept, now: datetime, running: int | None) -> None:
-    job.state = RUNNING
-    job.machine_id = machine.id
-    job.claimed_at = now
-    job.memory_mb = accept.memory_mb
-    job.max_runtime_s = accept.max_runtime_s
-    job.reason = ""
-    job.rule = ""
-    machine.last_job_at = now
+def _start(
+    session: Session, job: Job, machine: Machine, accept: Accept, running: int | None
+) -> None:
+    ledger.apply(session, job, JobEvent.claim, decision=accept, machine=machine)
     if running is not None:
         # Capacity reads this until the next heartbeat brings the agent's own count.
         machine.running_jobs = min(machine.slots, running + 1)
@@ -387,15 +363,21 @@ def _adopt(
     decision = decide(snapshot)
     if isinstance(decision, Reject):
         return reject(decision.reason, decision.rule)
-    now = utcnow()
     limits = snapshot.limits.limits
-    job = Job(
+    accepted = isinstance(decision, Accept)
+    job = ledger.create(
+        session,
+        JobEvent.claim if accepted else JobEvent.hold,
+        actor=None,
+        audit_action="job.adopted",
+        audit_after={"flow_run_id": str(info.id), "source": "prefect", "user_id": str(user.id)},
+        machine=machine if accepted else None,
+        decision=decision,
         org_id=org.id,
         user_id=user.id,
         deployment_id=deployment.id if deployment else None,
         source="prefect",
         machine_type=machine.machine_type,
-        state=HELD,
         parameters=dict(info.parameters),
         memory_mb=limits.max_job_memory,
         max_runtime_s=limits.max_job_runtime,
@@ -406,13 +388,9 @@ def _adopt(
         },
         flow_run_id=info.id,
         idempotency_key=str(info.id),
-    )
-    if isinstance(decision, Accept):
-        _start(job, machine, decision, now, running)
-    else:
-        job.reason = decision.reason
-        job.rule = decision.rule
-    session.add(job)
+    ).job
+    if accepted and running is not None:
+        machine.running_jobs = min(machine.slots, running + 1)
     try:
         session.flush()
     except IntegrityError:  # adopted by a concurrent claim on another machine
@@ -453,11 +431,14 @@ def report_limit(
     ).first()
     if job is None or job.org_id != machine.org_id or job.machine_id != machine.id:
         raise _run_not_found()
-    job.state = FAILED
-    job.prefect_state = StateType.FAILED.value
-    job.reason = message[:2000]
-    job.rule = f"{limit}_limit"
-    job.ended_at = job.ended_at or utcnow()
+    ledger.apply(
+        session,
+        job,
+        JobEvent.limit_kill,
+        reason=message,
+        rule=f"{limit}_limit",
+        prefect_state=StateType.FAILED.value,
+    )
     session.commit()
     return job
 
@@ -469,14 +450,11 @@ def report_limit(
 def _mark_runs_for_cancellation(session: Session, machine: Machine, reason: str) -> None:
     """The machine stops taking work: its runs are to be cancelled (rows only; Prefect
     is told after the commit by `settle_revoked`, or by the next sweep)."""
-    now = utcnow()
     jobs = session.scalars(
         select(Job).where(Job.machine_id == machine.id, Job.state.in_((RUNNING, SCHEDULED)))
     ).all()
     for job in jobs:
-        job.state = CANCELLING
-        job.reason = reason
-        job.cancel_requested_at = now
+        ledger.apply(session, job, JobEvent.request_cancel, reason=reason)
 
 
 def settle_revoked(session: Session, gateway: PrefectGateway, machine_id: uuid.UUID) -> int:
@@ -602,17 +580,16 @@ def _settle(
     """Write final Prefect outcomes into the ledger (only jobs still on a machine)."""
     settled: list[uuid.UUID] = []
     for job_id, state_type in outcomes.items():
-        final = _FINAL_JOB_STATE.get(state_type)
-        if final is None:
+        event = PREFECT_END_EVENTS.get(state_type.value)
+        if event is None:
             continue
         job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).first()
         if job is None or job.state not in _ON_A_MACHINE:
             continue  # the dispatcher's reconciler got there first
-        job.state = final
-        job.prefect_state = state_type.value
-        job.ended_at = job.ended_at or now
-        if final == CRASHED and job_id in reasons:
-            job.reason = reasons[job_id]
+        reason = reasons.get(job_id) if state_type is StateType.CRASHED else None
+        ledger.apply(
+            session, job, event, reason=reason, prefect_state=state_type.value, ended_at=now
+        )
         settled.append(job_id)
     session.commit()
     return settled

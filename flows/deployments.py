@@ -24,13 +24,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from flows import ledger
 from flows.gateway import PrefectGateway, work_pool_name
-from flows.models import ACTIVE_STATES, CANCELLED, HELD, Deployment, Job, Schedule
+from flows.models import ACTIVE_STATES, HELD, Deployment, Job, Schedule
 from orgs import audit, settings_doc
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Organization
 from policies.errors import Conflict, Invalid, NotFound
+from policies.job_states import JobEvent
 from policies.permissions import Permission
 
 __all__ = [
@@ -383,13 +385,17 @@ def delete_deployment(
 
     dep = get_deployment(session, ctx.org, name)
     _refuse_if_active(session, dep)
-    now = utcnow()
     held = list(session.scalars(select(Job).where(Job.deployment_id == dep.id, Job.state == HELD)))
     for job in held:
-        job.state = CANCELLED
-        job.reason = f"The deployment '{name}' was deleted."
-        job.ended_at = now
-        job.prefect_state = "DELETED"  # Prefect deleted the held run with the deployment
+        # Prefect deleted the held run with the deployment: nothing left to tell it.
+        ledger.apply(
+            session,
+            job,
+            JobEvent.observe_cancelled,
+            actor=ctx.user,
+            reason=f"The deployment '{name}' was deleted.",
+            prefect_state="DELETED",
+        )
     session.execute(delete(Schedule).where(Schedule.deployment_id == dep.id))
     audit.record(
         session,

@@ -47,7 +47,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from flows import claims
+from flows import claims, ledger
 from flows.gateway import (
     REJECTED_STATE_NAME,
     FlowRunInfo,
@@ -61,20 +61,16 @@ from flows.jobs import (
     SETTLED_PREFECT_STATES,
     ensure_flow_run,
     job_variables_for,
-    notify_ended,
     scheduled_time_of,
 )
 from flows.models import (
     ACTIVE_STATES,
     CANCELLED,
     CANCELLING,
-    COMPLETED,
-    CRASHED,
     FAILED,
     FINAL_STATES,
     HELD,
     REJECTED,
-    RUNNING,
     SCHEDULED,
     Deployment,
     Job,
@@ -84,12 +80,13 @@ from flows.models import (
 )
 from flows.schedules import next_fires
 from flows.usage import REQUESTED_KEY, admission_snapshot, job_request_for
-from orgs import audit, metrics
+from orgs import metrics
 from orgs.config import Settings
 from orgs.db import Database, utcnow
 from orgs.models import Membership, Organization, User
 from policies.admission import Accept, Hold, JobRequest, Reject, decide
 from policies.errors import DomainError, Unavailable
+from policies.job_states import PREFECT_END_EVENTS, JobEvent, Verdict, rule_for
 from policies.permissions import Role
 
 log = logging.getLogger(__name__)
@@ -109,10 +106,12 @@ Action = Literal["none", "release", "hold", "cancel"]
 
 @dataclass(frozen=True)
 class Sync:
-    """What reconciling one job against its run does: new ledger values (None: keep)
-    and at most one Prefect call to make after the commit."""
+    """What reconciling one job against its run does: the ledger event Prefect's state
+    amounts to (None: nothing), the state it leads to (None: unchanged), and at most one
+    Prefect call to make after the commit."""
 
     prefect_state: str
+    event: JobEvent | None = None
     state: str | None = None
     reason: str | None = None
     started_at: datetime | None = None
@@ -120,35 +119,39 @@ class Sync:
     action: Action = "none"
 
 
-_FINAL_MAP: Final = {
-    StateType.COMPLETED: COMPLETED,
-    StateType.FAILED: FAILED,
-    StateType.CRASHED: CRASHED,
-    StateType.CANCELLED: CANCELLED,
-}
+def _sync(job_state: str, prefect_state: str, event: JobEvent | None, **kw: Any) -> Sync:
+    state = None
+    if event is not None:
+        rule = rule_for(job_state, event)
+        state = rule.target.value if rule.verdict is Verdict.move else None
+    return Sync(prefect_state=prefect_state, event=event, state=state, **kw)
 
 
 def sync_job(job_state: str, run: FlowRunInfo | None, now: datetime) -> Sync:
     """Map a run's Prefect state onto a held or active job (see the module docstring)."""
     if run is None:
-        return Sync(
-            prefect_state="DELETED",
-            state=CANCELLED,
+        return _sync(
+            job_state,
+            "DELETED",
+            JobEvent.observe_cancelled,
             reason="Its Prefect run was deleted (with its deployment, or Prefect replaced "
             "a scheduled run when the deployment was updated).",
             ended_at=now,
         )
     st = run.state_type
     if st.is_final:
-        state = _FINAL_MAP[st]
+        event = PREFECT_END_EVENTS[st.value]
         if st is StateType.CANCELLED and run.state_name == REJECTED_STATE_NAME:
-            state = REJECTED
+            event = JobEvent.observe_rejected
         reason = None
-        if state in (FAILED, CRASHED, REJECTED) or (state == CANCELLED and job_state != CANCELLING):
+        if event not in (JobEvent.observe_completed, JobEvent.observe_cancelled) or (
+            event is JobEvent.observe_cancelled and job_state != CANCELLING
+        ):
             reason = run.message or f"Prefect ended the run {run.state_name or st.value}."
-        return Sync(
-            prefect_state=st.value,
-            state=state,
+        return _sync(
+            job_state,
+            st.value,
+            event,
             reason=reason,
             started_at=run.start_time,
             ended_at=run.end_time or now,
@@ -158,12 +161,13 @@ def sync_job(job_state: str, run: FlowRunInfo | None, now: datetime) -> Sync:
         action: Action = "none" if st is StateType.CANCELLING else "cancel"
         return Sync(prefect_state=st.value, started_at=run.start_time, action=action)
     if st is StateType.CANCELLING:
-        return Sync(prefect_state=st.value, state=CANCELLING, started_at=run.start_time)
+        return _sync(job_state, st.value, JobEvent.observe_cancelling, started_at=run.start_time)
     if st in (StateType.RUNNING, StateType.PAUSED):
-        return Sync(prefect_state=st.value, state=RUNNING, started_at=run.start_time)
+        return _sync(job_state, st.value, JobEvent.observe_running, started_at=run.start_time)
     if st is StateType.PENDING:
         # A worker took it; a held job released by hand now holds a slot for real.
-        return Sync(prefect_state=st.value, state=SCHEDULED if job_state == HELD else None)
+        pending = JobEvent.observe_pending if job_state == HELD else None
+        return _sync(job_state, st.value, pending)
     # SCHEDULED
     if run.is_held and job_state == SCHEDULED:
         return Sync(prefect_state=st.value, action="release")
@@ -394,37 +398,30 @@ class Dispatcher:
                 assert job.flow_run_id is not None
                 sync = sync_job(job.state, runs.get(job.flow_run_id), now)
                 report.reconciled += 1
-                before = job.state
-                if self._apply(job, sync, now):
+                if self._apply(s, job, sync, now):
                     report.state_changes += 1
-                    if job.state != before and job.state in (FAILED, CRASHED):
-                        notify_ended(s, job)
                 if sync.action != "none":
                     followups.append((sync.action, job, job.reason))
         for action, job, reason in followups:
             self._act(action, job, reason)
 
     @staticmethod
-    def _apply(job: Job, sync: Sync, now: datetime) -> bool:
-        changed = False
-        if job.prefect_state != sync.prefect_state:
-            job.prefect_state = sync.prefect_state
-            changed = True
-        if sync.started_at is not None and job.started_at is None:
-            job.started_at = sync.started_at
-        if sync.state is not None and sync.state != job.state:
-            if sync.state == SCHEDULED and job.state == HELD:
-                job.released_at = now
-            job.state = sync.state
-            if sync.state in FINAL_STATES:
-                job.ended_at = sync.ended_at or now
-                job.rule = "" if sync.state != REJECTED else job.rule
-            changed = True
-        if sync.reason is not None:
-            job.reason = sync.reason
-        if changed:
-            job.updated_at = now
-        return changed
+    def _apply(s: Session, job: Job, sync: Sync, now: datetime) -> bool:
+        changed = job.prefect_state != sync.prefect_state
+        if sync.event is None:
+            ledger.record_prefect(job, sync.prefect_state, started_at=sync.started_at)
+            return changed
+        moved = ledger.apply(
+            s,
+            job,
+            sync.event,
+            reason=sync.reason,
+            prefect_state=sync.prefect_state,
+            started_at=sync.started_at,
+            ended_at=sync.ended_at,
+            at=now,
+        ).moved
+        return changed or moved
 
     def _act(self, action: Action, job: Job, reason: str) -> None:
         assert job.flow_run_id is not None
@@ -489,8 +486,17 @@ class Dispatcher:
                 return None  # fired already (another dispatcher, or before a restart)
             decision = decide(snapshot)
             limits = snapshot.limits.limits
-            job = Job(
-                id=uuid.uuid4(),
+            job = ledger.create(
+                s,
+                ledger.event_for(decision),
+                actor=owner,
+                decision=decision,
+                at=now,
+                audit_after={
+                    "deployment": dep.name,
+                    "schedule_id": str(sched.id),
+                    "scheduled_for": fire.isoformat(),
+                },
                 org_id=org.id,
                 user_id=owner.id,
                 deployment_id=dep.id,
@@ -508,26 +514,7 @@ class Dispatcher:
                     SCHEDULED_FOR_KEY: fire.isoformat(),
                 },
                 idempotency_key=key,
-                created_at=now,
-                updated_at=now,
-            )
-            _apply_decision(job, decision, now)
-            s.add(job)
-            audit.record(
-                s,
-                org_id=org.id,
-                actor=owner,
-                action="job.submitted",
-                target_type="job",
-                target_id=job.id,
-                after={
-                    "deployment": dep.name,
-                    "schedule_id": str(sched.id),
-                    "scheduled_for": fire.isoformat(),
-                    "state": job.state,
-                    "rule": job.rule or None,
-                },
-            )
+            ).job
             try:
                 s.flush()
             except IntegrityError:
@@ -550,11 +537,13 @@ class Dispatcher:
             ).all()
         if orphans:
             with self.db.transaction() as s:
-                s.execute(
-                    update(Job)
+                for orphan in s.scalars(
+                    select(Job)
                     .where(Job.id.in_(orphans), Job.flow_run_id.is_(None))
-                    .values(state=CANCELLED, ended_at=now, updated_at=now)
-                )
+                    .order_by(Job.id)
+                    .with_for_update()
+                ):
+                    ledger.apply(s, orphan, JobEvent.cancel, at=now)
         with self.db.session(write=False) as s:
             ids = s.scalars(
                 select(Job.id)
@@ -686,24 +675,18 @@ class Dispatcher:
                         job.memory_mb,
                         job.max_runtime_s,
                     )
-                    job.state = SCHEDULED
-                    job.released_at = now
-                    job.reason = ""
-                    job.rule = ""
-                    job.memory_mb = decision.memory_mb
-                    job.max_runtime_s = decision.max_runtime_s
-                    job.updated_at = now
+                    ledger.apply(s, job, JobEvent.release, decision=decision, at=now)
                     queue.served(job, now)
                     released.append((job, changed))
                 elif isinstance(decision, Hold):
                     if (job.rule, job.reason) != (decision.rule, decision.reason):
-                        job.rule, job.reason = decision.rule, decision.reason
+                        ledger.apply(s, job, JobEvent.hold, decision=decision, at=now)
                     if decision.rule == "type_scale":
                         queue.block_type(job.machine_type)
                     else:
                         queue.block_user(job.user_id)
                 else:
-                    _reject(s, job, decision, now)
+                    ledger.apply(s, job, JobEvent.reject, decision=decision, at=now)
                     rejected.append(job)
         report.released += len(released)
         report.rejected += len(rejected)
@@ -889,8 +872,22 @@ class Dispatcher:
             # Already running over a limit: it cannot wait any more, so it stops.
             decision = Reject(decision.rule, decision.reason)
         limits = snapshot.limits.limits
-        job = Job(
-            id=uuid.uuid4(),
+        event = ledger.event_for(decision)
+        if started and event is JobEvent.accept:
+            event = JobEvent.observe_running
+        job = ledger.create(
+            s,
+            event,
+            actor=None,
+            audit_action="job.adopted",
+            decision=decision,
+            at=now,
+            audit_after={
+                "flow_run_id": str(run.id),
+                "source": "schedule" if schedule is not None else "prefect",
+                "schedule_id": str(schedule.id) if schedule else None,
+                "user_id": str(user_id),
+            },
             org_id=org.id,
             user_id=user_id,
             deployment_id=dep.id,
@@ -909,29 +906,7 @@ class Dispatcher:
             },
             flow_run_id=run.id,
             prefect_state=run.state_type.value,
-            created_at=now,
-            updated_at=now,
-        )
-        _apply_decision(job, decision, now)
-        if started and job.state == SCHEDULED:
-            job.state = RUNNING
-        s.add(job)
-        audit.record(
-            s,
-            org_id=org.id,
-            actor=None,
-            action="job.adopted",
-            target_type="job",
-            target_id=job.id,
-            after={
-                "flow_run_id": str(run.id),
-                "source": job.source,
-                "schedule_id": str(schedule.id) if schedule else None,
-                "user_id": str(user_id),
-                "state": job.state,
-                "rule": job.rule or None,
-            },
-        )
+        ).job
         try:
             s.flush()
         except IntegrityError:  # another dispatcher adopted it first
@@ -1003,34 +978,3 @@ def _user_from_tags(s: Session, run: FlowRunInfo) -> uuid.UUID | None:
     if len(names) != 1:
         return None
     return s.scalar(select(User.id).where(User.name == names[0]))
-
-
-def _apply_decision(job: Job, decision: Accept | Hold | Reject, now: datetime) -> None:
-    """The state a new job starts in (a fire of a schedule, an adopted run)."""
-    if isinstance(decision, Accept):
-        job.state = SCHEDULED
-        job.released_at = now
-        job.memory_mb, job.max_runtime_s = decision.memory_mb, decision.max_runtime_s
-    elif isinstance(decision, Hold):
-        job.state, job.rule, job.reason = HELD, decision.rule, decision.reason
-    else:
-        job.state, job.rule, job.reason = REJECTED, decision.rule, decision.reason
-        job.ended_at = now
-
-
-def _reject(s: Session, job: Job, decision: Reject, now: datetime) -> None:
-    job.state = REJECTED
-    job.rule = decision.rule
-    job.reason = decision.reason
-    job.ended_at = now
-    job.updated_at = now
-    audit.record(
-        s,
-        org_id=job.org_id,
-        actor=None,
-        action="job.rejected",
-        target_type="job",
-        target_id=job.id,
-        before={"state": HELD},
-        after={"state": REJECTED, "rule": decision.rule},
-    )

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from flows import ledger
 from flows.models import (
     ACTIVE_STATES,
-    CANCELLED,
     CANCELLING,
     HELD,
     Deployment,
@@ -26,8 +26,8 @@ from flows.models import (
 )
 from orgs import audit
 from orgs.cascade import on_member_removed, on_org_deleted
-from orgs.db import utcnow
 from orgs.models import Organization
+from policies.job_states import JobEvent
 
 MEMBER_GONE = "Its owner is no longer a member of the organization."
 
@@ -35,29 +35,25 @@ MEMBER_GONE = "Its owner is no longer a member of the organization."
 @on_member_removed
 def cancel_member_jobs(session: Session, org: Organization, user_id: uuid.UUID) -> None:
     """Held jobs -> cancelled; active jobs -> cancelling; the member's schedules go."""
-    now = utcnow()
-    # Held jobs, and active ones whose run was never created (Prefect was down): at once.
-    held = session.execute(
-        update(Job)
+    # Held jobs, and active ones whose run was never created (Prefect was down): at once;
+    # the rest are asked to stop (the dispatcher tells Prefect from the ledger).
+    held_n = active_n = 0
+    for job in session.scalars(
+        select(Job)
         .where(
             Job.org_id == org.id,
             Job.user_id == user_id,
-            or_(
-                Job.state == HELD,
-                and_(Job.state.in_(tuple(ACTIVE_STATES)), Job.flow_run_id.is_(None)),
-            ),
+            Job.state.in_(tuple(ACTIVE_STATES - {CANCELLING} | {HELD})),
         )
-        .values(state=CANCELLED, reason=MEMBER_GONE, rule="", ended_at=now, updated_at=now)
-    )
-    active = session.execute(
-        update(Job)
-        .where(
-            Job.org_id == org.id,
-            Job.user_id == user_id,
-            Job.state.in_(tuple(ACTIVE_STATES - {CANCELLING})),
-        )
-        .values(state=CANCELLING, reason=MEMBER_GONE, cancel_requested_at=now, updated_at=now)
-    )
+        .order_by(Job.id)
+        .with_for_update()
+    ):
+        if job.state == HELD or job.flow_run_id is None:
+            ledger.apply(session, job, JobEvent.cancel, reason=MEMBER_GONE)
+            held_n += 1
+        else:
+            ledger.apply(session, job, JobEvent.request_cancel, reason=MEMBER_GONE)
+            active_n += 1
     schedules = [
         (sid, psid, pdid)
         for sid, psid, pdid in session.execute(
@@ -68,7 +64,6 @@ def cancel_member_jobs(session: Session, org: Organization, user_id: uuid.UUID) 
     ]
     _queue_schedule_deletions(session, schedules)
     session.execute(delete(Schedule).where(Schedule.org_id == org.id, Schedule.user_id == user_id))
-    held_n, active_n = _count(held), _count(active)
     if held_n or active_n or schedules:
         audit.record(
             session,
@@ -132,7 +127,3 @@ def _queue_schedule_deletions(
                     reason="Its creator left the organization.",
                 )
             )
-
-
-def _count(result: object) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)

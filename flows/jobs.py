@@ -33,6 +33,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from flows import ledger
 from flows.deployments import find_deployment, validate_parameters, validate_tags
 from flows.gateway import (
     FlowRunRef,
@@ -43,10 +44,7 @@ from flows.gateway import (
 )
 from flows.models import (
     ALL_STATES,
-    CANCELLED,
     CANCELLING,
-    CRASHED,
-    FAILED,
     FINAL_STATES,
     HELD,
     SCHEDULED,
@@ -54,7 +52,7 @@ from flows.models import (
     Job,
 )
 from flows.usage import REQUESTED_KEY, admission_snapshot
-from orgs import audit, metrics, notifications
+from orgs import metrics
 from orgs.context import OrgContext
 from orgs.db import Database, utcnow
 from orgs.models import Organization, User
@@ -78,6 +76,7 @@ from policies.errors import (
     NotFound,
     Unavailable,
 )
+from policies.job_states import JobEvent
 from policies.permissions import Permission
 
 log = logging.getLogger(__name__)
@@ -315,18 +314,24 @@ def submit(
         raise rejection(decision)
     assert prep.deployment is not None  # known_deployment passed
     resources = effective_resources(snapshot.limits, prep.request)
-    now = utcnow()
     held = isinstance(decision, Hold)
-    job = Job(
-        id=uuid.uuid4(),
+    job = ledger.create(
+        session,
+        ledger.event_for(decision),
+        actor=user,
+        decision=decision,
+        audit_after={
+            "deployment": prep.deployment.name,
+            "machine_type": prep.request.machine_type,
+            "memory_mb": resources.memory_mb,
+            "max_runtime_s": resources.max_runtime_s,
+            "priority": spec.priority,
+        },
         org_id=org.id,
         user_id=user.id,
         deployment_id=prep.deployment.id,
         source="api",
         machine_type=prep.request.machine_type,
-        state=HELD if held else SCHEDULED,
-        reason=decision.reason if isinstance(decision, Hold) else "",
-        rule=decision.rule if isinstance(decision, Hold) else "",
         parameters=prep.parameters,
         memory_mb=resources.memory_mb,
         max_runtime_s=resources.max_runtime_s,
@@ -337,29 +342,8 @@ def submit(
             REQUESTED_KEY: {"memory_mb": spec.memory_mb, "max_runtime_s": spec.max_runtime_s}
         },
         idempotency_key=spec.idempotency_key,
-        released_at=None if held else now,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(job)
+    ).job
     _link_inputs(session, job)
-    audit.record(
-        session,
-        org_id=org.id,
-        actor=user,
-        action="job.submitted",
-        target_type="job",
-        target_id=job.id,
-        after={
-            "deployment": prep.deployment.name,
-            "state": job.state,
-            "rule": job.rule or None,
-            "machine_type": job.machine_type,
-            "memory_mb": job.memory_mb,
-            "max_runtime_s": job.max_runtime_s,
-            "priority": job.priority,
-        },
-    )
     try:
         session.commit()
     except IntegrityError:
@@ -524,38 +508,10 @@ def _settle_after_attach(gateway: PrefectGateway, ref: FlowRunRef, state: str | 
 
 
 def _fail_job(session: Session, job_id: uuid.UUID, reason: str) -> None:
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state.not_in(tuple(FINAL_STATES)))
-        .values(state=FAILED, reason=reason, ended_at=now, updated_at=now, prefect_state="")
-    )
-    job = session.get(Job, job_id, populate_existing=True)
-    if getattr(result, "rowcount", 0) and job is not None:
-        notify_ended(session, job)
+    job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).first()
+    if job is not None:
+        ledger.apply(session, job, JobEvent.fail, reason=reason, prefect_state="")
     session.commit()
-
-
-def notify_ended(session: Session, job: Job) -> None:
-    """Queue the org's `job.failed` / `job.crashed` webhooks (in the caller's transaction)."""
-    event = {FAILED: "job.failed", CRASHED: "job.crashed"}.get(job.state)
-    if event is None:
-        return
-    user = session.get(User, job.user_id)
-    dep = session.get(Deployment, job.deployment_id) if job.deployment_id else None
-    notifications.emit(
-        session,
-        job.org_id,
-        event,
-        {
-            "job_id": str(job.id),
-            "deployment": dep.name if dep is not None else None,
-            "user": user.name if user is not None else None,
-            "reason": job.reason,
-            "flow_run_id": str(job.flow_run_id) if job.flow_run_id else None,
-            "state": job.state,
-        },
-    )
 
 
 # ----------------------------------------------------------------------- reads
@@ -691,28 +647,9 @@ def cancel(ctx: OrgContext, session: Session, gateway: PrefectGateway, job_id: u
         return job
     if job.state in FINAL_STATES:
         raise Conflict(f"The job is already {job.state}.", code="job_finished")
-    now = utcnow()
-    before = {"state": job.state}
     reason = f"Cancelled by {ctx.user.name}."
-    if job.state == HELD or job.flow_run_id is None:
-        job.state = CANCELLED
-        job.ended_at = now
-    else:
-        job.state = CANCELLING
-    job.reason = reason
-    job.rule = ""
-    job.cancel_requested_at = now
-    job.updated_at = now
-    audit.record(
-        session,
-        org_id=ctx.org.id,
-        actor=ctx.user,
-        action="job.cancelled" if job.state == CANCELLED else "job.cancel_requested",
-        target_type="job",
-        target_id=job.id,
-        before=before,
-        after={"state": job.state},
-    )
+    event = JobEvent.cancel if job.state == HELD or job.flow_run_id is None else None
+    ledger.apply(session, job, event or JobEvent.request_cancel, actor=ctx.user, reason=reason)
     session.commit()
     if job.flow_run_id is not None:
         cancel_in_prefect(session, gateway, job, reason)
@@ -732,16 +669,12 @@ def cancel_in_prefect(session: Session, gateway: PrefectGateway, job: Job, reaso
 
 
 def finalize_cancel(session: Session, job: Job, ref: FlowRunRef) -> None:
-    now = utcnow()
-    values: dict[str, Any] = {"prefect_state": ref.state_type.value, "updated_at": now}
     if ref.state_type in (StateType.CANCELLED, StateType.CANCELLING):
-        session.execute(update(Job).where(Job.id == job.id).values(**values))
-    if ref.state_type is StateType.CANCELLED:
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.state == CANCELLING)
-            .values(state=CANCELLED, ended_at=now)
-        )
+        session.refresh(job, with_for_update=True)
+        if ref.state_type is StateType.CANCELLED and job.state == CANCELLING:
+            ledger.apply(session, job, JobEvent.observe_cancelled, prefect_state="CANCELLED")
+        else:
+            job.prefect_state = ref.state_type.value
     session.commit()
     session.refresh(job)
 

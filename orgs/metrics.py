@@ -57,6 +57,20 @@ NOTIFICATION_DELIVERIES: Final = Counter(
     registry=REGISTRY,
 )
 
+JOBS_ENDED: Final = Counter(
+    "cshare_jobs_ended",
+    "Jobs that reached a terminal state, by state and machine type.",
+    ["state", "machine_type"],
+    registry=REGISTRY,
+)
+
+JOB_COMPUTE_SECONDS: Final = Counter(
+    "cshare_job_compute_seconds",
+    "Wall-clock seconds of jobs that ran on a machine, counted when they end.",
+    ["machine_type"],
+    registry=REGISTRY,
+)
+
 # Pre-create the series a dashboard expects so they read 0, not "no data", at start.
 SUBMISSIONS.labels(decision="accepted", rule="none")
 for _rule in HOLD_RULES:
@@ -85,6 +99,12 @@ def record_submission(decision_kind: str, rule: str | None = None) -> None:
 def record_decision(decision: Decision) -> None:
     """`record_submission` for a `policies.admission` decision object."""
     record_submission(decision.kind, getattr(decision, "rule", None))
+
+
+def record_job_end(state: str, machine_type: str, ran_seconds: float | None) -> None:
+    JOBS_ENDED.labels(state=state, machine_type=machine_type).inc()
+    if ran_seconds is not None and ran_seconds > 0:
+        JOB_COMPUTE_SECONDS.labels(machine_type=machine_type).inc(ran_seconds)
 
 
 def observe_dispatch_latency(seconds: float) -> None:
