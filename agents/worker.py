@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import anyio.abc
@@ -196,8 +196,10 @@ class _GatedStarter:
         memory: limits.MemoryLimit | None,
         max_runtime_s: int,
         control_channel: ControlChannel | None,
+        on_timeout: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
+        self._on_timeout = on_timeout
         self._env = env
         self._cwd = cwd
         self._command = command
@@ -266,6 +268,11 @@ class _GatedStarter:
             await process.wait()
         if watchdog.cancelled_caught:
             self.timed_out = True
+            if self._on_timeout is not None:
+                # The ledger hears of the kill before the engine can report its own end
+                # (Crashed on SIGTERM): the job's final state is the limit's.
+                with contextlib.suppress(Exception):
+                    await self._on_timeout()
             await self._stop(process)
 
     @staticmethod
@@ -529,7 +536,16 @@ class CshareWorker(ProcessWorker):
                 CSHARE_ORG=grant.org,
                 CSHARE_JOB_TOKEN=grant.job_token,
             )
+        runtime_reported = False
+        max_runtime_s = grant.max_runtime_s
+
+        async def report_runtime() -> None:
+            nonlocal runtime_reported
+            message = limits.runtime_failure_message(max_runtime_s)
+            runtime_reported = await self._report_limit_to_ledger(flow_run.id, "runtime", message)
+
         starter = _GatedStarter(
+            on_timeout=report_runtime,
             pool=self._warm,
             env=env,
             cwd=Path("."),
@@ -568,7 +584,9 @@ class CshareWorker(ProcessWorker):
                     if handle.pid is None:
                         raise RuntimeError("Flow run process has no PID")
                     task_status.started(handle.pid)
-            await self._report_limits(flow_run, starter, memory, grant.max_runtime_s)
+            await self._report_limits(
+                flow_run, starter, memory, grant.max_runtime_s, reported=runtime_reported
+            )
         finally:
             self._running.discard(flow_run.id)
             self._active.discard(flow_run.id)
@@ -620,10 +638,13 @@ class CshareWorker(ProcessWorker):
         starter: _GatedStarter,
         memory: limits.MemoryLimit,
         max_runtime_s: int,
+        *,
+        reported: bool = False,
     ) -> None:
-        """A run stopped by a limit ends `Failed` with the limit in its message."""
+        """A run stopped by a limit ends `Failed` with the limit in its message.
+        `reported`: the ledger already heard of it (a runtime kill is reported first)."""
         message: str | None = None
-        which = "memory"
+        which: Literal["memory", "runtime"] = "memory"
         if starter.timed_out:
             message, which = limits.runtime_failure_message(max_runtime_s), "runtime"
         elif memory.cgroup and limits.CgroupV2.oom_killed(memory.cgroup):
@@ -644,11 +665,20 @@ class CshareWorker(ProcessWorker):
         # Failed on MemoryError); the limit is the reason people need to see. Then the
         # ledger, which may have copied the engine's end already.
         await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
-        if self._api is not None:
-            try:
-                await self._api.report_limit(flow_run.id, which, message)
-            except Exception as exc:  # Prefect has the reason; the ledger keeps the engine's
-                self._logger.warning("could not report the limit of %s: %s", flow_run.id, exc)
+        if not reported:
+            await self._report_limit_to_ledger(flow_run.id, which, message)
+
+    async def _report_limit_to_ledger(
+        self, flow_run_id: uuid.UUID, which: Literal["memory", "runtime"], message: str
+    ) -> bool:
+        if self._api is None:
+            return False
+        try:
+            await self._api.report_limit(flow_run_id, which, message)
+            return True
+        except Exception as exc:  # Prefect has the reason; the ledger keeps the engine's
+            self._logger.warning("could not report the limit of %s: %s", flow_run_id, exc)
+            return False
 
     async def abort_all(self, reason: str) -> None:
         """Stop every run this worker has (the machine was removed or rejected, or the

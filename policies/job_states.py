@@ -210,13 +210,14 @@ PREFECT_END_EVENTS: Final = {
 
 def mermaid() -> str:
     """The state diagram (docs/lifecycle.md is generated from this)."""
-    lines = ["stateDiagram-v2", "    [*] --> new"]
-    edges: dict[tuple[JobState, JobState], list[str]] = {}
+    lines = ["stateDiagram-v2"]
+    edges: dict[tuple[str, str], list[str]] = {}
     for (src, ev), rule in TABLE.items():
         if rule.verdict is Verdict.move:
-            edges.setdefault((src, rule.target), []).append(ev.value)
+            start = "[*]" if src is S.new else src.value  # a new job has no state yet
+            edges.setdefault((start, rule.target.value), []).append(ev.value)
     for (src, dst), events in sorted(edges.items()):
-        lines.append(f"    {src.value} --> {dst.value}: {', '.join(sorted(events))}")
+        lines.append(f"    {src} --> {dst}: {', '.join(sorted(events))}")
     for state in sorted(TERMINAL):
         lines.append(f"    {state.value} --> [*]")
     return "\n".join(lines)

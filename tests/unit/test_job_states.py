@@ -6,6 +6,8 @@ recorded as a note), `-` (refused: nothing changes).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from policies.job_states import (
@@ -19,23 +21,40 @@ from policies.job_states import (
     rule_for,
 )
 
-COLUMNS = (
-    "accept hold release reject claim request_cancel cancel fail limit_kill crash "
-    "observe_pending observe_running observe_cancelling observe_completed observe_failed "
-    "observe_crashed observe_cancelled observe_rejected"
-).split()
+# Columns, in order: accept hold release reject claim request_cancel cancel fail
+# limit_kill crash | observe_ pending running cancelling completed failed crashed
+# cancelled rejected.
+COLUMNS = [
+    *("accept", "hold", "release", "reject", "claim", "request_cancel"),
+    *("cancel", "fail", "limit_kill", "crash"),
+    *("observe_pending", "observe_running", "observe_cancelling", "observe_completed"),
+    *("observe_failed", "observe_crashed", "observe_cancelled", "observe_rejected"),
+]
+# Targets: HE held, SC scheduled, RU running, CG cancelling, CO completed, FA failed,
+# CR crashed, CA cancelled, RE rejected.
+ABBREV = {
+    "HE": "held",
+    "SC": "scheduled",
+    "RU": "running",
+    "CG": "cancelling",
+    "CO": "completed",
+    "FA": "failed",
+    "CR": "crashed",
+    "CA": "cancelled",
+    "RE": "rejected",
+}
 # fmt: off
 EXPECTED = """
-new        scheduled held - rejected running - - - - - - running - - - - - -
-held       - = scheduled rejected running cancelled cancelled failed - crashed scheduled running cancelling completed failed crashed cancelled rejected
-scheduled  = held - rejected running cancelling cancelled failed - crashed = running cancelling completed failed crashed cancelled rejected
-running    - - - - = cancelling cancelled failed failed crashed = = cancelling completed failed crashed cancelled rejected
-cancelling - - - - - = cancelled failed failed crashed - = = completed failed crashed cancelled rejected
-completed  n n n n n n n n n n n n n n n n n n
-failed     n n n n n n n n = n n n n n n n n n
-crashed    n n n n n n n n n n n n n n n n n n
-cancelled  n n n n n n n n n n n n n n n n n n
-rejected   n n n n n n n n n n n n n n n n n n
+new        SC HE -  RE RU -  -  -  -  -  -  RU -  -  -  -  -  -
+held       -  =  SC RE RU CA CA FA -  CR SC RU CG CO FA CR CA RE
+scheduled  =  HE -  RE RU CG CA FA -  CR =  RU CG CO FA CR CA RE
+running    -  -  -  -  =  CG CA FA FA CR =  =  CG CO FA CR CA RE
+cancelling -  -  -  -  -  =  CA FA FA CR -  =  =  CO FA CR CA RE
+completed  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n
+failed     n  n  n  n  n  n  n  n  =  n  n  n  n  n  n  n  n  n
+crashed    n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n
+cancelled  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n
+rejected   n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n  n
 """
 # fmt: on
 
@@ -51,9 +70,11 @@ def _cells() -> list[tuple[JobState, JobEvent, str]]:
 
 def test_the_expectation_names_every_pair() -> None:
     assert set(COLUMNS) == {e.value for e in JobEvent}
-    assert {(s, e) for s, e, _ in _cells()} == set(TABLE) == {
-        (s, e) for s in JobState for e in JobEvent
-    }
+    assert (
+        {(s, e) for s, e, _ in _cells()}
+        == set(TABLE)
+        == {(s, e) for s in JobState for e in JobEvent}
+    )
 
 
 @pytest.mark.parametrize(("state", "event", "cell"), _cells(), ids=lambda v: str(v))
@@ -66,7 +87,7 @@ def test_each_pair(state: JobState, event: JobEvent, cell: str) -> None:
     elif cell == "=":
         assert (rule.verdict, rule.target) == (Verdict.stay, state)
     else:
-        assert (rule.verdict, rule.target) == (Verdict.move, JobState(cell))
+        assert (rule.verdict, rule.target) == (Verdict.move, JobState(ABBREV[cell]))
 
 
 def test_terminal_states_never_move_again() -> None:
@@ -130,4 +151,14 @@ def test_mermaid_diagram_names_every_move() -> None:
     assert text.startswith("stateDiagram-v2")
     for (state, _event), rule in TABLE.items():
         if rule.verdict is Verdict.move:
-            assert f"{state.value} --> {rule.target.value}:" in text
+            start = "[*]" if state is JobState.new else state.value
+            assert f"{start} --> {rule.target.value}:" in text
+
+
+def test_docs_show_the_current_diagram() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md").read_text()
+    block = doc.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert block.strip() == mermaid(), (
+        "docs/lifecycle.md is stale: regenerate its diagram with "
+        "`python -c 'from policies.job_states import mermaid; print(mermaid())'`"
+    )
