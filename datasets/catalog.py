@@ -91,6 +91,13 @@ def _visibility(value: str) -> str:
 def find_dataset(session: Session, ctx: OrgContext, name: str) -> Dataset:
     """The live dataset `name` if the caller may read it; 404 otherwise (also for names
     that are not valid names: they cannot exist)."""
+    dataset = _live_dataset(session, ctx, name)
+    if not can_read(session, ctx, dataset):
+        raise dataset_not_found(name)
+    return dataset
+
+
+def _live_dataset(session: Session, ctx: OrgContext, name: str) -> Dataset:
     try:
         validate_name(name)
     except Invalid:
@@ -100,7 +107,7 @@ def find_dataset(session: Session, ctx: OrgContext, name: str) -> Dataset:
             Dataset.org_id == ctx.org.id, Dataset.name == name, Dataset.deleted_at.is_(None)
         )
     ).first()
-    if dataset is None or not can_read(session, ctx, dataset):
+    if dataset is None:
         raise dataset_not_found(name)
     return dataset
 
@@ -935,11 +942,16 @@ def _parse_input(spec: Mapping[str, Any] | str) -> tuple[str, str, int | None]:
 
 
 def pin_inputs(
-    session: Session, ctx: OrgContext, specs: Sequence[Mapping[str, Any] | str]
+    session: Session,
+    ctx: OrgContext,
+    specs: Sequence[Mapping[str, Any] | str],
+    unreadable: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Check and pin a submission's inputs: every dataset readable by the submitter
-    (else 404, as if it did not exist), every version concrete (the latest when none is
-    given). The result is what `Job.inputs` should hold.
+    """Check and pin a submission's inputs: every version concrete (the latest when none
+    is given). The result is what `Job.inputs` should hold. A dataset of the org that the
+    submitter may not read is 404 (as if it did not exist), or, when `unreadable` is
+    given, named there and left out, so that admission's `dataset_access` rule refuses
+    the submission with its own reason.
 
     For the jobs service: call it while preparing a submission, store the result in
     `Job.inputs`, and call `link_job_inputs` once the job row exists.
@@ -954,7 +966,12 @@ def pin_inputs(
         if alias in seen:
             raise Invalid(f"Two inputs are named '{alias}'.", field="inputs")
         seen.add(alias)
-        dataset = find_dataset(session, ctx, name)
+        dataset = _live_dataset(session, ctx, name)
+        if not can_read(session, ctx, dataset):
+            if unreadable is None:
+                raise dataset_not_found(name)
+            unreadable.append(name)
+            continue
         try:
             row = find_version(session, dataset, number)
         except NotFound as exc:

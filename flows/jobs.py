@@ -186,7 +186,9 @@ class _Prepared:
 # Dataset inputs are the catalog's business (datasets/ imports flows/, not the reverse):
 # the catalog registers how to pin a submission's inputs (checking read access, resolving
 # "latest" to a concrete version) and how to link them to the job row for lineage.
-InputPinner = Callable[[Session, OrgContext, Sequence[Mapping[str, Any]]], list[dict[str, Any]]]
+InputPinner = Callable[
+    [Session, OrgContext, Sequence[Mapping[str, Any]], list[str]], list[dict[str, Any]]
+]
 InputLinker = Callable[[Session, Job], None]
 _input_hooks: dict[str, Any] = {}
 
@@ -196,14 +198,14 @@ def register_input_hooks(pin: InputPinner, link: InputLinker) -> None:
 
 
 def _pin_inputs(
-    session: Session, ctx: OrgContext, specs: Sequence[Mapping[str, Any]]
+    session: Session, ctx: OrgContext, specs: Sequence[Mapping[str, Any]], unreadable: list[str]
 ) -> list[dict[str, Any]]:
     if not specs:
         return []
     pin: InputPinner | None = _input_hooks.get("pin")
     if pin is None:
         raise Invalid("This server has no dataset catalog for inputs.", field="inputs")
-    return pin(session, ctx, specs)
+    return pin(session, ctx, specs, unreadable)
 
 
 def _link_inputs(session: Session, job: Job) -> None:
@@ -235,12 +237,14 @@ def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
         merged = {**(dep.parameters or {}), **spec.parameters}
         validate_parameters(dep.parameter_schema or {}, merged, flow=f"deployment '{dep.name}'")
     tags = validate_tags(spec.tags)
-    inputs = _pin_inputs(session, ctx, spec.inputs)
+    unreadable: list[str] = []
+    inputs = _pin_inputs(session, ctx, spec.inputs, unreadable)
     request = JobRequest(
         machine_type=machine_type,
         memory_mb=spec.memory_mb,
         max_runtime_s=spec.max_runtime_s,
         deployment_known=dep is not None,
+        inputs_readable=not unreadable,
     )
     return _Prepared(dep, request, dict(spec.parameters), tags, inputs)
 

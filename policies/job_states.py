@@ -216,8 +216,8 @@ def mermaid() -> str:
         if rule.verdict is Verdict.move:
             start = "[*]" if src is S.new else src.value  # a new job has no state yet
             edges.setdefault((start, rule.target.value), []).append(ev.value)
-    for (src, dst), events in sorted(edges.items()):
-        lines.append(f"    {src} --> {dst}: {', '.join(sorted(events))}")
+    for (first, last), events in sorted(edges.items()):
+        lines.append(f"    {first} --> {last}: {', '.join(sorted(events))}")
     for state in sorted(TERMINAL):
         lines.append(f"    {state.value} --> [*]")
     return "\n".join(lines)

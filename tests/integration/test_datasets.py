@@ -32,7 +32,7 @@ from datasets import access, catalog, wire
 from datasets.housekeeping import GarbageCollector
 from datasets.models import Blob, Dataset, DatasetVersion, JobInput
 from datasets.storage import object_key
-from flows.models import Job
+from flows.models import Deployment, Job
 from orgs.config import get_settings
 from orgs.context import member_context
 from orgs.db import Database
@@ -244,6 +244,40 @@ def test_restricted_input_is_refused_at_submission(api: ApiClient, world: World)
             catalog.pin_inputs(s, member_context(s, org.slug, bob), [{"dataset": "private-in"}])
         pinned = catalog.pin_inputs(s, member_context(s, org.slug, alice), ["private-in"])
         assert pinned[0]["version"] == 1 and pinned[0]["name"] == "private-in"
+
+
+def test_dataset_access_rule_rejects_a_submission_naming_an_unreadable_input(
+    api: ApiClient, world: World
+) -> None:
+    """Through the jobs API: admission's `dataset_access` rule says no (403, the rule's
+    name as the error), nothing is stored; a readable input passes that rule."""
+    create(api, world, world.alice, "private-in", visibility="restricted")
+    upload(api, world, world.alice, "private-in", b"data")
+    create(api, world, world.alice, "open-in")
+    upload(api, world, world.alice, "open-in", b"data")
+    with api.db.transaction() as s:
+        org = s.scalars(select(Organization).where(Organization.slug == world.slug)).one()
+        s.add(
+            Deployment(
+                org_id=org.id, name="d", flow_name="f", entrypoint="f.py:f", machine_type="cpu"
+            )
+        )
+    jobs = f"/orgs/{world.slug}/jobs"
+    body = {"deployment": "d", "inputs": [{"dataset": "private-in"}, {"dataset": "open-in"}]}
+    r = api.post(jobs, world.bob, json=body)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"] == "dataset_access"
+    assert "may not read" in r.json()["detail"]
+    r = api.post(f"{jobs}/explain", world.bob, json=body)
+    assert r.status_code == 200, r.text
+    failed = [o["rule"] for o in r.json()["rules"] if o["status"] == "fail"]
+    assert failed == ["dataset_access"]
+    r = api.post(
+        f"{jobs}/explain", world.bob, json={"deployment": "d", "inputs": [{"dataset": "open-in"}]}
+    )
+    assert [o["status"] for o in r.json()["rules"] if o["rule"] == "dataset_access"] == ["pass"]
+    with api.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
 
 
 def test_only_creator_and_admins_write(api: ApiClient, world: World) -> None:
