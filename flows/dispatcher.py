@@ -632,7 +632,7 @@ class Dispatcher:
             self._release_org(org_id, report)
 
     def _release_org(self, org_id: uuid.UUID, report: CycleReport) -> None:
-        released: list[tuple[Job, bool]] = []
+        released: list[tuple[ledger.Transition, bool]] = []
         rejected: list[Job] = []
         now = utcnow()
         with self.db.transaction() as s:
@@ -675,9 +675,9 @@ class Dispatcher:
                         job.memory_mb,
                         job.max_runtime_s,
                     )
-                    ledger.apply(s, job, JobEvent.release, decision=decision, at=now)
+                    done = ledger.apply(s, job, JobEvent.release, decision=decision, at=now)
                     queue.served(job, now)
-                    released.append((job, changed))
+                    released.append((done, changed))
                 elif isinstance(decision, Hold):
                     if (job.rule, job.reason) != (decision.rule, decision.reason):
                         ledger.apply(s, job, JobEvent.hold, decision=decision, at=now)
@@ -690,17 +690,17 @@ class Dispatcher:
                     rejected.append(job)
         report.released += len(released)
         report.rejected += len(rejected)
-        for job, _changed in released:
-            metrics.observe_dispatch_latency((now - job.created_at).total_seconds())
-        for job, resources_changed in released:
-            if job.flow_run_id is None:
-                continue  # created (not held) by create_missing_runs
-            try:
-                if resources_changed:
-                    self._refresh_job_variables(job)
-                self.gateway.release_flow_run(job.flow_run_id)
-            except DomainError as exc:  # reconcile releases it again
-                log.info("release of run %s deferred: %s", job.flow_run_id, exc.detail)
+        for done, _changed in released:
+            metrics.observe_dispatch_latency((now - done.job.created_at).total_seconds())
+        for done, resources_changed in released:
+            if resources_changed and done.job.flow_run_id is not None:
+                try:
+                    self._refresh_job_variables(done.job)
+                except DomainError as exc:  # the worker reads them again at claim
+                    log.info("job variables of %s not refreshed: %s", done.job.id, exc.detail)
+        # Runs not made yet (create_missing_runs makes them released) are skipped;
+        # what fails here the reconciler releases again.
+        ledger.tell_prefect(self.gateway, [done for done, _ in released])
         for job in rejected:
             if job.flow_run_id is not None:
                 try:

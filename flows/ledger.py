@@ -33,7 +33,7 @@ from orgs import audit, metrics, notifications
 from orgs.db import utcnow
 from orgs.models import Machine, Organization, User
 from policies.admission import Accept, Hold, Reject
-from policies.errors import DomainError, Unavailable
+from policies.errors import DomainError
 from policies.job_states import (
     TERMINAL,
     Effect,
@@ -318,7 +318,7 @@ def _notify_end(session: Session, job: Job) -> None:
 
 def tell_prefect(gateway: PrefectGateway, transitions: Iterable[Transition]) -> None:
     """Make the Prefect calls the committed transitions ask for. Best effort: the
-    dispatcher reconciles what fails here; Prefect being down is re-raised."""
+    dispatcher's reconciler repeats what fails here (Prefect down included)."""
     for t in transitions:
         run_id = t.job.flow_run_id
         if run_id is None or not t.accepted:
@@ -332,7 +332,5 @@ def tell_prefect(gateway: PrefectGateway, transitions: Iterable[Transition]) -> 
                 gateway.reject_flow_run(run_id, t.job.reason or "Rejected.")
             elif Effect.tell_prefect_cancel in t.effects:
                 gateway.cancel_flow_run(run_id, t.job.reason or None)
-        except Unavailable:
-            raise
         except DomainError as exc:
             log.info("run %s: %s left to the dispatcher: %s", run_id, t.event.value, exc.detail)
