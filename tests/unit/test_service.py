@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -20,8 +21,8 @@ from orgs.service import (
 class Probe(Service):
     """A service that records when each pass ran and fails while told to."""
 
-    def __init__(self, interval_s: float = 0.05, *, fail: int = 0, **kw: object) -> None:
-        super().__init__("probe", interval_s, **kw)  # type: ignore[arg-type]
+    def __init__(self, interval_s: float = 0.05, *, fail: int = 0, **kw: Any) -> None:
+        super().__init__("probe", interval_s, **kw)
         self.passes: list[float] = []
         self.fail = fail
         self.standby = False
