@@ -35,7 +35,9 @@ class NotificationDelivery(Service):
         self._last_sweep = self._last_prune = float("-inf")
 
     def on_start(self) -> None:
-        self._pool = ThreadPoolExecutor(notifications.SENDERS, thread_name_prefix="cshare-send")
+        self._pool = ThreadPoolExecutor(
+            notifications.SENDERS, thread_name_prefix="cshare-notify-send"
+        )
 
     def on_stopped(self) -> None:
         if self._pool is not None:
