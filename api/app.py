@@ -27,13 +27,11 @@ from api.routers import jobs as job_routes
 from api.routers import schedules as schedule_routes
 from api.routers import settings as settings_routes
 from api.schemas import ErrorOut
-from datasets.housekeeping import GarbageCollector
-from flows import hooks as _job_hooks  # noqa: F401  (registers the cascade hooks)
-from flows.dispatcher import Dispatcher
+from flows import wiring
 from flows.gateway import PrefectGateway
 from flows.jobs import AdmissionRejected
 from flows.prefect_access import gateway_from_settings
-from orgs import migrate, notifications
+from orgs import migrate
 from orgs.config import Settings, get_settings
 from orgs.db import Database
 
@@ -65,33 +63,28 @@ def create_app(
     db = database or Database(settings.resolved_database_url())
     # The one Prefect gateway of this process (its concurrency bound is per gateway).
     prefect = gateway or gateway_from_settings(settings)
+    # Cascade and input hooks: needed by requests whether or not the lifespan runs.
+    wiring.wire_hooks()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate.upgrade(db.engine)
-        # Webhook deliveries from the durable outbox, in a background thread.
-        deliverer = notifications.Deliverer(db, settings)
-        if settings.notifications_enabled:
-            deliverer.start()
-        # Purges stored dataset bytes nothing refers to (deleted organizations' data).
-        housekeeper = GarbageCollector(db, settings)
-        housekeeper.start()
-        # The job dispatcher (releases held jobs, reconciles states with Prefect).
-        dispatcher = Dispatcher(db, prefect, settings)
-        app.state.dispatcher = dispatcher
-        if settings.dispatcher_enabled:
-            dispatcher.start()
+        # The background loops (flows.wiring lists them), reported by /healthz.
+        services = wiring.services(db, prefect, settings)
+        app.state.services = services
+        for service in services:
+            service.start()
         if settings.gc_freeze:
             # Move the ~200k start-up objects out of the collector's reach: full
             # collections over them were the p99 of every endpoint (bench/overview.py).
             gc.collect()
             gc.freeze()
         yield
-        dispatcher.stop()
+        for service in reversed(services):
+            service.stop()
+        app.state.services = []
         if gateway is None:
             prefect.close()
-        deliverer.stop()
-        housekeeper.stop()
         if database is None:
             db.dispose()
 
@@ -103,6 +96,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.db = db
+    app.state.services = []
     # Request handlers get the budgeted, urgent view; the dispatcher the gateway itself.
     app.state.gateway = prefect.for_requests(settings.prefect_request_budget_s)
     errors.install(app)

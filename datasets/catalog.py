@@ -47,9 +47,8 @@ from datasets.models import (
 )
 from datasets.names import parse_ref, validate_filename, validate_name
 from datasets.storage import ChecksumMismatch, ObjectMissing, Storage, StorageError
-from flows.jobs import register_input_hooks
 from flows.models import Job
-from orgs import audit, cascade
+from orgs import audit
 from orgs.config import Settings
 from orgs.context import OrgContext, member_context
 from orgs.db import utcnow
@@ -1072,9 +1071,10 @@ def resolve_inputs(session: Session, job: Job) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- cascades
+# Registered with orgs.cascade at start-up (flows.wiring).
 
 
-def _drop_access_of_removed_member(session: Session, org: Organization, user_id: uuid.UUID) -> None:
+def drop_access_of_removed_member(session: Session, org: Organization, user_id: uuid.UUID) -> None:
     """A member who leaves loses their place on restricted datasets' lists."""
     in_org = select(Dataset.id).where(Dataset.org_id == org.id)
     session.execute(
@@ -1084,17 +1084,10 @@ def _drop_access_of_removed_member(session: Session, org: Organization, user_id:
     )
 
 
-def _drop_org_datasets(session: Session, org: Organization) -> None:
+def drop_org_datasets(session: Session, org: Organization) -> None:
     """Datasets (and their versions, files, access and job links) go first, so that the
     org's own stores and their blob rows can then go without a file row pointing at
     them. Bytes in the default store are left for `collect_garbage`: nothing outside
     the database may change in this transaction."""
     session.execute(delete(Dataset).where(Dataset.org_id == org.id))
 
-
-cascade.on_member_removed(_drop_access_of_removed_member)
-cascade.on_org_deleted(_drop_org_datasets)
-
-
-# Submissions pin and link their inputs through the catalog (see flows.jobs).
-register_input_hooks(pin_inputs, link_job_inputs)

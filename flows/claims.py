@@ -23,7 +23,7 @@ that fails the agent gets 503 and claims again, and the committed ledger state m
 second answer the same.
 
 Machines that stop taking work are handled here too, since only `flows` knows jobs:
-``on_machine_revoked`` marks the runs of a rejected or removed machine for cancellation,
+``mark_runs_for_cancellation`` (wired to ``on_machine_revoked``) marks the runs of a rejected or removed machine for cancellation,
 and ``sweep_offline_machines`` (one call per dispatcher cycle) cancels those in Prefect,
 crashes the runs of machines whose heartbeats stopped, and settles the ledger, which
 frees their slots.
@@ -446,8 +446,7 @@ def report_limit(
 # ---------------------------------------------------- machines that stop working
 
 
-@registry.on_machine_revoked
-def _mark_runs_for_cancellation(session: Session, machine: Machine, reason: str) -> None:
+def mark_runs_for_cancellation(session: Session, machine: Machine, reason: str) -> None:
     """The machine stops taking work: its runs are to be cancelled (rows only; Prefect
     is told after the commit by `settle_revoked`, or by the next sweep)."""
     jobs = session.scalars(

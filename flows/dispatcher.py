@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
@@ -48,6 +47,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flows import claims, ledger
+from flows.dispatch.service import Service
 from flows.gateway import (
     REJECTED_STATE_NAME,
     FlowRunInfo,
@@ -243,7 +243,7 @@ class CycleReport:
 # ---------------------------------------------------------------------- dispatcher
 
 
-class Dispatcher:
+class Dispatcher(Service):
     def __init__(
         self,
         db: Database,
@@ -252,13 +252,17 @@ class Dispatcher:
         *,
         holder: str | None = None,
     ) -> None:
+        super().__init__(
+            "dispatcher",
+            max(0.05, settings.dispatcher_interval_s),
+            enabled=settings.dispatcher_enabled,
+            stop_timeout_s=30.0,
+        )
         self.db = db
         self.gateway = gateway
         self.settings = settings
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.batch = max(1, settings.dispatcher_batch_size)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # Keyset cursor over held/active jobs, so a big ledger is walked batch by batch.
         self._cursor: uuid.UUID | None = None
         # Last fire time handled per schedule (an optimisation only: fires are keyed).
@@ -266,33 +270,14 @@ class Dispatcher:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="cshare-dispatcher", daemon=True)
-        self._thread.start()
+    # The loop itself (thread, interval, backoff, health) is orgs.service.Service's.
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is None:
-            return
-        self._thread.join(timeout)
-        self._thread = None
-        try:
-            self.release_lease()
-        except Exception:  # shutting down: the lease expires by itself anyway
-            log.warning("could not release the dispatcher lease", exc_info=True)
+    def should_run(self) -> bool:
+        return self.acquire_lease()
 
-    def _loop(self) -> None:
-        interval = max(0.05, self.settings.dispatcher_interval_s)
-        while not self._stop.is_set():
-            try:
-                if self.acquire_lease():
-                    self.run_once()
-            except Exception:  # one bad cycle must not end the loop
-                log.exception("dispatcher cycle failed")
-            self._stop.wait(interval)
+    def on_stopped(self) -> None:
+        # Shutting down: a failure is only logged, the lease expires by itself anyway.
+        self.release_lease()
 
     # -- lease -----------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """What leaving an organization (or deleting it) does to jobs, schedules and deployments.
 
-Registered with `orgs.cascade` when this module is imported (the app imports it). Hooks
+Registered with `orgs.cascade` at start-up, by `flows.wiring.wire_hooks`. Hooks
 change rows in the caller's transaction only; Prefect is told afterwards by the
 dispatcher, from the ledger (cancelling jobs, final jobs whose run is still live) or
 from the Prefect outbox (for rows that are deleted here), so a crash can never leave a
@@ -25,14 +25,12 @@ from flows.models import (
     Schedule,
 )
 from orgs import audit
-from orgs.cascade import on_member_removed, on_org_deleted
 from orgs.models import Organization
 from policies.job_states import JobEvent
 
 MEMBER_GONE = "Its owner is no longer a member of the organization."
 
 
-@on_member_removed
 def cancel_member_jobs(session: Session, org: Organization, user_id: uuid.UUID) -> None:
     """Held jobs -> cancelled; active jobs -> cancelling; the member's schedules go."""
     # Held jobs, and active ones whose run was never created (Prefect was down): at once;
@@ -80,7 +78,6 @@ def cancel_member_jobs(session: Session, org: Organization, user_id: uuid.UUID) 
         )
 
 
-@on_org_deleted
 def forget_org_in_prefect(session: Session, org: Organization) -> None:
     """The org's rows go with it (cascade); queue the Prefect side for the dispatcher:
     live runs cancelled, deployments (and so their schedules and queued runs) deleted."""

@@ -1,7 +1,8 @@
 """Removing a member or deleting an organization, as ONE transaction.
 
 Later features plug in through hooks (terminate the member's jobs, drop their
-schedules, datasets...). A hook only changes rows in the given session; anything that
+schedules, datasets...), registered at start-up in one list (flows.wiring), never by
+importing a module. A hook only changes rows in the given session; anything that
 must reach another system (cancel a Prefect run) is recorded here and carried out by a
 resumable reconciler, so a crash can never leave a half-removed member.
 """
@@ -25,7 +26,8 @@ _org_hooks: list[OrgDeletedHook] = []
 
 
 def on_member_removed(hook: MemberRemovedHook) -> MemberRemovedHook:
-    """Register `hook(session, org, user_id)`, run before the membership row goes."""
+    """Register `hook(session, org, user_id)`, run before the membership row goes
+    (hooks run in registration order; registering twice is a no-op)."""
     if hook not in _member_hooks:
         _member_hooks.append(hook)
     return hook

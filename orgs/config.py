@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     # Off only for throwaway stores (tests): a committed version must survive a power cut.
     dataset_fsync: bool = True
     # How often each API process purges stored bytes nothing refers to (0: never);
-    # see datasets/housekeeping.py.
+    # see flows/dispatch/housekeeping.py.
     dataset_gc_interval_s: float = Field(default=3600.0, ge=0)
 
     def resolved_dataset_dir(self) -> Path:

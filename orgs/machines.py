@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from orgs import audit, cascade, security, settings_doc
+from orgs import audit, security, settings_doc
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Machine, Organization, User
@@ -416,9 +416,9 @@ def remove(ctx: OrgContext, session: Session, machine_id: uuid.UUID) -> Machine:
     return machine
 
 
-@cascade.on_member_removed
 def revoke_member_machines(session: Session, org: Organization, user_id: uuid.UUID) -> None:
-    """Cascade hook: the owner leaves, so their machines stop taking work (rows only)."""
+    """Cascade hook (wired in flows.wiring): the owner leaves, so their machines stop
+    taking work (rows only)."""
     machines = session.scalars(
         select(Machine).where(Machine.org_id == org.id, Machine.owner_id == user_id)
     ).all()

@@ -1,7 +1,8 @@
 """Operations endpoints, outside `/api/v1` and without authentication:
 
 - `GET /healthz`: the process answers (liveness; no dependency is checked, so a
-  database outage does not get every replica restarted at once);
+  database outage does not get every replica restarted at once), with the health of
+  each background service (running, last success, consecutive failures, last error);
 - `GET /readyz`: the database and Prefect both answer (readiness: take this replica out
   of the load balancer until they do); 503 `{"error": "not_ready", ...}` otherwise;
 - `GET /metrics`: Prometheus text (see api.metrics).
@@ -24,6 +25,7 @@ from api.metrics import CONTENT_TYPE
 from flows.gateway import PrefectGateway
 from orgs.config import Settings
 from orgs.db import Database
+from orgs.service import Service, ServiceHealth
 
 router = APIRouter(tags=["operations"])
 
@@ -51,9 +53,24 @@ def _prefect_probe(request: Request) -> PrefectGateway:
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process is up and serving."""
-    return {"status": "ok"}
+def healthz(request: Request) -> dict[str, Any]:
+    """Liveness: the process is up and serving. Also each background service's health
+    (a report only: a loop failing because a dependency is down is /readyz's business)."""
+    services: list[Service] = getattr(request.app.state, "services", [])
+    return {"status": "ok", "services": [_service_out(s.health()) for s in services]}
+
+
+def _service_out(h: ServiceHealth) -> dict[str, Any]:
+    return {
+        "name": h.name,
+        "enabled": h.enabled,
+        "running": h.running,
+        "interval_s": h.interval_s,
+        "last_success_at": h.last_success_at.isoformat() if h.last_success_at else None,
+        "consecutive_failures": h.consecutive_failures,
+        "last_error": h.last_error,
+        "last_error_at": h.last_error_at.isoformat() if h.last_error_at else None,
+    }
 
 
 def _check_database(request: Request) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from datasets import access, catalog, wire
-from datasets.housekeeping import GarbageCollector
 from datasets.models import Blob, Dataset, DatasetVersion, JobInput
 from datasets.storage import object_key
+from flows.dispatch.housekeeping import DatasetGarbageCollector
 from flows.models import Deployment, Job
 from orgs.config import get_settings
 from orgs.context import member_context
@@ -704,7 +704,7 @@ def test_housekeeping_purges_a_deleted_orgs_bytes_and_keeps_shared_ones(
     shared_path = store_path(hashlib.sha256(shared).hexdigest())
     assert own_path.exists()  # the deletion's transaction leaves the store alone
 
-    collector = GarbageCollector(api.db, get_settings())
+    collector = DatasetGarbageCollector(api.db, get_settings())
     assert collector.run_once() >= 1
     assert not own_path.exists()
     assert shared_path.exists()
@@ -722,7 +722,7 @@ def test_housekeeping_runs_on_its_interval(api: ApiClient, world: World) -> None
     path = store_path(hashlib.sha256(data).hexdigest())
     assert path.exists()
     settings = get_settings().model_copy(update={"dataset_gc_interval_s": 0.2})
-    collector = GarbageCollector(api.db, settings)
+    collector = DatasetGarbageCollector(api.db, settings)
     collector.start()
     try:
         deadline = time.monotonic() + 20
@@ -731,6 +731,8 @@ def test_housekeeping_runs_on_its_interval(api: ApiClient, world: World) -> None
     finally:
         collector.stop()
     assert not path.exists()
-    off = GarbageCollector(api.db, get_settings().model_copy(update={"dataset_gc_interval_s": 0}))
+    off = DatasetGarbageCollector(
+        api.db, get_settings().model_copy(update={"dataset_gc_interval_s": 0})
+    )
     off.start()
-    assert off._thread is None  # 0 turns it off
+    assert not off.health().enabled and not off.health().running  # 0 turns it off
