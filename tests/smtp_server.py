@@ -41,7 +41,7 @@ class Mail:
     def text(self) -> str:
         part = self.message.get_body(("plain",))
         assert part is not None, self.message
-        return str(part.get_content())  # type: ignore[attr-defined]
+        return str(part.get_content())
 
 
 @dataclass
