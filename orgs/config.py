@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     schedules_backend: Literal["control-plane", "prefect"] = "control-plane"
     heartbeat_timeout_s: float = 30.0
 
-    # Webhook notifications (orgs.notifications). The delivery worker runs in every API
+    # Notifications (orgs.notifications). The delivery worker runs in every API
     # process; several replicas share the outbox safely (rows are claimed under a lock).
     notifications_enabled: bool = True
     # Loopback targets (127.0.0.1, ::1) are refused like other internal addresses unless
@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     notifications_read_timeout_s: float = 5.0
     notifications_poll_s: float = 1.0
     notifications_offline_sweep_s: float = 10.0
+    # Outgoing mail (e-mail targets and members' own job e-mails), sent through this
+    # SMTP server; unset host or sender: no e-mail. STARTTLS by default; `smtp_ssl` for
+    # implicit TLS (port 465); neither only for a local relay.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = None
+    smtp_starttls: bool = True
+    smtp_ssl: bool = False
 
     # Datasets. The default store (orgs without their own): local disk under
     # `dataset_dir` (default `home/datasets`), or an S3 URL

@@ -33,7 +33,12 @@ from orgs.db import Base, Database
 from orgs.migrate import upgrade
 from tests.support import ApiClient
 
-pytest_plugins = ["tests.prefect_server", "tests.s3_server"]
+pytest_plugins = [
+    "tests.prefect_server",
+    "tests.s3_server",
+    "tests.http_receiver",
+    "tests.smtp_server",
+]
 
 PG_ADMIN_URL = os.environ.get("CSHARE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"

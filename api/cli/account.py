@@ -1,8 +1,10 @@
-"""Your account: signup, login, logout, whoami, and personal tokens (`cshare token`)."""
+"""Your account: signup, login, logout, whoami, personal tokens (`cshare token`) and
+your own notifications (`cshare account notifications`)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -238,3 +240,58 @@ def token_revoke(
         output.print_json({"revoked": token_id})
     else:
         output.say(f"Token {token_id} revoked.")
+
+
+# --------------------------------------------------------------------- your account
+
+account_app = typer.Typer(help="Your account's settings.", no_args_is_help=True)
+notifications_app = typer.Typer(
+    help="Your own notifications (e-mail when your job ends).", no_args_is_help=True
+)
+account_app.add_typer(notifications_app, name="notifications")
+
+
+class JobEmail(StrEnum):
+    off = "off"
+    failures = "failures"
+    all = "all"
+
+
+def _show_notifications(body: dict[str, Any], json_: bool) -> None:
+    if json_:
+        output.print_json(body)
+        return
+    when = {
+        "off": "never",
+        "failures": "when your job fails or crashes",
+        "all": "whenever your job ends",
+    }.get(str(body.get("job_email")), str(body.get("job_email")))
+    output.say(f"E-mail {when} (job_email: {body.get('job_email')}), to {body.get('email')}.")
+    if not body.get("email_available"):
+        output.note("This server has no SMTP settings: no e-mail is sent until it does.")
+
+
+@notifications_app.command("show")
+def notifications_show(json_: JsonOpt = False) -> None:
+    """Show when you get an e-mail about your jobs."""
+    with connect() as client:
+        body = client.get("/me/notifications")
+    _show_notifications(body, json_)
+
+
+@notifications_app.command("set")
+def notifications_set(
+    email: Annotated[
+        JobEmail,
+        typer.Option(
+            "--email",
+            help="E-mail me when my job ends: off, failures (failed or crashed), all.",
+            case_sensitive=False,
+        ),
+    ],
+    json_: JsonOpt = False,
+) -> None:
+    """Choose when you get an e-mail about your jobs."""
+    with connect() as client:
+        body = client.put("/me/notifications", json={"job_email": email.value})
+    _show_notifications(body, json_)

@@ -1,15 +1,15 @@
-"""Accounts: /auth/signup, /auth/login, /auth/logout, /me, /me/tokens."""
+"""Accounts: /auth/signup, /auth/login, /auth/logout, /me, /me/tokens, /me/notifications."""
 
 from __future__ import annotations
 
 import uuid
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AuthDep, CurrentUser, SessionDep
+from api.deps import AuthDep, CurrentUser, SessionDep, SettingsDep
 from api.schemas import Page, TokenOut, UserOut
-from orgs import accounts
+from orgs import accounts, notifications
 
 router = APIRouter(tags=["accounts"])
 
@@ -87,3 +87,41 @@ def list_tokens(user: CurrentUser, session: SessionDep) -> Page[TokenOut]:
 @router.delete("/me/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
 def revoke_token(token_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> None:
     accounts.revoke_token(session, user, token_id)
+
+
+class MyNotifications(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_email: notifications.JobEmail = Field(
+        description="E-mail me when my job ends: off, failures (failed or crashed), all."
+    )
+
+
+class MyNotificationsOut(MyNotifications):
+    email: str = Field(description="Where the mails go (your account's address).")
+    email_available: bool = Field(description="Whether this server can send e-mail.")
+
+
+def _my_notifications(
+    user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> MyNotificationsOut:
+    return MyNotificationsOut(
+        job_email=notifications.job_email(session, user.id),
+        email=user.email,
+        email_available=notifications.smtp_configured(settings),
+    )
+
+
+@router.get("/me/notifications")
+def get_my_notifications(
+    user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> MyNotificationsOut:
+    return _my_notifications(user, session, settings)
+
+
+@router.put("/me/notifications")
+def put_my_notifications(
+    body: MyNotifications, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> MyNotificationsOut:
+    notifications.set_job_email(session, user, body.job_email)
+    return _my_notifications(user, session, settings)

@@ -1,4 +1,4 @@
-"""The organization overview, per-user usage, and webhook notification settings.
+"""The organization overview, per-user usage, and notification settings.
 
 - `GET /orgs/{org}/overview` (members): machines, capacity, jobs now, compute time;
 - `GET /orgs/{org}/usage?since=&until=` (admins): per user, heaviest first;
@@ -197,8 +197,10 @@ def get_usage(
 # ---------------------------------------------------------------------- notifications
 
 EventName = Literal[
+    "job.completed",
     "job.failed",
     "job.crashed",
+    "job.cancelled",
     "machine.pending_approval",
     "machine.offline",
     "member.joined",
@@ -209,8 +211,12 @@ EventName = Literal[
 class TargetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["slack", "webhook"]
-    url: str = Field(max_length=2048, description="http(s) URL on a public address.")
+    kind: notifications.Kind
+    url: str = Field(
+        max_length=2048,
+        description="Slack, Teams (workflow) or Discord: the webhook URL the service gave; "
+        "email: `mailto:<address>`; webhook: an http(s) URL on a public address.",
+    )
     secret: str | None = Field(
         default=None,
         min_length=16,
@@ -218,7 +224,9 @@ class TargetIn(BaseModel):
         description="Webhooks: the HMAC-SHA256 signing key. Omit to keep the current one.",
     )
     events: list[EventName] = Field(
-        default_factory=list, max_length=16, description="Empty: every event."
+        default_factory=list,
+        max_length=16,
+        description="Empty: every event but job.completed and job.cancelled.",
     )
 
 
@@ -327,5 +335,6 @@ def get_deliveries(
                 delivered_at=r.delivered_at,
             )
             for r in rows
+            if r.target_id is not None  # list_deliveries gives only target rows
         ]
     )

@@ -166,6 +166,7 @@ def _settings(
         targets=targets,
         deliveries=deliveries,
         events=notifications.EVENTS,
+        kinds=KIND_LABELS,
         errors=errors or {},
         form=form or {},
     )
@@ -300,11 +301,21 @@ def _save_limits(request: Request, page: OrgPage, form: FormData) -> Response:
 # ------------------------------------------------------------------ notifications
 
 
+KIND_LABELS: tuple[tuple[notifications.Kind, str], ...] = (
+    ("slack", "Slack"),
+    ("msteams", "Microsoft Teams (workflow)"),
+    ("discord", "Discord"),
+    ("email", "E-mail"),
+    ("webhook", "Webhook (signed)"),
+)
+_KIND_OF: dict[str, notifications.Kind] = {k: k for k, _label in KIND_LABELS}
+
+
 def _specs(targets: list[notifications.NotificationTarget]) -> list[notifications.TargetSpec]:
     # Unchanged targets are sent back without their secret: the service keeps it.
     return [
         notifications.TargetSpec(
-            kind="slack" if t.kind == "slack" else "webhook",
+            kind=_KIND_OF.get(t.kind, "webhook"),
             url=t.url,
             secret=None,
             events=tuple(t.events),
@@ -326,10 +337,10 @@ def add_target(
     form = {"kind": kind, "url": url}
     existing = notifications.list_targets(page.session, page.org.id)
     try:
-        if kind not in notifications.KINDS:
-            raise Invalid("Pick Slack or webhook.", field="kind")
+        if kind not in _KIND_OF:
+            raise Invalid("Pick one of the kinds.", field="kind")
         new = notifications.TargetSpec(
-            kind="slack" if kind == "slack" else "webhook",
+            kind=_KIND_OF[kind],
             url=url.strip(),
             secret=secret or None,
             events=tuple(events or ()),

@@ -271,6 +271,18 @@ def test_login_tokens_and_env_overrides(make_cli: Any) -> None:
     alice("token", "revoke", "ci", code=1)  # no active token of that name any more
 
 
+def test_account_notifications(make_cli: Any) -> None:
+    alice = make_cli("alice")
+    signup(alice, "alice")
+    shown = alice.json("account", "notifications", "show")
+    assert shown["job_email"] == "failures" and shown["email"] == "alice@example.test"
+    result = alice("account", "notifications", "set", "--email", "all")
+    assert "whenever your job ends" in result.stdout
+    assert alice.json("account", "notifications", "show")["job_email"] == "all"
+    assert alice.json("account", "notifications", "set", "--email", "OFF")["job_email"] == "off"
+    alice("account", "notifications", "set", "--email", "sometimes", code=2)
+
+
 def test_org_update_transfer_leave_delete(make_cli: Any) -> None:
     alice, bob = make_cli("alice"), make_cli("bob")
     signup(alice, "alice")

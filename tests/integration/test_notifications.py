@@ -1,22 +1,21 @@
-"""Webhook notifications against a real local HTTP receiver: signatures, retries with
-backoff, a hanging receiver, URL validation (no internal targets), durability."""
+"""Notifications against real local receivers (an HTTP server, an aiosmtpd SMTP server):
+signed webhooks, Slack and Discord through apprise, e-mail, retries with backoff, a
+hanging receiver, URL validation (no internal targets) at save and at delivery,
+durability, and members' own job e-mails."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from apprise.plugins.discord import NotifyDiscord
+from apprise.plugins.slack import NotifySlack
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -26,96 +25,12 @@ from orgs.config import Settings, get_settings
 from orgs.db import Database, utcnow
 from orgs.models import Machine, Organization
 from orgs.notifications import NotificationOutbox
+from policies.errors import Invalid
+from tests.http_receiver import Received, Receiver, verify
+from tests.smtp_server import SENDER, SmtpServer
 from tests.support import ApiClient, Person
 
 SECRET = "s3cret-signing-key-0123456789"
-
-
-# ----------------------------------------------------------------------- the receiver
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float = field(default_factory=time.monotonic)
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
-class Receiver:
-    """A local webhook receiver: records requests, fails the first `fail_first` with 500,
-    or sleeps `hang_s` before answering."""
-
-    fail_first: int = 0
-    hang_s: float = 0.0
-    requests: list[Received] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    url: str = ""
-
-    def handle(self, path: str, headers: dict[str, str], body: bytes) -> int:
-        with self.lock:
-            self.requests.append(Received(path, headers, body))
-            n = len(self.requests)
-        if self.hang_s:
-            time.sleep(self.hang_s)
-        return 500 if n <= self.fail_first else 200
-
-    def wait_for(self, count: int, timeout_s: float = 20.0) -> list[Received]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.requests) >= count:
-                    return list(self.requests)
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} requests, got {len(self.requests)}")
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            status = rec.handle(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-            try:
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-            except OSError:
-                pass  # the client gave up (timeout): nothing to answer
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
-        yield rec
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-def verify(secret: str, received: Received, max_age_s: float = 300) -> None:
-    """What a receiver does: recompute the HMAC over "<timestamp>." + body, compare in
-    constant time, refuse old timestamps."""
-    timestamp = received.headers["x-cshare-timestamp"]
-    assert abs(time.time() - int(timestamp)) < max_age_s
-    expected = hmac.new(
-        secret.encode(), timestamp.encode() + b"." + received.body, hashlib.sha256
-    ).hexdigest()
-    assert hmac.compare_digest(received.headers["x-cshare-signature"], f"sha256={expected}")
 
 
 # ------------------------------------------------------------------------ app helpers
@@ -241,30 +156,135 @@ def test_backoff_grows_and_gives_up_after_max_attempts(
     assert times == sorted(times)
 
 
-def test_slack_target_gets_text_and_event_filters_apply(
-    app_factory: Any, receiver: Receiver, database: Database
+SLACK_URL = "https://hooks.slack.com/services/T0001/B0002/XXXXXXXXXXXXXXXXXXXXXXXX"
+DISCORD_URL = "https://discord.com/api/webhooks/123456789/abcdefTOKEN-_x"
+TEAMS_URL = (
+    "https://prod-161.westeurope.logic.azure.com:443/workflows/643e69f83c8944438d68119179a10a64"
+    "/triggers/manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun"
+    "&sv=1.0&sig=KODuebWbDGYFr0z0eu-6Rj8aUKz7108W3wrNJZxFE5A"
+)
+
+
+@pytest.fixture
+def chat_services_on(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> Receiver:
+    """apprise's Slack and Discord plugins post to hosts of their own (hooks.slack.com,
+    discord.com); point those bases at the local receiver so the real plugins deliver
+    over real sockets. Everything of ours (and of apprise) still runs, the SSRF check
+    included: it is made on the host the plugin will connect to."""
+    monkeypatch.setattr(NotifySlack, "webhook_url", receiver.base + "/services")
+    monkeypatch.setattr(NotifyDiscord, "notify_url", receiver.base + "/api/webhooks")
+    return receiver
+
+
+def test_slack_and_discord_are_sent_by_apprise_and_event_filters_apply(
+    app_factory: Any, chat_services_on: Receiver, database: Database
 ) -> None:
+    receiver = chat_services_on
     api = app_factory()
     owner, slug = org_with_admin(api)
     set_targets(
-        api, owner, slug, [{"kind": "slack", "url": receiver.url, "events": ["job.failed"]}]
+        api,
+        owner,
+        slug,
+        [
+            {"kind": "slack", "url": SLACK_URL, "events": ["job.failed"]},
+            {"kind": "discord", "url": DISCORD_URL, "events": ["job.failed"]},
+        ],
     )
     oid = org_id(database, slug)
     with database.transaction() as s:
-        # A member joining is not among the target's events: nothing is queued.
+        # A member joining is not among the targets' events: nothing is queued.
         assert notifications.emit(s, oid, "member.joined", {"name": "x"}) == 0
-        assert (
-            notifications.emit(
-                s,
-                oid,
-                "job.failed",
-                {"job_id": "j-1", "deployment": "train", "user": "ada", "reason": "exit 1"},
-            )
-            == 1
+        queued = notifications.emit(
+            s,
+            oid,
+            "job.failed",
+            {"job_id": "j-1", "deployment": "train", "user": "ada", "reason": "exit 1"},
         )
-    [got] = receiver.wait_for(1)
-    assert got.json == {"text": f"[{slug}] Job j-1 (train) of ada failed: exit 1"}
-    assert "x-cshare-signature" not in got.headers
+        assert queued == 2
+    got = {r.path: r for r in receiver.wait_for(2)}
+    text = f"[{slug}] Job j-1 (train) of ada failed: exit 1"
+    slack = got["/services/T0001/B0002/XXXXXXXXXXXXXXXXXXXXXXXX"]
+    assert [a["text"] for a in slack.json["attachments"]] == [text]
+    assert slack.json["attachments"][0]["color"] != "#3AA3E3", "a failure is not info-blue"
+    discord = got["/api/webhooks/123456789/abcdefTOKEN-_x"]
+    assert discord.json["content"] == text
+    assert "x-cshare-signature" not in slack.headers
+    wait_delivery(api.db, "job.failed")
+
+
+def test_chat_urls_become_apprise_plugins_for_that_service_only() -> None:
+    """Slack, Discord and Teams cannot be delivered to a local receiver (apprise fixes
+    their hosts, and Teams only speaks https to a Microsoft host): their URL handling is
+    checked here, without the network."""
+    from orgs.notifications import channels
+
+    slack = channels.chat_plugin("slack", SLACK_URL, field="url")
+    assert isinstance(slack, NotifySlack)
+    assert channels.endpoint(slack) == "https://hooks.slack.com/"
+    discord = channels.chat_plugin("discord", DISCORD_URL, field="url")
+    assert isinstance(discord, NotifyDiscord)
+    assert channels.endpoint(discord) == "https://discord.com/"
+    teams = channels.chat_plugin("msteams", TEAMS_URL, field="url")
+    assert channels.endpoint(teams) == "https://prod-161.westeurope.logic.azure.com:443/"
+    refused = [
+        ("slack", "https://hooks.example.com/services/T0001/B0002/XXXX"),  # not Slack's host
+        ("slack", SLACK_URL.replace("https", "http")),
+        ("slack", DISCORD_URL),
+        ("discord", SLACK_URL),
+        ("discord", "https://discord.com.evil.example/api/webhooks/1/x"),
+        ("msteams", TEAMS_URL.replace("prod-161.westeurope.logic.azure.com:443", "10.0.0.5")),
+        ("msteams", TEAMS_URL.replace("logic.azure.com", "logic.azure.com.evil.example")),
+        ("msteams", "https://prod-1.westeurope.logic.azure.com/not/a/workflow"),
+    ]
+    for kind, url in refused:
+        with pytest.raises(Invalid) as err:
+            channels.chat_plugin(kind, url, field="targets.0.url")
+        assert err.value.field == "targets.0.url", (kind, url)
+
+
+def test_chat_target_refused_when_its_host_resolves_inside(
+    sqlite_database: Database, chat_services_on: Receiver
+) -> None:
+    # The host apprise would connect to is loopback here: refused like any internal one.
+    app = create_app(fast_settings(notifications_allow_loopback=False), sqlite_database)
+    with TestClient(app) as client:
+        api = ApiClient(client, sqlite_database)
+        owner, slug = org_with_admin(api)
+        r = api.put(
+            f"/orgs/{slug}/notifications",
+            owner,
+            json={"targets": [{"kind": "slack", "url": SLACK_URL}]},
+        )
+        assert r.status_code == 422, r.text
+        assert "127.0.0.1" in r.json()["detail"] and r.json()["field"] == "targets.0.url"
+
+
+def test_addresses_are_checked_again_at_delivery(
+    app_factory: Any, chat_services_on: Receiver, database: Database
+) -> None:
+    """A target saved while its host was acceptable is not sent to once it is not
+    (a DNS change, or here: loopback no longer allowed)."""
+    receiver = chat_services_on
+    saving = app_factory(notifications_enabled=False)
+    owner, slug = org_with_admin(saving)
+    set_targets(
+        saving,
+        owner,
+        slug,
+        [
+            {"kind": "webhook", "url": receiver.url, "secret": SECRET},
+            {"kind": "slack", "url": SLACK_URL},
+        ],
+    )
+    saving.post(f"/orgs/{slug}/notifications/test", owner)
+    api = app_factory(notifications_allow_loopback=False, notifications_max_attempts=1)
+    rows = wait_delivery(api.db, notifications.TEST_EVENT, status="failed")
+    assert len(rows) == 2
+    for row in rows:
+        assert "127.0.0.1" in row.last_error and "public addresses" in row.last_error
+    time.sleep(0.3)
+    assert receiver.requests == []
 
 
 def test_outbox_is_transactional_and_survives_a_restart(
@@ -450,3 +470,116 @@ def test_member_left_machine_pending_and_machine_offline(
 def test_unknown_event_names_are_refused(sqlite_database: Database) -> None:
     with sqlite_database.session() as s, pytest.raises(ValueError):
         notifications.emit(s, uuid.uuid4(), "job.exploded", {})
+
+
+# ------------------------------------------------------------------------------ e-mail
+
+
+def test_email_target_is_sent_through_smtp_and_retried(
+    app_factory: Any, smtp_server: SmtpServer, database: Database
+) -> None:
+    smtp_server.fail_first = 1  # 451: try again later
+    api = app_factory(**smtp_server.settings())
+    owner, slug = org_with_admin(api)
+    out = set_targets(api, owner, slug, [{"kind": "email", "url": "ops@example.org", "events": []}])
+    assert out["targets"][0]["url"] == "mailto:ops@example.org"
+    newcomer = api.signup()
+    api.add_member(slug, owner, newcomer)
+    [mail] = smtp_server.wait_for(1)
+    assert mail.rcpt_tos == ["ops@example.org"]
+    assert mail.mail_from == SENDER
+    assert mail.subject == f"[{slug}] {newcomer.name} joined as member."
+    assert f"{newcomer.name} joined as member." in mail.text
+    [row] = wait_delivery(api.db, "member.joined")
+    assert row.attempts == 2, "the 451 was retried"
+
+
+def test_email_targets_need_smtp_settings(sqlite_database: Database) -> None:
+    app = create_app(fast_settings(smtp_host=None), sqlite_database)
+    with TestClient(app) as client:
+        api = ApiClient(client, sqlite_database)
+        owner, slug = org_with_admin(api)
+        r = api.put(
+            f"/orgs/{slug}/notifications",
+            owner,
+            json={"targets": [{"kind": "email", "url": "mailto:ops@example.org"}]},
+        )
+        assert r.status_code == 422 and r.json()["field"] == "targets.0.url"
+        assert "CSHARE_SMTP_HOST" in r.json()["detail"]
+
+
+def job_payload(user_id: str, state: str, reason: str = "") -> dict[str, Any]:
+    """What the job ledger emits when a job ends."""
+    return {
+        "job_id": str(uuid.uuid4()),
+        "user_id": user_id,
+        "state": state,
+        "reason": reason,
+        "machine_type": "gpu",
+        "deployment": "train",
+        "org": "",
+    }
+
+
+def test_members_get_their_own_job_emails_as_they_chose(
+    app_factory: Any, smtp_env: SmtpServer, database: Database
+) -> None:
+    api = app_factory()
+    owner, slug = org_with_admin(api)
+    ada = api.signup()
+    api.add_member(slug, owner, ada)
+    oid = org_id(database, slug)
+
+    def job_ends(event: str, state: str, reason: str = "") -> tuple[int, dict[str, Any]]:
+        payload = job_payload(ada.id, state, reason)
+        payload["org"] = slug
+        with database.transaction() as s:
+            return notifications.emit(s, oid, event, payload), payload
+
+    mine = api.get("/me/notifications", ada)
+    assert mine.status_code == 200
+    assert mine.json() == {"job_email": "failures", "email": ada.email, "email_available": True}
+
+    # Default "failures": a completed job sends nothing, a failed one a mail.
+    assert job_ends("job.completed", "completed")[0] == 0
+    queued, failed = job_ends("job.failed", "failed", "exit code 3")
+    assert queued == 1
+    [mail] = smtp_env.wait_for(1)
+    assert mail.rcpt_tos == [ada.email]
+    assert (
+        mail.subject == f"[{slug}] Job {failed['job_id']} (train) of {ada.name} failed: exit code 3"
+    )
+    assert "Machine type: gpu" in mail.text
+    assert f"/orgs/{slug}/jobs/{failed['job_id']}" in mail.text
+
+    r = api.put("/me/notifications", ada, json={"job_email": "all"})
+    assert r.status_code == 200 and r.json()["job_email"] == "all"
+    assert job_ends("job.cancelled", "cancelled")[0] == 1
+    assert job_ends("job.completed", "completed")[0] == 1
+    mails = smtp_env.wait_for(3)
+    # Sent in parallel: in either order.
+    assert sorted(m.subject.rsplit(" ", 1)[-1] for m in mails[1:]) == ["cancelled.", "completed."]
+
+    assert api.put("/me/notifications", ada, json={"job_email": "off"}).status_code == 200
+    assert job_ends("job.crashed", "crashed", "lost the machine")[0] == 0
+    # The org's own deliveries list does not show members' personal mails.
+    r = api.get(f"/orgs/{slug}/notifications/deliveries", owner)
+    assert r.status_code == 200 and r.json()["items"] == []
+
+    bad = api.put("/me/notifications", ada, json={"job_email": "sometimes"})
+    assert bad.status_code == 422 and {"error", "detail"} <= set(bad.json())
+    # Another member's choice is theirs alone.
+    assert api.get("/me/notifications", owner).json()["job_email"] == "failures"
+    time.sleep(0.3)
+    assert len(smtp_env.mails) == 3
+
+
+def test_no_personal_mail_without_smtp(sqlite_database: Database) -> None:
+    with ApiClient.start(sqlite_database) as api:
+        owner, slug = org_with_admin(api)
+        assert api.get("/me/notifications", owner).json()["email_available"] is False
+        with sqlite_database.transaction() as s:
+            queued = notifications.emit(
+                s, org_id(sqlite_database, slug), "job.failed", job_payload(owner.id, "failed")
+            )
+        assert queued == 0

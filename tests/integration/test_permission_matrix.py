@@ -395,6 +395,7 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
         "password": password_for(w.own(role).name),
     },
     "POST /me/tokens": lambda w, role: {"name": "matrix", "expires_in_days": 1},
+    "PUT /me/notifications": lambda w, role: {"job_email": "all"},
     "POST /orgs": lambda w, role: {"name": _unique("Matrix new")},
     "PATCH /orgs/{org}": lambda w, role: {"description": "Changed by the permission matrix."},
     "DELETE /orgs/{org}": lambda w, role: {"confirm": w.org_name},
