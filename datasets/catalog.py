@@ -1090,4 +1090,3 @@ def drop_org_datasets(session: Session, org: Organization) -> None:
     them. Bytes in the default store are left for `collect_garbage`: nothing outside
     the database may change in this transaction."""
     session.execute(delete(Dataset).where(Dataset.org_id == org.id))
-

@@ -23,10 +23,10 @@ that fails the agent gets 503 and claims again, and the committed ledger state m
 second answer the same.
 
 Machines that stop taking work are handled here too, since only `flows` knows jobs:
-``mark_runs_for_cancellation`` (wired to ``on_machine_revoked``) marks the runs of a rejected or removed machine for cancellation,
-and ``sweep_offline_machines`` (one call per dispatcher cycle) cancels those in Prefect,
-crashes the runs of machines whose heartbeats stopped, and settles the ledger, which
-frees their slots.
+``mark_runs_for_cancellation`` (wired to ``on_machine_revoked``) marks the runs of a
+rejected or removed machine for cancellation, and ``sweep_offline_machines`` (one call
+per dispatcher cycle) cancels those in Prefect, crashes the runs of machines whose
+heartbeats stopped, and settles the ledger, which frees their slots.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
             f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}.", field="priority"
         )
     if spec.idempotency_key is not None and spec.idempotency_key.startswith("schedule:"):
-        # That namespace keys the fires of schedules (flows.dispatcher).
+        # That namespace keys the fires of schedules (flows.dispatch.dispatcher).
         raise Invalid("Idempotency keys may not start with 'schedule:'.", field="idempotency_key")
     dep = find_deployment(session, ctx.org, spec.deployment)
     machine_type = spec.machine_type or (dep.machine_type if dep is not None else "cpu")

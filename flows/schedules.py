@@ -4,8 +4,8 @@ Each schedule is also a Prefect deployment schedule (slug ``cshare-<id>``), so a
 see it on the deployment in the Prefect UI. Who turns it into runs is a setting
 (``schedules_backend``):
 
-- ``control-plane`` (default): the dispatcher fires it (``flows.dispatcher``): every
-  fire is a submission by the schedule's owner (same admission, held or rejected with
+- ``control-plane`` (default): the dispatcher fires it (``flows.dispatch.dispatcher``):
+  every fire is a submission by the schedule's owner (same admission, held or rejected with
   a reason, never silently over a limit), keyed ``schedule:<id>:<time>`` so a fire
   happens once whatever the number of dispatchers. The Prefect schedule stays
   inactive, so Prefect's scheduler never doubles it. (Prefect 3.8.8's scheduler cannot

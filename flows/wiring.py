@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from datasets import catalog
 from flows import claims, hooks
-from flows.dispatch.delivery import NotificationDelivery
+from flows.dispatch.dispatcher import Dispatcher
 from flows.dispatch.housekeeping import DatasetGarbageCollector
 from flows.dispatch.service import Service
-from flows.dispatcher import Dispatcher
 from flows.gateway import PrefectGateway
 from flows.jobs import register_input_hooks
 from orgs import cascade, machines, notifications
@@ -27,7 +26,7 @@ def wire_hooks() -> None:
     # notification is queued, dataset access lists forget them, their jobs end.
     for member_hook in (
         machines.revoke_member_machines,
-        notifications._member_left,
+        notifications.member_left,
         catalog.drop_access_of_removed_member,
         hooks.cancel_member_jobs,
     ):
@@ -50,7 +49,7 @@ def services(db: Database, gateway: PrefectGateway, settings: Settings) -> list[
     """
     return [
         # Delivery first: whatever the dispatcher ends up emitting goes out promptly.
-        NotificationDelivery(db, settings),
+        notifications.Deliverer(db, settings),
         DatasetGarbageCollector(db, settings),
         # The job ledger and Prefect kept in step (reconcile, schedules, releases).
         Dispatcher(db, gateway, settings),

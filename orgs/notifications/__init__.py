@@ -55,7 +55,7 @@ from orgs.notifications.models import (
 )
 from orgs.notifications.outbox import emit, list_deliveries, send_test
 from orgs.notifications.preferences import JOB_EMAIL, JobEmail, job_email, set_job_email
-from orgs.notifications.sources import sweep_offline_machines
+from orgs.notifications.sources import member_left, sweep_offline_machines
 from orgs.notifications.targets import (
     KINDS,
     MAX_TARGETS,
@@ -93,6 +93,7 @@ __all__ = [
     "job_email",
     "list_deliveries",
     "list_targets",
+    "member_left",
     "replace_targets",
     "send_test",
     "set_job_email",

@@ -4,7 +4,6 @@ process (plus the offline-machine sweep and pruning of old rows)."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
@@ -17,12 +16,14 @@ from orgs.notifications.outbox import Delivery
 from orgs.notifications.outcome import Outcome
 from orgs.notifications.sources import sweep_offline_machines
 from orgs.notifications.targets import check_url, email_address
+from orgs.service import Service
 from policies.errors import Invalid
 
 log = logging.getLogger("cshare.notifications")
 
 BATCH: Final = 20
 SENDERS: Final = 4
+PRUNE_EVERY_S: Final = 3600.0
 
 
 def send(d: Delivery, settings: Settings) -> Outcome:
@@ -78,50 +79,38 @@ def deliver_due(
     return len(batch)
 
 
-class Deliverer:
-    """The background thread of one API process: deliveries, offline sweep, pruning."""
+class Deliverer(Service):
+    """The background service of one API process: deliveries, offline sweep, pruning."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
+        super().__init__(
+            "notifications",
+            settings.notifications_poll_s,
+            enabled=settings.notifications_enabled,
+            # emit() sets it when a committed change queued a notification.
+            wakeup=outbox.wake,
+        )
         self.db = db
         self.settings = settings
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._last_sweep = self._last_prune = float("-inf")
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
+    def on_start(self) -> None:
         self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="cshare-notify-send")
-        self._thread = threading.Thread(target=self._run, name="cshare-notify", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        outbox.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+    def on_stopped(self) -> None:
         if self._pool is not None:
             # Sends in flight end by their own timeouts; do not wait for them here.
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def _run(self) -> None:
-        last_sweep = 0.0
-        last_prune = 0.0
-        while not self._stop.is_set():
-            busy = False
-            try:
-                busy = deliver_due(self.db, self.settings, pool=self._pool) > 0
-                if time.monotonic() - last_sweep > self.settings.notifications_offline_sweep_s:
-                    last_sweep = time.monotonic()
-                    sweep_offline_machines(self.db)
-                if time.monotonic() - last_prune > 3600:
-                    last_prune = time.monotonic()
-                    outbox.prune(self.db)
-            except Exception:
-                # The database restarting or a migration running must not end the thread.
-                log.exception("notification delivery pass failed")
-            if not busy:
-                outbox.wake.wait(self.settings.notifications_poll_s)
-                outbox.wake.clear()
+    def run_once(self) -> None:
+        if deliver_due(self.db, self.settings, pool=self._pool) > 0:
+            self.wake()  # a full batch may have more behind it
+        now = time.monotonic()
+        if now - self._last_sweep > self.settings.notifications_offline_sweep_s:
+            self._last_sweep = now
+            sweep_offline_machines(self.db)
+        if now - self._last_prune > PRUNE_EVERY_S:
+            self._last_prune = now
+            outbox.prune(self.db)

@@ -2,7 +2,8 @@
 
 - `member.joined`: any new non-owner membership (a session `before_flush` listener, so
   every path that adds a member is covered without each calling us);
-- `member.left`: `orgs.cascade.on_member_removed` (leaving and being removed);
+- `member.left`: `member_left`, wired to `orgs.cascade.on_member_removed` at start-up
+  (flows.wiring; leaving and being removed);
 - `machine.pending_approval`: a machine row inserted or put back in status `pending`
   (the same listener);
 - `machine.offline`: the delivery thread's sweep notices an approved machine whose last
@@ -19,7 +20,6 @@ from sqlalchemy import event, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, UOWTransaction
 
-from orgs import cascade
 from orgs.db import Database, utcnow
 from orgs.models import Machine, Membership, Organization, User, new_id
 from orgs.notifications.models import MachineOfflineNotice, NotificationTarget
@@ -31,7 +31,7 @@ from orgs.settings_doc import load as load_settings
 OFFLINE_LOOKBACK: Final = timedelta(hours=24)
 
 
-def _member_left(session: Session, org: Organization, user_id: uuid.UUID) -> None:
+def member_left(session: Session, org: Organization, user_id: uuid.UUID) -> None:
     user = session.get(User, user_id)
     emit(
         session,
@@ -39,9 +39,6 @@ def _member_left(session: Session, org: Organization, user_id: uuid.UUID) -> Non
         "member.left",
         {"user_id": str(user_id), "name": user.name if user else ""},
     )
-
-
-cascade.on_member_removed(_member_left)
 
 
 def _machine_payload(session: Session, machine: Machine) -> dict[str, Any]:

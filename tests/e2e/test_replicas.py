@@ -117,7 +117,7 @@ def _lease_holder_pid(db: Database) -> int | None:
         lease = s.scalars(select(Lease).where(Lease.name == "dispatcher")).first()
     if lease is None:
         return None
-    # The holder is "<host>:<pid>:<random>" (flows.dispatcher).
+    # The holder is "<host>:<pid>:<random>" (flows.dispatch.dispatcher).
     return int(lease.holder.split(":")[1])
 
 

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from api.app import create_app
-from flows.dispatcher import CycleReport, Dispatcher
+from flows.dispatch.dispatcher import CycleReport, Dispatcher
 from flows.gateway import HELD_STATE_NAME, RunCreator, StateType
 from flows.models import Deployment, Job, Schedule
 from orgs.db import Database

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flows.dispatcher import Dispatcher
+from flows.dispatch.dispatcher import Dispatcher
 from flows.gateway import PrefectGateway, StateType
 from orgs.db import Database
 from tests.integration.test_jobs_support import (

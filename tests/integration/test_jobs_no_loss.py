@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from flows.dispatcher import Dispatcher
+from flows.dispatch.dispatcher import Dispatcher
 from flows.gateway import PrefectGateway
 from flows.models import Job
 from orgs.db import Database

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from flows.dispatcher import Dispatcher
+from flows.dispatch.dispatcher import Dispatcher
 from flows.gateway import HELD_STATE_NAME, PrefectGateway, StateType
 from orgs.db import Database
 from tests.integration.test_jobs_support import (

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from datasets import catalog
-from flows import hooks
+from flows import claims, hooks
 from orgs import cascade, machines, notifications
 from orgs.db import Database
 from tests.integration.test_jobs_support import FakePrefect, jobs_app
@@ -70,23 +70,23 @@ def test_disabled_services_are_reported_not_started(sqlite_database: Database) -
 
 def test_app_wires_every_cascade_hook_in_order(sqlite_database: Database) -> None:
     with jobs_app(sqlite_database, FakePrefect()):
-        member = list(cascade._member_hooks)
-        # orgs/notifications.py still registers its hook on import (see _PENDING), so
-        # it may come first; the others run in the order flows.wiring lists them.
-        assert notifications._member_left in member
-        assert [h for h in member if h is not notifications._member_left] == [
+        assert cascade._member_hooks == [
             machines.revoke_member_machines,
+            notifications.member_left,
             catalog.drop_access_of_removed_member,
             hooks.cancel_member_jobs,
         ]
+        assert machines._revoked_hooks == [claims.mark_runs_for_cancellation]
         assert cascade._org_hooks == [catalog.drop_org_datasets, hooks.forget_org_in_prefect]
 
 
 # Registration calls that must only be made by flows.wiring, never when a module loads.
-_REGISTRARS = {"on_member_removed", "on_org_deleted", "register_input_hooks"}
-# Being rewritten into a package elsewhere; its import-time `member.left` registration
-# goes when that lands (flows.wiring already registers the hook explicitly).
-_PENDING = {"orgs/notifications.py"}
+_REGISTRARS = {
+    "on_member_removed",
+    "on_org_deleted",
+    "on_machine_revoked",
+    "register_input_hooks",
+}
 
 
 def _name(node: ast.expr) -> str:
@@ -102,8 +102,6 @@ def test_no_module_registers_hooks_when_imported() -> None:
     for package in ("api", "flows", "datasets", "orgs", "policies"):
         for path in sorted((REPO / package).rglob("*.py")):
             rel = path.relative_to(REPO).as_posix()
-            if rel in _PENDING:
-                continue
             for node in ast.parse(path.read_text()).body:
                 calls = [node.value] if isinstance(node, ast.Expr) else []
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):

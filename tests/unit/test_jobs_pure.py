@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flows.deployments import validate_parameters
-from flows.dispatcher import ReleaseQueue, sync_job
+from flows.dispatch.dispatcher import ReleaseQueue, sync_job
 from flows.gateway import HELD_STATE_NAME, REJECTED_STATE_NAME, FlowRunInfo, StateType
 from flows.jobs import RejectedForbidden, RejectedInvalid, RejectedLimit, rejection
 from flows.models import Job
