@@ -194,7 +194,7 @@ def profile(app: FastAPI, url: str, headers: dict[str, str], n: int) -> str:
                 client.get(url, headers=headers)
             main.disable()
     finally:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
     out = io.StringIO()
     stats = pstats.Stats(profilers[0], stream=out)
     for prof in profilers[1:]:

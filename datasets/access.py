@@ -5,34 +5,37 @@ the creator and admins (`datasets:manage-all`). A dataset a member may not read 
 exist for them (404), exactly like another organization's. Writing (new versions,
 access, delete): the creator and admins.
 
-A flow running on a machine acts through a **job token** (`cs_j_...`): a bearer token
-scoped to one job, acting as the job's user with that user's current rights, and only
-for the job's own inputs, outputs and metadata. So access is checked again at the
-moment the data is fetched on the machine, not only at submission.
+A flow running on a machine acts through a **job token** (`flows.job_tokens`): a bearer
+token scoped to one job, acting as the job's user with that user's current rights, and
+only for the job's own inputs, outputs and metadata. So access is checked again at the
+moment the data is fetched on the machine, not only at submission. The catalog sees that
+job as a `JobScope`; it never reads the jobs table itself (flows sits above datasets).
 """
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 
-from sqlalchemy import ColumnElement, exists, or_, select, true
+from sqlalchemy import ColumnElement, exists, or_, true
 from sqlalchemy.orm import Session
 
-from datasets.models import VISIBILITY_ORG, Dataset, DatasetAccess, JobToken
-from flows.models import Job
-from orgs.context import OrgContext, member_context
-from orgs.db import utcnow
+from datasets.models import VISIBILITY_ORG, Dataset, DatasetAccess
+from orgs.context import OrgContext
 from orgs.models import Organization, User
-from orgs.security import hash_token
 from policies.errors import Forbidden, NotFound
 from policies.permissions import Permission, denial
 
-JOB_TOKEN_PREFIX = "cs_j_"  # noqa: S105  (a prefix, not a secret)
-# Beyond the job's own runtime limit, for materialising inputs and uploading outputs.
-JOB_TOKEN_GRACE = timedelta(hours=1)
+
+@dataclass(frozen=True, slots=True)
+class JobScope:
+    """The job a job token acts for, as the catalog needs it (built from the job row by
+    `flows.job_tokens`)."""
+
+    id: uuid.UUID
+    # The dataset version ids pinned at submission (`Job.inputs`); those recorded since in
+    # `job_inputs` count too (see `catalog.plan_download`).
+    pinned: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +43,7 @@ class Caller:
     """The member acting, and the job when they act through a job token."""
 
     ctx: OrgContext
-    job: Job | None = None
+    job: JobScope | None = None
 
     @property
     def user(self) -> User:
@@ -83,50 +86,3 @@ def require_write(ctx: OrgContext, dataset: Dataset) -> None:
 
 def dataset_not_found(name: str) -> NotFound:
     return NotFound(f"No dataset '{name}' in this organization.", code="dataset_not_found")
-
-
-# ----------------------------------------------------------------------- job tokens
-
-
-def issue_job_token(session: Session, job: Job) -> str:
-    """A fresh token for `job`'s flow (shown once; only its hash is stored).
-
-    For the claim code: call it when the machine claims the job and pass the token to
-    the flow run as `CSHARE_JOB_TOKEN`. It expires after the job's runtime limit plus
-    `JOB_TOKEN_GRACE`; `revoke_job_tokens` ends it earlier (when the job finishes).
-    """
-    token = JOB_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(
-        JobToken(
-            token_hash=hash_token(token),
-            job_id=job.id,
-            expires_at=utcnow() + timedelta(seconds=job.max_runtime_s) + JOB_TOKEN_GRACE,
-        )
-    )
-    return token
-
-
-def revoke_job_tokens(session: Session, job_id: uuid.UUID) -> None:
-    for row in session.scalars(select(JobToken).where(JobToken.job_id == job_id)):
-        session.delete(row)
-
-
-def is_job_token(token: str) -> bool:
-    return token.startswith(JOB_TOKEN_PREFIX)
-
-
-def job_caller(session: Session, org_slug: str, token: str) -> Caller | None:
-    """The caller behind a job token for organization `org_slug`, or None when the token
-    is unknown or expired. 404 when the job belongs to another org or its user is no
-    longer a member (a job cannot act for someone who left)."""
-    row = session.get(JobToken, hash_token(token))
-    if row is None or row.expires_at <= utcnow():
-        return None
-    job = session.get(Job, row.job_id)
-    if job is None:
-        return None
-    user = session.get(User, job.user_id)
-    org = session.scalars(select(Organization).where(Organization.slug == org_slug)).first()
-    if user is None or org is None or org.id != job.org_id:
-        raise NotFound(f"No organization '{org_slug}' for this job.", code="org_not_found")
-    return Caller(ctx=member_context(session, org_slug, user), job=job)

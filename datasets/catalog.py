@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,7 +33,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from datasets import access, stores, wire
-from datasets.access import Caller, can_read, dataset_not_found, readable_clause, require_write
+from datasets.access import (
+    Caller,
+    JobScope,
+    can_read,
+    dataset_not_found,
+    readable_clause,
+    require_write,
+)
 from datasets.models import (
     KIND_FILE,
     VISIBILITIES,
@@ -47,10 +54,9 @@ from datasets.models import (
 )
 from datasets.names import parse_ref, validate_filename, validate_name
 from datasets.storage import ChecksumMismatch, ObjectMissing, Storage, StorageError
-from flows.models import Job
 from orgs import audit
 from orgs.config import Settings
-from orgs.context import OrgContext, member_context
+from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Membership, Organization, User
 from policies.errors import Conflict, Invalid, NotFound, Unavailable
@@ -361,23 +367,18 @@ def _users(session: Session, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID,
     return {u.id: u for u in session.scalars(select(User).where(User.id.in_(wanted)))}
 
 
-def _jobs_using(
-    session: Session, version_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[uuid.UUID]]:
-    used: dict[uuid.UUID, list[uuid.UUID]] = {}
-    if version_ids:
-        for version_id, job_id in session.execute(
-            select(JobInput.version_id, JobInput.job_id)
-            .join(Job, Job.id == JobInput.job_id)
-            .where(JobInput.version_id.in_(version_ids))
-            .order_by(Job.created_at)
-        ):
-            used.setdefault(version_id, []).append(job_id)
-    return used
+# Which jobs read each version, oldest first: `flows.lineage.jobs_using` (flows sits above
+# the catalog, so its callers pass it in).
+JobsUsing = Callable[[Session, Sequence[uuid.UUID]], Mapping[uuid.UUID, list[uuid.UUID]]]
 
 
 def dataset_detail(
-    session: Session, ctx: OrgContext, dataset: Dataset, *, limit: int = 1000
+    session: Session,
+    ctx: OrgContext,
+    dataset: Dataset,
+    *,
+    jobs_using: JobsUsing,
+    limit: int = 1000,
 ) -> DatasetDetail:
     versions = list(
         session.scalars(
@@ -388,7 +389,7 @@ def dataset_detail(
         )
     )
     users = _users(session, [dataset.created_by, *(v.created_by for v in versions)])
-    used = _jobs_using(session, [v.id for v in versions])
+    used = jobs_using(session, [v.id for v in versions])
     infos = [
         VersionInfo(
             version=v,
@@ -450,21 +451,6 @@ class Received:
     files: list[ReceivedFile] = field(default_factory=list)
 
 
-def _job_for_output(session: Session, caller: Caller, job_id: uuid.UUID | None) -> Job | None:
-    """The job an upload is an output of: the job token's own job, or (user tokens) one
-    of the caller's jobs in this org named by `job`."""
-    if caller.job is not None:
-        if job_id is not None and job_id != caller.job.id:
-            raise NotFound("No such job for this token.", code="job_not_found")
-        return caller.job
-    if job_id is None:
-        return None
-    job = session.get(Job, job_id)
-    if job is None or job.org_id != caller.org.id or job.user_id != caller.user.id:
-        raise NotFound(f"No job {job_id} of yours in this organization.", code="job_not_found")
-    return job
-
-
 def plan_upload(
     session: Session,
     settings: Settings,
@@ -474,13 +460,15 @@ def plan_upload(
     kind: str,
     filename: str | None,
     description: str | None,
-    job_id: uuid.UUID | None,
+    producer: JobScope | None,
     expected_sha256: str | None,
 ) -> UploadPlan:
-    """Everything an upload needs decided before any byte is read (no writes)."""
+    """Everything an upload needs decided before any byte is read (no writes).
+
+    `producer`: the job this is an output of, as `flows.job_data.output_job` checked it
+    (the job token's own job, or one of the caller's jobs in this org)."""
     dataset = find_dataset(session, caller.ctx, name)
     require_write(caller.ctx, dataset)
-    job = _job_for_output(session, caller, job_id)
     if expected_sha256 is not None:
         expected_sha256 = expected_sha256.strip().lower()
         if not wire.is_sha256(expected_sha256):
@@ -494,7 +482,7 @@ def plan_upload(
         dataset_name=dataset.name,
         store=stores.current_store(session, settings, caller.org.id),
         actor=caller.user,
-        job_id=job.id if job else None,
+        job_id=producer.id if producer else None,
         kind=kind,
         filename=filename,
         description=_description(description),
@@ -658,9 +646,7 @@ def plan_download(
     row = find_version(session, dataset, version)
     if caller.job is not None:
         # Pinned at submission (job.inputs), or recorded since (job_inputs).
-        pinned = {
-            str(e.get("version_id")) for e in caller.job.inputs or [] if isinstance(e, Mapping)
-        }
+        pinned = set(caller.job.pinned)
         pinned |= {
             str(v)
             for v in session.scalars(
@@ -914,7 +900,7 @@ def collect_garbage(session: Session, settings: Settings) -> int:
 # ---------------------------------------------------------------------- job inputs
 
 
-def _parse_input(spec: Mapping[str, Any] | str) -> tuple[str, str, int | None]:
+def parse_input(spec: Mapping[str, Any] | str) -> tuple[str, str, int | None]:
     """(name in the flow, dataset, version or None) from `"NAME[@V]"`,
     `"ALIAS=NAME[@V]"` or `{"dataset", "version"?, "name"?}`."""
     if isinstance(spec, str):
@@ -953,14 +939,14 @@ def pin_inputs(
     the submission with its own reason.
 
     For the jobs service: call it while preparing a submission, store the result in
-    `Job.inputs`, and call `link_job_inputs` once the job row exists.
+    `Job.inputs`, and call `flows.job_data.link_job_inputs` once the job row exists.
     """
     if len(specs) > MAX_INPUTS:
         raise Invalid(f"At most {MAX_INPUTS} inputs per job.", field="inputs")
     pinned: list[dict[str, Any]] = []
     seen: set[str] = set()
     for spec in specs:
-        alias, name, number = _parse_input(spec)
+        alias, name, number = parse_input(spec)
         validate_name(alias, field="inputs")
         if alias in seen:
             raise Invalid(f"Two inputs are named '{alias}'.", field="inputs")
@@ -995,79 +981,6 @@ def pinned_entry(alias: str, dataset: Dataset, row: DatasetVersion) -> dict[str,
         "sha256": row.sha256,
         "size": row.size,
     }
-
-
-def link_job_inputs(session: Session, job: Job) -> None:
-    """Record `job.inputs` (pinned) in `job_inputs` for lineage; idempotent; no commit."""
-    have = set(session.scalars(select(JobInput.version_id).where(JobInput.job_id == job.id)))
-    for entry in job.inputs or []:
-        raw = entry.get("version_id") if isinstance(entry, Mapping) else None
-        if not raw:
-            continue
-        version_id = uuid.UUID(str(raw))
-        if version_id not in have:
-            session.add(JobInput(job_id=job.id, version_id=version_id, name=str(entry["name"])))
-            have.add(version_id)
-
-
-def job_context(session: Session, job: Job) -> OrgContext:
-    """The job's user as a member of its org now (404 if they left)."""
-    org = session.get(Organization, job.org_id)
-    user = session.get(User, job.user_id)
-    if org is None or user is None:
-        raise NotFound("The job's organization or user no longer exists.", code="job_not_found")
-    return member_context(session, org.slug, user)
-
-
-def resolve_inputs(session: Session, job: Job) -> list[dict[str, Any]]:
-    """The job's inputs as the machine must fetch them, with the job user's access
-    checked again *now*; records them in `job_inputs`. No commit.
-
-    For the claim code (and `GET /orgs/{org}/jobs/{id}/inputs`). Inputs stored unpinned
-    (a raw `"NAME[@V]"`) are pinned here and written back to `job.inputs`, so a rerun
-    reads the same versions. Raises 404 for a dataset the user may no longer read and
-    409 for a version deleted since submission.
-    """
-    ctx = job_context(session, job)
-    resolved: list[dict[str, Any]] = []
-    changed = False
-    entries: list[Any] = list(job.inputs or [])
-    for i, entry in enumerate(entries):
-        if isinstance(entry, Mapping) and entry.get("version_id"):
-            alias = str(entry.get("name") or entry.get("dataset"))
-            row = session.get(DatasetVersion, uuid.UUID(str(entry["version_id"])))
-            dataset = session.get(Dataset, row.dataset_id) if row is not None else None
-            if row is None or dataset is None:
-                raise Conflict(
-                    f"Input '{alias}' no longer exists; submit the job again.",
-                    code="input_missing",
-                )
-            if not can_read(session, ctx, dataset):
-                raise dataset_not_found(dataset.name)
-        else:
-            alias, name, number = _parse_input(entry)
-            dataset = find_dataset(session, ctx, name)
-            row = find_version(session, dataset, number)
-            entries[i] = pinned_entry(alias, dataset, row)
-            changed = True
-        if row.tombstoned_at is not None:
-            raise Conflict(
-                f"Input '{alias}' ({dataset.name}@{row.version}) was deleted after the job "
-                "was submitted.",
-                code="input_deleted",
-            )
-        org_slug = ctx.org.slug
-        resolved.append(
-            {
-                **pinned_entry(alias, dataset, row),
-                "download_path": f"/orgs/{org_slug}/datasets/{dataset.name}/versions/"
-                f"{row.version}/download",
-            }
-        )
-    if changed:
-        job.inputs = entries
-    link_job_inputs(session, job)
-    return resolved
 
 
 # ---------------------------------------------------------------------- cascades

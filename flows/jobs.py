@@ -33,6 +33,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from datasets import catalog
 from flows import ledger
 from flows.deployments import find_deployment, validate_parameters, validate_tags
 from flows.gateway import (
@@ -42,6 +43,7 @@ from flows.gateway import (
     StateType,
     run_tags,
 )
+from flows.job_data import link_job_inputs
 from flows.models import (
     ALL_STATES,
     CANCELLING,
@@ -183,36 +185,18 @@ class _Prepared:
     inputs: list[dict[str, Any]]
 
 
-# Dataset inputs are the catalog's business (datasets/ imports flows/, not the reverse):
-# the catalog registers how to pin a submission's inputs (checking read access, resolving
-# "latest" to a concrete version) and how to link them to the job row for lineage.
-InputPinner = Callable[
-    [Session, OrgContext, Sequence[Mapping[str, Any]], list[str]], list[dict[str, Any]]
-]
-InputLinker = Callable[[Session, Job], None]
-_input_hooks: dict[str, Any] = {}
-
-
-def register_input_hooks(pin: InputPinner, link: InputLinker) -> None:
-    _input_hooks["pin"], _input_hooks["link"] = pin, link
-
-
 def _pin_inputs(
     session: Session, ctx: OrgContext, specs: Sequence[Mapping[str, Any]], unreadable: list[str]
 ) -> list[dict[str, Any]]:
-    if not specs:
-        return []
-    pin: InputPinner | None = _input_hooks.get("pin")
-    if pin is None:
-        raise Invalid("This server has no dataset catalog for inputs.", field="inputs")
-    return pin(session, ctx, specs, unreadable)
+    # Checks read access and resolves "latest" to a concrete version; unreadable
+    # datasets are named in `unreadable` for admission's dataset_access rule.
+    return catalog.pin_inputs(session, ctx, specs, unreadable) if specs else []
 
 
 def _link_inputs(session: Session, job: Job) -> None:
-    link: InputLinker | None = _input_hooks.get("link")
-    if job.inputs and link is not None:
+    if job.inputs:
         session.flush()
-        link(session, job)
+        link_job_inputs(session, job)
 
 
 def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:

@@ -26,8 +26,8 @@ from typing import Any, Final
 
 from sqlalchemy.orm import Session
 
-from datasets.access import revoke_job_tokens
 from flows.gateway import PrefectGateway
+from flows.job_tokens import revoke_job_tokens
 from flows.models import Deployment, Job
 from orgs import audit, metrics, notifications
 from orgs.db import utcnow

@@ -1,9 +1,9 @@
 """What a control-plane process plugs together at start-up, listed in one place.
 
 Nothing registers itself when imported: the cascade hooks (what removing a member or
-deleting an organization does beyond orgs/), the dataset input hooks of submissions,
-and the background services are all named here, and `api.app` calls these at start-up
-(for `cshare server` and the API that `cshare up` runs alike).
+deleting an organization does beyond orgs/) and the background services are all named
+here, and `api.app` calls these at start-up (for `cshare server` and the API that
+`cshare up` runs alike).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from flows.dispatch.dispatcher import Dispatcher
 from flows.dispatch.housekeeping import DatasetGarbageCollector
 from flows.dispatch.service import Service
 from flows.gateway import PrefectGateway
-from flows.jobs import register_input_hooks
 from orgs import cascade, machines, notifications
 from orgs.config import Settings
 from orgs.db import Database
@@ -37,8 +36,6 @@ def wire_hooks() -> None:
         cascade.on_org_deleted(org_hook)
     # A rejected or removed machine's runs are to be cancelled (rows; Prefect after).
     machines.on_machine_revoked(claims.mark_runs_for_cancellation)
-    # Submissions pin and link their dataset inputs through the catalog.
-    register_input_hooks(catalog.pin_inputs, catalog.link_job_inputs)
 
 
 def services(db: Database, gateway: PrefectGateway, settings: Settings) -> list[Service]:

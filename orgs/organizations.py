@@ -5,16 +5,14 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-# `settings_doc` imports this module too (its `apply` renames the org in the same
-# transaction); importing modules, not names, keeps the cycle order-independent.
 from orgs import audit, cascade, settings_doc
 from orgs.context import OrgContext
 from orgs.models import Membership, Organization, SettingsVersion, User
@@ -127,7 +125,7 @@ def stage_update(
 ) -> None:
     """Change name/description and write the audit row, without committing.
 
-    For callers that commit several changes at once (`settings_doc.apply`).
+    For callers that commit several changes at once (`apply_settings`).
     """
     ctx.require(Permission.org_update)
     org = ctx.org
@@ -156,6 +154,24 @@ def update(
     stage_update(ctx, session, name=name, description=description)
     session.commit()
     return ctx.org
+
+
+def apply_settings(
+    ctx: OrgContext,
+    session: Session,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    changes: Mapping[str, Any],
+) -> settings_doc.OrgSettings:
+    """`PUT /settings`: the organization's name/description and its settings, one commit."""
+    ctx.require(Permission.settings_update)
+    settings_doc.lock_org(ctx, session)
+    if name is not None or description is not None:
+        stage_update(ctx, session, name=name, description=description)
+    new = settings_doc.stage(ctx, session, changes)
+    session.commit()
+    return new
 
 
 def delete(ctx: OrgContext, session: Session, *, confirm: str) -> None:

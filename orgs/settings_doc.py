@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-# `organizations` imports this module as well; see the note there.
-from orgs import audit, organizations
+from orgs import audit
 from orgs.context import OrgContext
 from orgs.models import SettingsVersion, User
 from policies.errors import Invalid
@@ -81,8 +80,12 @@ def _parse_limits_section(given: object) -> LimitsDocument:
         raise Invalid(exc.detail, field=field) from None
 
 
-def _stage(ctx: OrgContext, session: Session, changes: Mapping[str, Any]) -> OrgSettings:
-    """Validate and apply `changes` to the session (version row, audit row); no commit."""
+def stage(ctx: OrgContext, session: Session, changes: Mapping[str, Any]) -> OrgSettings:
+    """Validate and apply `changes` to the session (version row, audit row); no commit.
+
+    For callers that commit several changes at once (`organizations.apply_settings`);
+    they call `lock_org` first.
+    """
     ctx.require(Permission.settings_update)
     unknown = set(changes) - SECTIONS
     if unknown:
@@ -124,7 +127,7 @@ def _stage(ctx: OrgContext, session: Session, changes: Mapping[str, Any]) -> Org
     return new
 
 
-def _lock_org(ctx: OrgContext, session: Session) -> None:
+def lock_org(ctx: OrgContext, session: Session) -> None:
     # Re-read the row under a lock so two concurrent updates cannot both build on the
     # same version (PostgreSQL; SQLite write transactions are already exclusive).
     session.refresh(ctx.org, with_for_update=True)
@@ -137,26 +140,8 @@ def update(ctx: OrgContext, session: Session, *, changes: Mapping[str, Any]) -> 
     whole limits document, already parsed or as a mapping).
     """
     ctx.require(Permission.settings_update)
-    _lock_org(ctx, session)
-    new = _stage(ctx, session, changes)
-    session.commit()
-    return new
-
-
-def apply(
-    ctx: OrgContext,
-    session: Session,
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    changes: Mapping[str, Any],
-) -> OrgSettings:
-    """`PUT /settings`: the organization's name/description and its settings, one commit."""
-    ctx.require(Permission.settings_update)
-    _lock_org(ctx, session)
-    if name is not None or description is not None:
-        organizations.stage_update(ctx, session, name=name, description=description)
-    new = _stage(ctx, session, changes)
+    lock_org(ctx, session)
+    new = stage(ctx, session, changes)
     session.commit()
     return new
 

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.stack import descendants
+from api.cli.up.processes import descendants
 from flows.gateway import FlowRunInfo, PrefectGateway
 
 VENV_BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""`cshare up`: the whole embedded stack in the foreground (see api.stack)."""
+"""`cshare up`: the whole embedded stack in the foreground (see api.cli.up)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def up(
 ) -> None:
     """Run the embedded stack on this machine: Prefect, the API with its dispatcher, and a
     local agent. Data lives in CSHARE_HOME (default ~/.cshare); Ctrl-C stops everything."""
-    from api.stack import Stack, StackError, StackOptions
+    from api.cli.up.errors import StackError
+    from api.cli.up.stack import Stack, StackOptions
     from orgs.config import Settings
 
     settings = Settings()

@@ -32,8 +32,7 @@ from api.deps import CurrentMachine, SessionDep, SettingsDep
 from api.errors import error_body
 from api.routers.deployments import GatewayDep
 from api.schemas import ErrorOut
-from datasets import access
-from flows import claims
+from flows import claims, job_tokens
 from flows.gateway import work_pool_name
 from flows.models import Job
 from orgs import machines
@@ -201,7 +200,7 @@ def claim(
         assert job is not None and org is not None
         # A fresh token per claim (a repeated claim gets its own); it expires with the
         # job's runtime limit and is the flow's identity towards datasets.
-        job_token = access.issue_job_token(session, job)
+        job_token = job_tokens.issue_job_token(session, job)
         session.commit()
         return ClaimOut(
             flow_run_id=result.flow_run_id,

@@ -33,8 +33,10 @@ from sqlalchemy.orm import Session
 from api.deps import Credentials, Requires, SessionDep, SettingsDep, get_auth
 from api.schemas import Page, PublicUserOut
 from datasets import catalog, stores, wire
-from datasets.access import Caller, is_job_token, job_caller
+from datasets.access import Caller
 from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
+from flows import job_data, lineage
+from flows.job_tokens import is_job_token, job_caller
 from flows.models import Job
 from orgs.context import member_context
 from orgs.db import Database
@@ -417,7 +419,9 @@ def show_dataset(
     limit: Annotated[int, Query(ge=1, le=10_000, description="Newest versions shown.")] = 1000,
 ) -> DatasetDetailOut:
     dataset = catalog.find_dataset(session, caller.ctx, name)
-    detail = catalog.dataset_detail(session, caller.ctx, dataset, limit=limit)
+    detail = catalog.dataset_detail(
+        session, caller.ctx, dataset, jobs_using=lineage.jobs_using, limit=limit
+    )
     live = [i.version for i in detail.versions if i.version.tombstoned_at is None]
     slug = caller.org.slug
     return DatasetDetailOut(
@@ -485,6 +489,7 @@ async def upload_version(
     and every checksum verified."""
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     kind = KIND_DIRECTORY if media in (wire.TAR_MEDIA_TYPE, "application/tar") else KIND_FILE
+    producer = await run_in_threadpool(job_data.output_job, session, caller, job)
     plan = await run_in_threadpool(
         catalog.plan_upload,
         session,
@@ -494,7 +499,7 @@ async def upload_version(
         kind=kind,
         filename=filename,
         description=description,
-        job_id=job,
+        producer=producer,
         expected_sha256=x_content_sha256,
     )
     # Release the connection (and SQLite's write lock) before the first byte is read.
@@ -633,5 +638,5 @@ def job_inputs(
     with db.transaction() as tx:
         fresh = tx.get(Job, job.id)
         assert fresh is not None
-        items = catalog.resolve_inputs(tx, fresh)
+        items = job_data.resolve_inputs(tx, fresh)
     return JobInputsOut(job_id=job.id, items=[JobInputOut(**i) for i in items])

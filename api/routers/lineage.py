@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Requires, SessionDep
 from api.routers.datasets import JobAware, JobId, job_in_org
-from datasets import catalog, lineage
+from datasets import catalog
 from datasets.access import Caller
+from flows import lineage
 from orgs.context import OrgContext
 from policies.permissions import Permission
 

@@ -117,11 +117,8 @@ def get_overview(
         since=o.since,
         until=o.until,
         idle_hours=idle_hours,
-        by_type=[
-            TypeOverviewOut(machine_type=t.machine_type, **_counts(t))  # type: ignore[arg-type]
-            for t in o.by_type
-        ],
-        **_counts(o),  # type: ignore[arg-type]
+        by_type=[TypeOverviewOut(machine_type=t.machine_type, **_counts(t)) for t in o.by_type],
+        **_counts(o),
     )
 
 

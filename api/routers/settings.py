@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import Requires, SessionDep
 from api.schemas import ErrorOut, Page, PublicUserOut
-from orgs import settings_doc
+from orgs import organizations, settings_doc
 from orgs.context import OrgContext
 from orgs.settings_doc import InvitationSettings, MachineSettings
 from policies.errors import Invalid
@@ -166,7 +166,7 @@ def put_settings(
 ) -> SettingsOut:
     if body.media_type in YAML_TYPES:
         limits = parse_limits_yaml(_decode(body.data))
-        settings_doc.apply(ctx, session, changes={"limits": limits})
+        settings_doc.update(ctx, session, changes={"limits": limits})
         return _settings_out(ctx)
     if body.media_type and body.media_type != "application/json":
         raise HTTPException(
@@ -179,7 +179,7 @@ def put_settings(
         for key in ("invitations", "machines", "limits")
         if (value := getattr(given, key)) is not None
     }
-    settings_doc.apply(
+    organizations.apply_settings(
         ctx, session, name=given.name, description=given.description, changes=changes
     )
     return _settings_out(ctx)

@@ -23,6 +23,7 @@ from api.web.core import OrgPage, OrgPageDep, redirect, render, settings_of
 from datasets import catalog
 from datasets.access import Caller
 from datasets.models import VISIBILITIES
+from flows import lineage
 from flows.gateway import PrefectGateway, work_pool_name
 from orgs import machines, organizations, settings_doc, usage_views
 from orgs.machines import MachineStatus
@@ -202,7 +203,7 @@ def _dataset_page(
 ) -> Response:
     page.require(Permission.datasets_read)
     dataset = catalog.find_dataset(page.session, page.ctx, name)
-    detail = catalog.dataset_detail(page.session, page.ctx, dataset)
+    detail = catalog.dataset_detail(page.session, page.ctx, dataset, jobs_using=lineage.jobs_using)
     live = [i.version for i in detail.versions if i.version.tombstoned_at is None]
     members: list[Any] = []
     if detail.can_write:

@@ -20,8 +20,7 @@ from fastapi.responses import Response
 from api.routers import jobs as job_routes
 from api.web.core import OrgPage, OrgPageDep, redirect, render, settings_of
 from api.web.routes_data import gateway_of
-from datasets import lineage
-from flows import deployments, jobs
+from flows import deployments, jobs, lineage
 from flows.models import ALL_STATES, FINAL_STATES
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission

@@ -1,7 +1,7 @@
 """Settings (admins): name and description, invitations, machine approval, the limits
 document, notification webhooks, the Danger Zone; and the audit log.
 
-Every change goes through `orgs.settings_doc.apply` (or the notification and
+Every change goes through `orgs.organizations.apply_settings` (or the notification and
 organization services), exactly like `PUT /orgs/{org}/settings`. The limits editor shows
 the policy's own validation error beside the key it names (`Invalid.field` is the dotted
 key path, e.g. `limits.organization.limits.max_job_runtime`).
@@ -188,7 +188,7 @@ def _apply(
     prefix: str,
 ) -> Response:
     try:
-        settings_doc.apply(
+        organizations.apply_settings(
             page.ctx, page.session, name=name, description=description, changes=changes or {}
         )
     except Invalid as exc:
@@ -277,7 +277,7 @@ def _save_limits(request: Request, page: OrgPage, form: FormData) -> Response:
         shown.yaml_text = text
         try:
             document: Any = parse_limits_yaml(text)
-            settings_doc.apply(page.ctx, page.session, changes={"limits": document})
+            settings_doc.update(page.ctx, page.session, changes={"limits": document})
         except Invalid as exc:
             page.session.rollback()
             shown.yaml_error = exc.detail
@@ -286,7 +286,7 @@ def _save_limits(request: Request, page: OrgPage, form: FormData) -> Response:
         return redirect(page.url("/settings"), notice="saved")
     document, shown = _document_from_form(form)
     try:
-        settings_doc.apply(page.ctx, page.session, changes={"limits": document})
+        settings_doc.update(page.ctx, page.session, changes={"limits": document})
     except Invalid as exc:
         page.session.rollback()
         key = _error_key(exc.field, shown)

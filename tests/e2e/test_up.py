@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.stack import _start_time, alive, descendants
+from api.cli.up.processes import alive, descendants, start_time
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -107,7 +107,7 @@ def test_cshare_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
 
     def record() -> None:
         for pid in descendants(up.pid):
-            recorded.setdefault(pid, _start_time(pid))
+            recorded.setdefault(pid, start_time(pid))
 
     try:
         text = out.wait_for("Press Ctrl-C to stop", START_TIMEOUT_S, up)

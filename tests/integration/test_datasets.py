@@ -28,9 +28,10 @@ import pytest
 from sqlalchemy import func, select
 
 from api.app import create_app
-from datasets import access, catalog, wire
+from datasets import catalog, wire
 from datasets.models import Blob, Dataset, DatasetVersion, JobInput
 from datasets.storage import object_key
+from flows import job_data, job_tokens
 from flows.dispatch.housekeeping import DatasetGarbageCollector
 from flows.models import Deployment, Job
 from orgs.config import get_settings
@@ -108,7 +109,7 @@ def make_job(db: Database, slug: str, user_id: str, inputs: list[Any] | None = N
         )
         s.add(job)
         s.flush()
-        catalog.resolve_inputs(s, job)  # pins "NAME[@V]" and records them, as a claim would
+        job_data.resolve_inputs(s, job)  # pins "NAME[@V]" and records them, as a claim would
     return job
 
 
@@ -502,7 +503,7 @@ def test_delete_keeps_used_versions_as_tombstones(api: ApiClient, world: World) 
     with api.db.transaction() as s:
         fresh = s.get(Job, job.id)
         assert fresh is not None
-        catalog.resolve_inputs(s, fresh)  # pins and records the input
+        job_data.resolve_inputs(s, fresh)  # pins and records the input
     r = api.delete(ds(world, "used"), world.alice)
     assert r.status_code == 200, r.text
     assert r.json() == {
@@ -558,7 +559,7 @@ def test_job_token_reaches_only_its_inputs(api: ApiClient, world: World) -> None
     with api.db.transaction() as s:
         fresh = s.get(Job, job.id)
         assert fresh is not None
-        token = access.issue_job_token(s, fresh)
+        token = job_tokens.issue_job_token(s, fresh)
     bearer = {"Authorization": f"Bearer {token}"}
     r = api.client.get(f"/api/v1/orgs/{world.slug}/jobs/{job.id}/inputs", headers=bearer)
     assert r.status_code == 200, r.text

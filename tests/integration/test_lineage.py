@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from agents import materialize
 from api.app import create_app
 from api.cli.main import app as cli_app
-from datasets import access, codeversion, lineage
+from datasets import codeversion
+from flows import job_tokens, lineage
 from flows.models import Job
 from orgs.config import get_settings
 from orgs.db import Database
@@ -312,7 +313,7 @@ def test_job_inputs_read_only_outputs_and_lineage_without_the_agent(
         with sqlite_database.transaction() as s:
             fresh = s.get(Job, job.id)
             assert fresh is not None
-            token = access.issue_job_token(s, fresh)
+            token = job_tokens.issue_job_token(s, fresh)
         cache = tmp_path / "cache"
         job_dir = tmp_path / "job1"
         job_dir.mkdir()
@@ -355,7 +356,7 @@ def test_job_inputs_read_only_outputs_and_lineage_without_the_agent(
         with sqlite_database.transaction() as s:
             fresh = s.get(Job, job2.id)
             assert fresh is not None
-            token2 = access.issue_job_token(s, fresh)
+            token2 = job_tokens.issue_job_token(s, fresh)
         job2_dir = tmp_path / "job2"
         job2_dir.mkdir()
         again = materialize.materialize_job(base, slug, str(job2.id), token2, job2_dir, cache)
@@ -413,7 +414,7 @@ def test_the_machine_reports_code_version_and_resources(
         with sqlite_database.transaction() as s:
             fresh = s.get(Job, job.id)
             assert fresh is not None
-            token = access.issue_job_token(s, fresh)
+            token = job_tokens.issue_job_token(s, fresh)
         materialize.report_run(
             url,
             slug,

@@ -44,14 +44,14 @@ class Visitor:
         session = self.client.cookies.get("cshare_session")
         return csrf.token_for_session(session) if session else ""
 
-    def get(self, path: str, **kw: object):  # type: ignore[no-untyped-def]
-        return self.client.get(path, follow_redirects=False, **kw)  # type: ignore[arg-type]
+    def get(self, path: str, **kw: object):
+        return self.client.get(path, follow_redirects=False, **kw)
 
-    def post(self, path: str, data: Mapping[str, object] | None = None, *, token: bool = True):  # type: ignore[no-untyped-def]
+    def post(self, path: str, data: Mapping[str, object] | None = None, *, token: bool = True):
         form = dict(data or {})
         if token:
             form.setdefault(csrf.CSRF_FIELD, self.token)
-        return self.client.post(path, data=form, follow_redirects=False)  # type: ignore[arg-type]
+        return self.client.post(path, data=form, follow_redirects=False)
 
 
 @dataclass

@@ -23,7 +23,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from datasets.access import can_read
-from datasets.catalog import pinned_entry
 from datasets.models import Dataset, DatasetVersion, JobInput, JobLineage
 from flows.models import Deployment, Job
 from orgs.context import OrgContext
@@ -115,6 +114,23 @@ def merge_job_metadata(session: Session, job: Job, values: Mapping[str, Any]) ->
         )
     row.job_metadata = merged
     return merged
+
+
+def jobs_using(
+    session: Session, version_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """The jobs that read each of these versions, oldest first (for the catalog's
+    `dataset_detail`)."""
+    used: dict[uuid.UUID, list[uuid.UUID]] = {}
+    if version_ids:
+        for version_id, job_id in session.execute(
+            select(JobInput.version_id, JobInput.job_id)
+            .join(Job, Job.id == JobInput.job_id)
+            .where(JobInput.version_id.in_(version_ids))
+            .order_by(Job.created_at)
+        ):
+            used.setdefault(version_id, []).append(job_id)
+    return used
 
 
 # ----------------------------------------------------------------------- the job record
@@ -442,8 +458,8 @@ __all__ = [
     "Graph",
     "job_graph",
     "job_record",
+    "jobs_using",
     "merge_job_metadata",
-    "pinned_entry",
     "record_job_lineage",
     "rerun_spec",
     "version_graph",

@@ -1,0 +1,354 @@
+"""The supervisor: start Prefect, the API and the local agent in order, watch them, stop
+them in reverse order on a signal or a crash (see api.cli.up)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import httpx
+
+from api.cli.up.bootstrap import Bootstrap, bootstrap
+from api.cli.up.demo import DEMO_MACHINE_TYPE, code_dir, run_demo
+from api.cli.up.errors import StackError
+from api.cli.up.home import private_dir, read_or_create_secret
+from api.cli.up.processes import Child, check_port, clean_env, spawn, stop_child, wait_until
+
+VENV_BIN: Final = Path(sys.executable).parent
+PREFECT_START_TIMEOUT_S: Final = 180.0  # a first start migrates Prefect's database
+API_START_TIMEOUT_S: Final = 90.0
+AGENT_ONLINE_TIMEOUT_S: Final = 60.0
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    prefect_port: int = 4200
+    demo: bool = False
+    agent: bool = True
+    database_url: str | None = None  # default: SQLite under home
+    out: TextIO = field(default=sys.stdout, repr=False)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.port}"
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.prefect_port}"
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - listening everywhere: talk locally
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+class Stack:
+    def __init__(self, options: StackOptions) -> None:
+        self.o = options
+        self.home = private_dir(options.home.expanduser().resolve())
+        self.children: list[Child] = []
+        self._stop = threading.Event()
+        self._signal: int | None = None
+        self._lock_file: TextIO | None = None
+
+    # -- printing ---------------------------------------------------------------------
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.o.out, flush=True)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything, wait for a signal or a crash, stop everything. Exit code."""
+        self._take_lock()
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            self._check_ports()
+            code = self._start_and_supervise()
+        finally:
+            self.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._release_lock()
+        return code
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signal = signum
+        self._stop.set()
+
+    def _take_lock(self) -> None:
+        lock_path = self.home / "stack.lock"
+        fh = lock_path.open("a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            fh.close()
+            raise StackError(
+                f"Another `cshare up` (pid {owner}) is running with CSHARE_HOME={self.home}; "
+                "stop it first, or use another CSHARE_HOME."
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_file = fh
+
+    def _release_lock(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.home / "stack.pid").unlink()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _check_ports(self) -> None:
+        check_port(
+            self.o.host, self.o.port, what="the Compute Share API", flag="--port", env="CSHARE_PORT"
+        )
+        check_port(
+            self.o.host,
+            self.o.prefect_port,
+            what="the Prefect server",
+            flag="--prefect-port",
+            env="CSHARE_PREFECT_PORT",
+        )
+
+    def _interrupted(self) -> bool:
+        return self._stop.is_set()
+
+    def _start_and_supervise(self) -> int:
+        auth = read_or_create_secret(
+            self.home / "secrets" / "prefect-auth", lambda: secrets.token_urlsafe(32)
+        )
+        self.say(f"Starting Compute Share in {self.home} ...")
+        self._start_prefect(auth)
+        if self._interrupted():
+            return 130
+        boot = bootstrap(self.home, self.o.database_url)
+        self._start_api(auth)
+        if self._interrupted():
+            return 130
+        agent_note = self._start_agent(boot)
+        if self._interrupted():
+            return 130
+        if self.o.demo:
+            self._demo(boot)
+        self._write_pids()
+        self._banner(boot, agent_note)
+        return self._supervise()
+
+    def _supervise(self) -> int:
+        while not self._stop.wait(0.5):
+            for child in self.children:
+                child.remember_descendants()
+                if child.process.poll() is not None:
+                    self.say(
+                        f"\n{child.name} stopped unexpectedly (exit code "
+                        f"{child.process.returncode}); stopping the stack. Its log "
+                        f"{child.log_path} ends with:\n{child.tail()}"
+                    )
+                    return 1
+        self.say(f"\nStopping ({signal.Signals(self._signal or signal.SIGINT).name}) ...")
+        return 0
+
+    def stop_all(self) -> None:
+        """Stop the children in reverse start order (agent, API, Prefect)."""
+        for child in reversed(self.children):
+            stop_child(child)
+        if self.children:
+            self.say("Stopped. Run `cshare up` again to resume with the same data.")
+        self.children = []
+
+    def _write_pids(self) -> None:
+        pids = {
+            "supervisor": os.getpid(),
+            **{c.name.lower().replace(" ", "_"): c.pid for c in self.children},
+        }
+        (self.home / "stack.pid").write_text(json.dumps(pids) + "\n")
+
+    # -- the pieces ---------------------------------------------------------------------
+
+    def _start_prefect(self, auth: str) -> Child:
+        prefect_home = private_dir(self.home / "prefect")
+        env = clean_env()
+        env.update(
+            PREFECT_HOME=str(prefect_home),
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{prefect_home}/prefect.db",
+            PREFECT_SERVER_API_AUTH_STRING=auth,
+            # On SQLite the late-runs service fights request handlers for the write lock.
+            PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_API_HOST=self.o.host,
+            PREFECT_SERVER_API_PORT=str(self.o.prefect_port),
+            PREFECT_UI_API_URL=f"{self.o.prefect_url}/api",
+            PREFECT_LOGGING_SERVER_LEVEL="WARNING",
+        )
+        args = [
+            str(VENV_BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            self.o.host,
+            "--port",
+            str(self.o.prefect_port),
+        ]
+        child = spawn(
+            "Prefect", args, env=env, log_path=self.home / "logs" / "prefect.log", cwd=prefect_home
+        )
+        self.children.append(child)
+        self.say(f"  Prefect server (pid {child.pid}) on {self.o.prefect_url} ...")
+        health = f"{self.o.prefect_url}/api/health"
+        wait_until(
+            lambda: self._interrupted() or httpx.get(health, timeout=2).status_code == 200,
+            timeout_s=PREFECT_START_TIMEOUT_S,
+            child=child,
+            what="The Prefect server",
+        )
+        return child
+
+    def _api_env(self, auth: str) -> dict[str, str]:
+        env = clean_env()
+        env.update(
+            CSHARE_HOME=str(self.home),
+            CSHARE_PREFECT_API_URL=f"{self.o.prefect_url}/api",
+            CSHARE_PREFECT_AUTH_STRING=auth,
+            CSHARE_PREFECT_UI_URL=self.o.prefect_url,
+            CSHARE_PUBLIC_URL=self.o.api_url,
+            # The embedded stack is the one place the dispatcher must run.
+            CSHARE_DISPATCHER_ENABLED="true",
+        )
+        if self.o.database_url:
+            env["CSHARE_DATABASE_URL"] = self.o.database_url
+        return env
+
+    def _start_api(self, auth: str) -> Child:
+        args = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.app:create_app",
+            "--host",
+            self.o.host,
+            "--port",
+            str(self.o.port),
+            "--log-level",
+            "info",
+            "--no-access-log",
+        ]
+        child = spawn(
+            "API",
+            args,
+            env=self._api_env(auth),
+            log_path=self.home / "logs" / "api.log",
+            cwd=self.home,
+        )
+        self.children.append(child)
+        self.say(f"  API with dispatcher (pid {child.pid}) on {self.o.api_url} ...")
+        ready = f"{self.o.api_url}/readyz"
+        wait_until(
+            lambda: self._interrupted() or httpx.get(ready, timeout=5).status_code == 200,
+            timeout_s=API_START_TIMEOUT_S,
+            child=child,
+            what="The API",
+        )
+        return child
+
+    def _start_agent(self, boot: Bootstrap) -> str:
+        if not self.o.agent:
+            return "no local agent (--no-agent)"
+        agent_home = private_dir(self.home / "agent")
+        env = clean_env()
+        env.update(
+            CSHARE_API_URL=self.o.api_url,
+            CSHARE_TOKEN=boot.agent_token,
+            CSHARE_ORG=boot.org_slug,
+            CSHARE_CONFIG=str(agent_home / "config.toml"),
+            CSHARE_AGENT_HOME=str(agent_home),  # the machine token lives here
+        )
+        args = [
+            str(VENV_BIN / "cshare"),
+            "agent",
+            "start",
+            "--machine-type",
+            DEMO_MACHINE_TYPE,
+            "--slots",
+            str(max(1, min(4, (os.cpu_count() or 2) // 2))),
+            # The shipped flows' entrypoints are relative to the folder holding `flows/`.
+            "--flows-dir",
+            code_dir(),
+        ]
+        child = spawn(
+            "Agent", args, env=env, log_path=self.home / "logs" / "agent.log", cwd=agent_home
+        )
+        self.children.append(child)
+        self.say(f"  local agent (pid {child.pid}) ...")
+        headers = {"Authorization": f"Bearer {boot.agent_token}"}
+        machines = f"{self.o.api_url}/api/v1/orgs/{boot.org_slug}/machines"
+
+        def online() -> bool:
+            if self._interrupted():
+                return True
+            r = httpx.get(machines, headers=headers, timeout=5)
+            items = r.json().get("items", []) if r.status_code == 200 else []
+            return any(_is_online(m) for m in items)
+
+        wait_until(online, timeout_s=AGENT_ONLINE_TIMEOUT_S, child=child, what="The local agent")
+        return f"local agent online (logs: {child.log_path})"
+
+    def _demo(self, boot: Bootstrap) -> None:
+        """Register the shipped flows and submit a few jobs (so the Prefect UI shows runs)."""
+        try:
+            for line in run_demo(self.o.api_url, boot.agent_token, boot.org_slug):
+                self.say(f"  {line}")
+        except (httpx.HTTPError, StackError) as exc:
+            # The stack itself is fine: say what failed and keep running.
+            self.say(f"  --demo could not finish: {exc}")
+
+    def _banner(self, boot: Bootstrap, agent_note: str) -> None:
+        pw_file = self.home / "secrets" / "admin-password"
+        if boot.admin_password:
+            password = f"{boot.admin_password}   (shown once; also in {pw_file}, mode 0600)"
+        else:
+            password = f"see {pw_file}"
+        api = self.o.api_url
+        self.say()
+        self.say("Compute Share is running. Press Ctrl-C to stop.")
+        self.say()
+        self.say(f"  API docs:    {api}/docs")
+        self.say(
+            f"  Prefect UI:  {self.o.prefect_url}   (auth string in "
+            f"{self.home / 'secrets' / 'prefect-auth'})"
+        )
+        self.say(f"  Admin:       {boot.admin_email}")
+        self.say(f"  Password:    {password}")
+        self.say(f"  Demo org:    {boot.org_slug}")
+        self.say(f"  Agent:       {agent_note}")
+        self.say(f"  Logs:        {self.home / 'logs'}")
+        self.say()
+        self.say("Next, in another terminal:")
+        self.say(f"  cshare login --url {api} --email {boot.admin_email}")
+        self.say(f"  cshare deploy prefect.yaml --org {boot.org_slug}")
+        self.say(f"  cshare job submit train --org {boot.org_slug}")
+        self.say()
+
+
+def _is_online(machine: dict[str, Any]) -> bool:
+    health = machine.get("health") or machine.get("status_health")
+    return bool(health == "online" or machine.get("online") is True)

@@ -1,0 +1,110 @@
+"""A job's datasets: the inputs it reads (pinned at submission, resolved again at claim with
+the job user's access checked now, linked to the job for lineage) and the job an upload
+is an output of. The catalog itself (`datasets.catalog`) knows jobs only by id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from datasets.access import Caller, JobScope, can_read, dataset_not_found
+from datasets.catalog import find_dataset, find_version, parse_input, pinned_entry
+from datasets.models import Dataset, DatasetVersion, JobInput
+from flows.job_tokens import job_scope
+from flows.models import Job
+from orgs.context import OrgContext, member_context
+from orgs.models import Organization, User
+from policies.errors import Conflict, NotFound
+
+
+def output_job(session: Session, caller: Caller, job_id: uuid.UUID | None) -> JobScope | None:
+    """The job an upload is an output of: the job token's own job, or (user tokens) one
+    of the caller's jobs in this org named by `job`. For `catalog.plan_upload`."""
+    if caller.job is not None:
+        if job_id is not None and job_id != caller.job.id:
+            raise NotFound("No such job for this token.", code="job_not_found")
+        return caller.job
+    if job_id is None:
+        return None
+    job = session.get(Job, job_id)
+    if job is None or job.org_id != caller.org.id or job.user_id != caller.user.id:
+        raise NotFound(f"No job {job_id} of yours in this organization.", code="job_not_found")
+    return job_scope(job)
+
+
+def link_job_inputs(session: Session, job: Job) -> None:
+    """Record `job.inputs` (pinned) in `job_inputs` for lineage; idempotent; no commit."""
+    have = set(session.scalars(select(JobInput.version_id).where(JobInput.job_id == job.id)))
+    for entry in job.inputs or []:
+        raw = entry.get("version_id") if isinstance(entry, Mapping) else None
+        if not raw:
+            continue
+        version_id = uuid.UUID(str(raw))
+        if version_id not in have:
+            session.add(JobInput(job_id=job.id, version_id=version_id, name=str(entry["name"])))
+            have.add(version_id)
+
+
+def job_context(session: Session, job: Job) -> OrgContext:
+    """The job's user as a member of its org now (404 if they left)."""
+    org = session.get(Organization, job.org_id)
+    user = session.get(User, job.user_id)
+    if org is None or user is None:
+        raise NotFound("The job's organization or user no longer exists.", code="job_not_found")
+    return member_context(session, org.slug, user)
+
+
+def resolve_inputs(session: Session, job: Job) -> list[dict[str, Any]]:
+    """The job's inputs as the machine must fetch them, with the job user's access
+    checked again *now*; records them in `job_inputs`. No commit.
+
+    For the claim code (and `GET /orgs/{org}/jobs/{id}/inputs`). Inputs stored unpinned
+    (a raw `"NAME[@V]"`) are pinned here and written back to `job.inputs`, so a rerun
+    reads the same versions. Raises 404 for a dataset the user may no longer read and
+    409 for a version deleted since submission.
+    """
+    ctx = job_context(session, job)
+    resolved: list[dict[str, Any]] = []
+    changed = False
+    entries: list[Any] = list(job.inputs or [])
+    for i, entry in enumerate(entries):
+        if isinstance(entry, Mapping) and entry.get("version_id"):
+            alias = str(entry.get("name") or entry.get("dataset"))
+            row = session.get(DatasetVersion, uuid.UUID(str(entry["version_id"])))
+            dataset = session.get(Dataset, row.dataset_id) if row is not None else None
+            if row is None or dataset is None:
+                raise Conflict(
+                    f"Input '{alias}' no longer exists; submit the job again.",
+                    code="input_missing",
+                )
+            if not can_read(session, ctx, dataset):
+                raise dataset_not_found(dataset.name)
+        else:
+            alias, name, number = parse_input(entry)
+            dataset = find_dataset(session, ctx, name)
+            row = find_version(session, dataset, number)
+            entries[i] = pinned_entry(alias, dataset, row)
+            changed = True
+        if row.tombstoned_at is not None:
+            raise Conflict(
+                f"Input '{alias}' ({dataset.name}@{row.version}) was deleted after the job "
+                "was submitted.",
+                code="input_deleted",
+            )
+        org_slug = ctx.org.slug
+        resolved.append(
+            {
+                **pinned_entry(alias, dataset, row),
+                "download_path": f"/orgs/{org_slug}/datasets/{dataset.name}/versions/"
+                f"{row.version}/download",
+            }
+        )
+    if changed:
+        job.inputs = entries
+    link_job_inputs(session, job)
+    return resolved
