@@ -15,7 +15,7 @@ Layout under `CSHARE_HOME` (created 0700):
     stack.lock                held while a stack runs: one `cshare up` per home
 
 Why children and not threads: each piece is what production runs separately (a Prefect
-server, `uvicorn api.app:create_app`, `cshare agent start`), so the embedded stack
+server, `cshare server`, `cshare agent start`), so the embedded stack
 exercises the production processes. Each child gets its own session (a terminal Ctrl-C
 reaches only the supervisor, which stops them in order: agent, API, Prefect) and, on
 Linux, a parent-death signal, so even a SIGKILLed supervisor leaves no orphan behind.
@@ -73,6 +73,7 @@ class StackOptions:
     demo: bool = False
     agent: bool = True
     database_url: str | None = None  # default: SQLite under home
+    log_format: str = "text"  # the API's and the agent's (agents/logsetup.py)
     out: TextIO = field(default=sys.stdout, repr=False)
 
     @property
@@ -574,19 +575,16 @@ class Stack:
         return env
 
     def _start_api(self, auth: str) -> Child:
+        # The same command an operator runs, so the logging setup is the same too.
         args = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.app:create_app",
+            str(VENV_BIN / "cshare"),
+            "server",
             "--host",
             self.o.host,
             "--port",
             str(self.o.port),
-            "--log-level",
-            "info",
-            "--no-access-log",
+            "--log-format",
+            self.o.log_format,
         ]
         child = spawn(
             "API",
@@ -631,6 +629,8 @@ class Stack:
             # The shipped flows' entrypoints are relative to the folder holding `flows/`.
             "--flows-dir",
             code_dir(),
+            "--log-format",
+            self.o.log_format,
         ]
         child = spawn(
             "Agent", args, env=env, log_path=self.home / "logs" / "agent.log", cwd=agent_home
