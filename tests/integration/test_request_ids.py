@@ -139,3 +139,12 @@ def test_cshare_server_json_logs(tmp_path: Path, sqlite_template: Path) -> None:
     assert access["from-client-7"]["status"] == 401
     assert access["from-client-7"]["path"] == "/api/v1/me"
     assert access[generated]["status"] == 404
+
+
+def test_the_cli_names_the_request_id_of_a_server_error() -> None:
+    from api.cli.client import _api_error
+
+    body = {"error": "internal", "detail": "Something went wrong.", "request_id": "r-9"}
+    error = _api_error(httpx.Response(500, json=body, headers={HEADER: "r-9"}))
+    assert error.hint is not None and "r-9" in error.hint
+    assert _api_error(httpx.Response(404, json=body, headers={HEADER: "r-9"})).hint is None
