@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -72,7 +71,8 @@ class AgentOptions:
 
 
 def say(message: str) -> None:
-    print(f"[cshare agent] {message}", file=sys.stderr, flush=True)
+    # Through logging (agents/logsetup.py), so `--log-format json` output stays JSON lines.
+    log.info("%s", message)
 
 
 class Agent:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors, metrics, web
+from api.request_ids import RequestIdMiddleware
 from api.routers import (
     accounts,
     agent,
@@ -103,6 +104,8 @@ def create_app(
     app.add_exception_handler(AdmissionRejected, job_routes.admission_rejected_handler)
     app.state.scrape_metrics = metrics.make_scrape(db)
     app.add_middleware(metrics.RequestLatencyMiddleware, slow_after_s=settings.slow_request_s)
+    # Added last, so outermost: the slow-request line carries the request id too.
+    app.add_middleware(RequestIdMiddleware)
     routers = (
         accounts,
         organizations,

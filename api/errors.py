@@ -1,4 +1,5 @@
-"""The one place where domain errors become HTTP: `{"error": code, "detail": sentence}`."""
+"""The one place where domain errors become HTTP: `{"error": code, "detail": sentence,
+"request_id": id}` (the id also in the `X-Request-ID` header and the server's log lines)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agents.logsetup import request_id
+from api import request_ids
 from policies.errors import (
     Conflict,
     DomainError,
@@ -54,7 +57,11 @@ def status_for(exc: DomainError) -> int:
 
 
 def error_body(code: str, detail: str, **extra: object) -> dict[str, object]:
-    return {"error": code, "detail": detail, **extra}
+    body: dict[str, object] = {"error": code, "detail": detail, **extra}
+    rid = request_id.get()
+    if rid is not None:
+        body["request_id"] = rid
+    return body
 
 
 def _loc(loc: tuple[object, ...]) -> str:
@@ -95,9 +102,12 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette calls this outside every middleware: the id comes from the request.
+        rid = request_ids.adopt(request)
         log.exception("unhandled error", exc_info=exc)
         return JSONResponse(
             error_body("internal", "Something went wrong on the server; it has been logged."),
             status_code=500,
+            headers={request_ids.HEADER: rid} if rid else None,
         )

@@ -21,6 +21,8 @@ class Page(BaseModel, Generic[T]):
 class ErrorOut(BaseModel):
     error: str
     detail: str
+    # Also in the `X-Request-ID` header and on the server's log lines for the request.
+    request_id: str | None = None
 
 
 class Out(BaseModel):

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +14,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CSHARE_", extra="ignore")
 
     home: Path = Field(default_factory=lambda: Path.home() / ".cshare")
+    # Logging of `cshare server`, `cshare agent start` and `cshare up` (agents/logsetup.py):
+    # "text" for people, "json" (one object per line) for log collectors.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     database_url: str | None = None
     public_url: str = "http://127.0.0.1:8000"
 
@@ -105,6 +109,16 @@ class Settings(BaseSettings):
     # How often each API process purges stored bytes nothing refers to (0: never);
     # see flows/dispatch/housekeeping.py.
     dataset_gc_interval_s: float = Field(default=3600.0, ge=0)
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     def resolved_dataset_dir(self) -> Path:
         return self.dataset_dir or self.home / "datasets"

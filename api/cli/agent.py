@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from api.cli import config
+from api.cli import config, logs
 from api.cli.client import require_org
-from api.cli.options import OrgOpt
+from api.cli.options import LogFormatOpt, OrgOpt
 
 app = typer.Typer(help="Run this machine's agent.", no_args_is_help=True)
 
@@ -48,6 +48,7 @@ def start(
         typer.Option("--poll-interval", min=0.1, help="Seconds between fallback polls."),
     ] = None,
     org: OrgOpt = None,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Register this machine (once), wait for approval, then run the org's jobs.
 
@@ -58,6 +59,7 @@ def start(
     from agents.agent import Agent, AgentOptions
     from agents.hardware import default_machine_name
 
+    logs.setup(log_format)
     cfg = config.effective()
     slug = require_org(cfg, org)
     options = AgentOptions(

@@ -148,6 +148,10 @@ def _api_error(response: httpx.Response) -> ApiError:
         text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
         detail = f"HTTP {status} {response.reason_phrase}" + (f": {text}" if text else "")
     hint = LOGIN_HINT if status == 401 else None
+    request_id = response.headers.get("X-Request-ID")
+    if status >= 500 and request_id:
+        # What an operator greps the server's logs for.
+        hint = f"Request id {request_id} (the server's logs have its lines)."
     return ApiError(status, detail, code=code, field=field, body=body, hint=hint)
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from api import format as fmt
 from api.cli import config, output
 from api.cli.client import Client, connect, read_org, require_org, seg
 from api.cli.lookup import is_uuid
@@ -33,7 +34,12 @@ def _find(client: Client, org: str, machine: str) -> dict[str, Any]:
 
 def _memory(hw: dict[str, Any]) -> str:
     mb = hw.get("memory_mb")
-    return f"{mb / 1024:.0f} GB" if isinstance(mb, int) else ""
+    return fmt.memory_mb(mb) if isinstance(mb, int | float) else ""
+
+
+def _gpu(gpu: dict[str, Any]) -> str:
+    name, mb = str(gpu.get("name")), gpu.get("memory_mb")
+    return f"{name} ({fmt.memory_mb(mb)})" if isinstance(mb, int) else name
 
 
 def _status(m: dict[str, Any]) -> str:
@@ -83,7 +89,7 @@ def show(machine: MachineArg, org: OrgOpt = None, json_: JsonOpt = False) -> Non
         output.print_json(m)
         return
     hw = m.get("hardware", {})
-    gpus = ", ".join(str(g.get("name")) for g in hw.get("gpus", []) if isinstance(g, dict))
+    gpus = ", ".join(_gpu(g) for g in hw.get("gpus", []) if isinstance(g, dict))
     rows: list[list[Any]] = [
         ["Name", m.get("name")],
         ["Id", m.get("id")],

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from api.cli import account, agent, audit, db, invites, machines, members, orgs, output
+from api.cli import account, agent, audit, db, invites, logs, machines, members, orgs, output
 from api.cli import datasets as dataset_cmds
 from api.cli import deploy as deploy_cmd
 from api.cli import jobs as job_cmds
@@ -19,6 +19,7 @@ from api.cli import lineage as lineage_cmds
 from api.cli import overview as overview_cmds
 from api.cli import schedules as schedule_cmds
 from api.cli import stack as stack_cmds
+from api.cli.options import LogFormatOpt
 
 
 class CshareGroup(TyperGroup):
@@ -68,9 +69,12 @@ PortOpt = Annotated[int, typer.Option("--port", help="Port to listen on.")]
 
 
 @app.command()
-def server(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
+def server(
+    host: HostOpt = "127.0.0.1", port: PortOpt = 8000, log_format: LogFormatOpt = None
+) -> None:
     """Run the API (with its dispatcher) alone.
 
+    Logs (uvicorn's access lines too) go to stderr, each with its request's id.
     `kill -USR1 <pid>` prints every thread's stack to stderr (for a request that hangs).
     """
     import faulthandler
@@ -81,5 +85,7 @@ def server(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     from api.app import create_app
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    logs.setup(log_format)
     typer.echo(f"Compute Share API listening on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    # log_config=None: uvicorn keeps the configuration made above (its loggers included).
+    uvicorn.run(create_app(), host=host, port=port, log_config=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -21,6 +22,22 @@ UrlOpt = Annotated[
     typer.Option(
         "--url",
         help="Server URL to use and remember (default: CSHARE_API_URL, else the config).",
+        show_default=False,
+    ),
+]
+
+
+class LogFormatChoice(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = Annotated[
+    LogFormatChoice | None,
+    typer.Option(
+        "--log-format",
+        help="How log lines look: text (for people) or json (one object per line). "
+        "Default: CSHARE_LOG_FORMAT, else text.",
         show_default=False,
     ),
 ]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from api import format as fmt
 from api.cli import config, output
 from api.cli.client import connect, require_org, seg
 from api.cli.options import JsonOpt, OrgOpt
@@ -47,14 +48,6 @@ def parse_when(value: str | None, *, now: datetime | None = None) -> str | None:
     return text
 
 
-def hours(seconds: Any) -> str:
-    try:
-        value = float(seconds) / 3600
-    except (TypeError, ValueError):
-        return ""
-    return f"{value:,.1f}"
-
-
 def org_overview(
     since: SinceOpt = None,
     until: UntilOpt = None,
@@ -86,7 +79,7 @@ def org_overview(
         f"{body['queued_jobs']} queued."
     )
     output.say(
-        f"Compute {hours(body['compute_seconds'])} h from {output.when(body['since'])} "
+        f"Compute time {fmt.duration(body['compute_seconds'])} from {output.when(body['since'])} "
         f"to {output.when(body['until'])} UTC."
     )
     output.table(
@@ -101,7 +94,7 @@ def org_overview(
             "ACTIVE",
             "RUNNING",
             "QUEUED",
-            "COMPUTE H",
+            "COMPUTE",
         ],
         (
             [
@@ -115,7 +108,7 @@ def org_overview(
                 t["active_jobs"],
                 t["running_jobs"],
                 t["queued_jobs"],
-                hours(t["compute_seconds"]),
+                fmt.duration(t["compute_seconds"]),
             ]
             for t in body.get("by_type", [])
         ),
@@ -133,7 +126,7 @@ def usage(
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Per-user usage over a window (admins): compute hours, jobs run and held, now."""
+    """Per-user usage over a window (admins): compute time, jobs run and held, now."""
     cfg = config.effective()
     slug = require_org(cfg, org)
     with connect(cfg) as client:
@@ -150,11 +143,11 @@ def usage(
         output.print_json(body)
         return
     output.table(
-        ["USER", "COMPUTE H", "JOBS RUN", "JOBS HELD", "RUNNING", "ACTIVE", "QUEUED"],
+        ["USER", "COMPUTE", "JOBS RUN", "JOBS HELD", "RUNNING", "ACTIVE", "QUEUED"],
         (
             [
                 u["name"],
-                hours(u["compute_seconds"]),
+                fmt.duration(u["compute_seconds"]),
                 u["jobs_run"],
                 u["jobs_held"],
                 u["running_now"],
@@ -165,7 +158,7 @@ def usage(
         ),
         title=(
             f"Usage in {slug} from {output.when(body['since'])} to "
-            f"{output.when(body['until'])} UTC: {hours(body['compute_seconds'])} compute hours"
+            f"{output.when(body['until'])} UTC: {fmt.duration(body['compute_seconds'])} of compute"
         ),
         empty="No usage in this window.",
     )

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from api.cli import logs
+from api.cli.options import LogFormatOpt
 from api.cli.output import CliError
 
 
@@ -35,6 +37,7 @@ def up(
     agent: Annotated[
         bool, typer.Option("--agent/--no-agent", help="Run a local agent for this machine.")
     ] = True,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run the embedded stack on this machine: Prefect, the API with its dispatcher, and a
     local agent. Data lives in CSHARE_HOME (default ~/.cshare); Ctrl-C stops everything."""
@@ -42,6 +45,7 @@ def up(
     from api.cli.up.stack import Stack, StackOptions
     from orgs.config import Settings
 
+    chosen = logs.setup(log_format)
     settings = Settings()
     home = Path(os.environ.get("CSHARE_HOME") or settings.home)
     options = StackOptions(
@@ -52,6 +56,7 @@ def up(
         demo=demo,
         agent=agent,
         database_url=settings.database_url,
+        log_format=chosen,
     )
     try:
         code = Stack(options).run()

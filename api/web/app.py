@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Mount, Router
 from starlette.types import Scope
 
+from agents.logsetup import request_id
 from api.errors import error_body, status_for
 from api.web import csrf, routes_account, routes_data, routes_jobs, routes_org, routes_settings
 from api.web.core import STATIC, render
@@ -54,7 +55,13 @@ def _error_page(request: Request, status_code: int, title: str, detail: str) -> 
     if _wants_json(request):
         return JSONResponse(error_body(title.lower().replace(" ", "_"), detail), status_code)
     return render(
-        request, "error.html", status_code=status_code, title=title, detail=detail, code=status_code
+        request,
+        "error.html",
+        status_code=status_code,
+        title=title,
+        detail=detail,
+        code=status_code,
+        request_id=request_id.get(),
     )
 
 

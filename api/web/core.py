@@ -8,7 +8,6 @@ controls to *show*, through `can(...)`, never what is allowed.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from api import format as fmt
 from api.deps import SessionDep
 from api.web import csrf
 from api.web.session import Viewer, ViewerDep
@@ -94,26 +94,6 @@ def fmt_bytes(value: int | float | None) -> str:
     return f"{size:.1f} TB"  # pragma: no cover - the loop always returns
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = seconds / 60
-    if minutes < 60:
-        return f"{minutes:.0f} min"
-    hours = minutes / 60
-    if hours < 48:
-        return f"{hours:.1f} h"
-    return f"{hours / 24:.1f} d"
-
-
-def fmt_hours(seconds: float) -> str:
-    hours = seconds / 3600
-    return f"{hours:.1f}" if hours < 100 else f"{math.floor(hours):,}"
-
-
 def to_json(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
@@ -129,8 +109,9 @@ def _environment() -> Environment:
     env.filters.update(
         time=fmt_time,
         bytes=fmt_bytes,
-        duration=fmt_duration,
-        hours=fmt_hours,
+        # api/format.py: the CLI shows the same quantities the same way.
+        duration=fmt.duration,
+        memory=fmt.memory_mb,
         pretty_json=to_json,
     )
     return env

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
+from api import format as fmt
 from api.errors import status_for
 from api.routers.invitations import invitation_link
 from api.web.chart import Bar, bar_chart
@@ -35,9 +36,9 @@ def _dashboard(
     usage = None
     if page.can(Permission.usage_view):  # the same permission as GET /usage
         usage = usage_views.usage(page.session, page.org)
-        bars = [Bar(u.name or str(u.user_id)[:8], u.compute_hours) for u in usage.users]
+        bars = [Bar(u.name or str(u.user_id)[:8], u.compute_seconds) for u in usage.users]
         chart = bar_chart(
-            bars[:CHART_USERS], title="Compute hours per user, last 30 days", unit="h"
+            bars[:CHART_USERS], title="Compute time per user, last 30 days", show=fmt.duration
         )
     return render(
         request,

@@ -267,7 +267,7 @@ def step_member_sees_no_admin_controls_and_forged_posts_are_refused(story: Story
     expect(nav.get_by_role("link", name="Settings")).to_have_count(0)
     expect(nav.get_by_role("link", name="Audit log")).to_have_count(0)
     # No usage chart (admins only) on the member's dashboard.
-    expect(member.get_by_text("Compute hours per user")).to_have_count(0)
+    expect(member.get_by_text("Compute time per user")).to_have_count(0)
     story.shot(member, "07-dashboard-member")
     member.get_by_role("link", name="Members").click()
     expect(member.get_by_text("Invite Member")).to_have_count(0)
@@ -464,9 +464,7 @@ def step_jobs_job_page_audit_and_phone_layout(story: Story) -> None:
     expect(owner.locator("table.audit")).to_contain_text("machine.approved")
     story.shot(owner, "18-audit")
     owner.goto(f"{story.base}/orgs/{story.slug}")
-    expect(
-        owner.get_by_role("heading", name="Compute hours per user, last 30 days")
-    ).to_be_visible()
+    expect(owner.get_by_role("heading", name="Compute time per user, last 30 days")).to_be_visible()
     story.shot(owner, "04-dashboard-owner")
 
     phone = story.browser.new_context(viewport=PHONE, storage_state=story.owner.storage_state())

@@ -154,6 +154,7 @@ def test_bad_input_is_422_and_creates_nothing(
         "rule": "known_deployment",
         "field": "deployment",
         "detail": "",
+        "request_id": r.headers["X-Request-ID"],
     }
     assert count_jobs(org.api.db) == 0
     assert prefect_gateway.count_flow_runs(deployment_id=prefect_id) == before

@@ -279,8 +279,19 @@ def test_cli_tables_and_json(api: ApiClient, world: dict[str, Any], tmp_path: An
         assert "MACHINES" in r.stdout and "gpu" in r.stdout
         r = runner.invoke(cli_app, ["usage", "--since", "30d"], env=env)
         assert r.exit_code == 0, r.output
-        assert world["ada"].name in r.stdout and "COMPUTE H" in r.stdout
+        assert world["ada"].name in r.stdout and "COMPUTE" in r.stdout
         window = ["--since", since, "--until", NOW.isoformat()]
+        # Compute time in hours and minutes (bob: 1 h + 0.5 h in the window).
+        r = runner.invoke(cli_app, ["usage", "--user", world["bob"].name, *window], env=env)
+        assert r.exit_code == 0 and "1 h 30 min" in r.stdout, r.output
+        # Memory in GiB with one decimal, as the machine reports it (MiB).
+        with world["db"].transaction() as s:
+            cpu1 = s.scalars(select(Machine).where(Machine.name == "cpu-1")).one()
+            cpu1.hardware = {"cpu_count": 8, "memory_mb": 24104}
+        r = runner.invoke(cli_app, ["machine", "list"], env=env)
+        assert r.exit_code == 0 and "23.5 GiB" in r.stdout, r.output
+        r = runner.invoke(cli_app, ["machine", "show", "cpu-1"], env=env)
+        assert r.exit_code == 0 and "23.5 GiB" in r.stdout, r.output
         r = runner.invoke(
             cli_app, ["usage", "--json", "--user", world["bob"].name, *window], env=env
         )

@@ -147,7 +147,7 @@ def test_controls_a_role_may_not_use_are_not_rendered(world: World) -> None:
     assert "Change role" not in member and "Revoke" not in member and ">Remove<" not in member
     nav = world.member.get(base).text
     assert f'href="{base}/settings"' not in nav and f'href="{base}/audit"' not in nav
-    assert "Compute hours per user" not in nav  # the usage chart is for admins
+    assert "Compute time per user" not in nav  # the usage chart is for admins
     machines = world.member.get(base + "/machines").text
     assert "Approve" not in machines and "Reject" not in machines
     assert "Remove<span" in machines  # their own machine: removable
@@ -163,10 +163,19 @@ def test_controls_a_role_may_not_use_are_not_rendered(world: World) -> None:
     partial = world.admin.get(base + "/machines", headers={"HX-Request": "true"}).text
     assert "<html" not in partial and "m-pending" in partial and "Approve" in partial
     dashboard = world.admin.get(base).text
-    assert "Compute hours per user" in dashboard and f'href="{base}/settings"' in dashboard
+    assert "Compute time per user" in dashboard and f'href="{base}/settings"' in dashboard
     # The Danger Zone is the owner's.
     assert "Danger Zone" not in world.admin.get(base + "/settings").text
     assert "Danger Zone" in world.owner.get(base + "/settings").text
+
+
+def test_machine_memory_reads_in_gib(world: World) -> None:
+    with world.db.transaction() as s:
+        row = s.get(Machine, uuid.UUID(world.machine_id))
+        assert row is not None
+        row.hardware = {"cpu_count": 8, "memory_mb": 24104}  # as agents.hardware reports it
+    page = world.admin.get(f"/orgs/{world.slug}/machines").text
+    assert "8 CPU · 23.5 GiB" in page
 
 
 # ------------------------------------------------------------------ CSRF

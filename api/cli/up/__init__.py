@@ -15,7 +15,7 @@ Layout under `CSHARE_HOME` (created 0700):
     stack.lock                held while a stack runs: one `cshare up` per home
 
 Why children and not threads: each piece is what production runs separately (a Prefect
-server, `uvicorn api.app:create_app`, `cshare agent start`), so the embedded stack
+server, `cshare server`, `cshare agent start`), so the embedded stack
 exercises the production processes. Each child gets its own session (a terminal Ctrl-C
 reaches only the supervisor, which stops them in order: agent, API, Prefect) and, on
 Linux, a parent-death signal, so even a SIGKILLed supervisor leaves no orphan behind.

@@ -38,6 +38,7 @@ class StackOptions:
     demo: bool = False
     agent: bool = True
     database_url: str | None = None  # default: SQLite under home
+    log_format: str = "text"  # the API's and the agent's (agents/logsetup.py)
     out: TextIO = field(default=sys.stdout, repr=False)
 
     @property
@@ -238,19 +239,16 @@ class Stack:
         return env
 
     def _start_api(self, auth: str) -> Child:
+        # The same command an operator runs, so the logging setup is the same too.
         args = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.app:create_app",
+            str(VENV_BIN / "cshare"),
+            "server",
             "--host",
             self.o.host,
             "--port",
             str(self.o.port),
-            "--log-level",
-            "info",
-            "--no-access-log",
+            "--log-format",
+            self.o.log_format,
         ]
         child = spawn(
             "API",
@@ -293,6 +291,8 @@ class Stack:
             # The shipped flows' entrypoints are relative to the folder holding `flows/`.
             "--flows-dir",
             code_dir(),
+            "--log-format",
+            self.o.log_format,
         ]
         child = spawn(
             "Agent", args, env=env, log_path=self.home / "logs" / "agent.log", cwd=agent_home
