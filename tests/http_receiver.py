@@ -8,6 +8,7 @@ webhook the way a receiver would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -63,8 +64,9 @@ class Receiver:
         raise AssertionError(f"expected {count} requests, got {len(self.requests)}")
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextlib.contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """A real HTTP receiver on 127.0.0.1 for as long as the block runs."""
     rec = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
@@ -94,6 +96,12 @@ def receiver() -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as rec:
+        yield rec
 
 
 def verify(secret: str, received: Received, max_age_s: float = 300) -> None:

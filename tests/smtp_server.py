@@ -8,6 +8,7 @@ process's settings at it (`CSHARE_SMTP_*`, as an operator would), for code that 
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import socket
@@ -93,8 +94,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
+@contextlib.contextmanager
+def running_smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server on 127.0.0.1 for as long as the block runs."""
     server = SmtpServer()
     for attempt in range(5):
         server.port = _free_port()
@@ -109,6 +111,12 @@ def smtp_server() -> Iterator[SmtpServer]:
         yield server
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    with running_smtp_server() as server:
+        yield server
 
 
 @pytest.fixture

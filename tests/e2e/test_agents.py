@@ -22,6 +22,7 @@ Processes are stopped by PID (tests.prefect_server._stop).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ import httpx
 import pytest
 
 from flows.gateway import PrefectGateway, StateType
+from tests.http_receiver import Receiver, running_receiver
 from tests.prefect_server import (
     PREFECT_STALL_S,
     PrefectServer,
@@ -46,6 +48,7 @@ from tests.prefect_server import (
     _stop,
     _tail,
 )
+from tests.smtp_server import SmtpServer, running_smtp_server
 
 pytestmark = [pytest.mark.prefect, pytest.mark.xdist_group("prefect"), pytest.mark.slow]
 
@@ -86,6 +89,34 @@ class Stack:
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     machine_ids: dict[str, str] = field(default_factory=dict)
     api_process: subprocess.Popen[bytes] | None = None
+    smtp: SmtpServer | None = None  # the API's SMTP server (members' own job e-mails)
+    hooks: Receiver | None = None  # the org's webhook target
+
+    def end_notices(self, job_id: str) -> tuple[list[Any], list[Any]]:
+        """The webhook POSTs and e-mails that announced the end of `job_id` so far."""
+        assert self.smtp is not None and self.hooks is not None
+        with self.hooks.lock:
+            posts = [
+                r.json
+                for r in self.hooks.requests
+                if r.json.get("data", {}).get("job_id") == job_id
+                and r.json["event"].startswith("job.")
+            ]
+        with self.smtp.lock:
+            mails = [m for m in self.smtp.mails if job_id in m.text]
+        return posts, mails
+
+    def assert_one_end_notice(self, job_id: str, event: str) -> None:
+        """Exactly one webhook POST and one e-mail for the job's end, of `event`."""
+        wait_for(
+            f"the end of job {job_id} to be announced",
+            lambda: all(self.end_notices(job_id)),
+            30,
+        )
+        time.sleep(3)  # any second announcement (a late report, a Prefect sync) by now
+        posts, mails = self.end_notices(job_id)
+        assert [p["event"] for p in posts] == [event], posts
+        assert len(mails) == 1, [m.subject for m in mails]
 
     # -- API helpers ---------------------------------------------------------------
 
@@ -195,9 +226,12 @@ class Stack:
         return sections
 
 
-def _start_api(home: Path, prefect: PrefectServer) -> tuple[subprocess.Popen[bytes], str]:
+def _start_api(
+    home: Path, prefect: PrefectServer, smtp: SmtpServer
+) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = _clean_env()
+    env.update({f"CSHARE_{k.upper()}": str(v) for k, v in smtp.settings().items()})
     env.update(
         CSHARE_HOME=str(home / "api"),
         CSHARE_PREFECT_API_URL=prefect.api_url,
@@ -208,7 +242,10 @@ def _start_api(home: Path, prefect: PrefectServer) -> tuple[subprocess.Popen[byt
         CSHARE_DISPATCHER_ENABLED="true",
         CSHARE_DISPATCHER_INTERVAL_S=str(DISPATCHER_INTERVAL_S),
         CSHARE_AGENT_HEARTBEAT_INTERVAL_S="1",
-        CSHARE_NOTIFICATIONS_ENABLED="false",
+        # Ends of jobs are announced to a local webhook and by e-mail (loopback allowed).
+        CSHARE_NOTIFICATIONS_ENABLED="true",
+        CSHARE_NOTIFICATIONS_ALLOW_LOOPBACK="true",
+        CSHARE_NOTIFICATIONS_POLL_S="0.5",
     )
     log = (home / "api.log").open("ab")
     process = subprocess.Popen(
@@ -231,11 +268,14 @@ def _start_api(home: Path, prefect: PrefectServer) -> tuple[subprocess.Popen[byt
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("agents-e2e")
+    receivers = contextlib.ExitStack()
+    smtp = receivers.enter_context(running_smtp_server())
+    hooks = receivers.enter_context(running_receiver())
     prefect_process, prefect = _start_server(home)
     api_process: subprocess.Popen[bytes] | None = None
     s: Stack | None = None
     try:
-        api_process, url = _start_api(home, prefect)
+        api_process, url = _start_api(home, prefect, smtp)
         s = Stack(
             home=home,
             prefect=prefect,
@@ -244,6 +284,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             url=url,
             http=httpx.Client(base_url=url + "/api/v1", timeout=30),
             api_process=api_process,
+            smtp=smtp,
+            hooks=hooks,
         )
         s.owner, _ = s.signup(f"owner{uuid.uuid4().hex[:6]}")
         s.slug = s.ok("POST", "/orgs", s.owner, json={"name": f"Lab {uuid.uuid4().hex[:6]}"})[
@@ -276,6 +318,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "path": str(HERE),
                 },
             )
+        s.ok(
+            "PUT",
+            f"/orgs/{s.slug}/notifications",
+            s.owner,
+            json={"targets": [{"kind": "webhook", "url": hooks.url, "events": ["job.failed"]}]},
+        )
         s.member, s.member_token = s.signup(f"member{uuid.uuid4().hex[:6]}")
         s.invite(s.member)
         yield s
@@ -290,6 +338,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _stop(prefect_process)
         if s is not None and s.prefect_process is not prefect_process:
             _stop(s.prefect_process)  # the server the restart test started
+        receivers.close()
 
 
 def _state_types(stack: Stack, flow_run_id: uuid.UUID) -> list[str]:
@@ -402,6 +451,11 @@ def test_memory_beyond_the_limit_fails_naming_the_limit(stack: Stack) -> None:
     assert "memory limit" in job["reason"]
     run = _run_of(stack, job_id)
     assert run.state_type is StateType.FAILED and "400 MB" in (run.message or "")
+    # The engine's own failure and the agent's limit report are one end: one notice each
+    # way, and the final state is the kill's.
+    stack.assert_one_end_notice(job_id, "job.failed")
+    final = stack.job(job_id)
+    assert final["state"] == "failed" and "400 MB" in final["reason"], final
     # The same flow within its limit succeeds.
     ok = stack.wait_final(stack.submit("hog", parameters={"mb": 50}, resources={"memory_mb": 400}))
     assert ok["state"] == "completed", ok
@@ -428,6 +482,11 @@ def test_a_sleep_beyond_the_runtime_is_stopped_near_the_limit(stack: Stack) -> N
         20 + PREFECT_STALL_S,
     )
     assert job["state"] == "failed"
+    # Reported by the agent before it stopped the process: the engine's Crashed that
+    # followed is a note, not a second end.
+    stack.assert_one_end_notice(job_id, "job.failed")
+    final = stack.job(job_id)
+    assert (final["state"], final["rule"]) == ("failed", "runtime_limit"), final
 
 
 def test_two_slots_never_run_three_jobs(stack: Stack) -> None:

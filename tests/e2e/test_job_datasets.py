@@ -85,7 +85,8 @@ def test_job_with_two_inputs_runs_read_only_and_reproduces(stack: Stack) -> None
         {"dataset": labels, "version": 1, "name": "labels"},
     ]
 
-    # A member outside a restricted dataset cannot submit a job that reads it.
+    # A member outside a restricted dataset cannot submit a job that reads it: admission's
+    # dataset_access rule refuses it.
     secret = f"e2e-secret-{tag}"
     stack.ok(
         "POST",
@@ -100,7 +101,7 @@ def test_job_with_two_inputs_runs_read_only_and_reproduces(stack: Stack) -> None
         stack.member,
         json={"deployment": "uses-inputs", "inputs": [{"dataset": secret, "name": "images"}]},
     )
-    assert r.status_code == 404, r.text
+    assert r.status_code == 403 and r.json()["error"] == "dataset_access", r.text
 
     job_id = stack.submit("uses-inputs", inputs=inputs, parameters={"output": results})
     job = stack.wait_final(job_id, 180)
