@@ -54,6 +54,8 @@ from orgs.config import Settings
 from orgs.context import OrgContext, member_context
 from orgs.db import utcnow
 from orgs.models import Membership, Organization, User
+from policies import access as policy
+from policies.access import JobFacts
 from policies.errors import Conflict, Invalid, NotFound, Unavailable
 
 log = logging.getLogger("cshare.datasets")
@@ -286,7 +288,7 @@ def list_datasets(
     session: Session, ctx: OrgContext, *, limit: int, offset: int
 ) -> tuple[list[DatasetSummary], int]:
     """The datasets the caller may read, by name, with size and latest version."""
-    where = and_(Dataset.org_id == ctx.org.id, Dataset.deleted_at.is_(None), readable_clause(ctx))
+    where = and_(readable_clause(ctx), Dataset.deleted_at.is_(None))
     total = int(session.scalar(select(func.count()).select_from(Dataset).where(where)) or 0)
     rows = list(
         session.execute(
@@ -397,7 +399,7 @@ def dataset_detail(
         creator=users.get(dataset.created_by) if dataset.created_by else None,
         members=access_members(session, dataset.id),
         versions=infos,
-        can_write=dataset.created_by == ctx.user.id or access.is_admin(ctx),
+        can_write=access.can_write(ctx, dataset),
     )
 
 
@@ -454,7 +456,7 @@ def _job_for_output(session: Session, caller: Caller, job_id: uuid.UUID | None) 
     if job_id is None:
         return None
     job = session.get(Job, job_id)
-    if job is None or job.org_id != caller.org.id or job.user_id != caller.user.id:
+    if job is None or not policy.can_attach_job_outputs(caller.viewer, JobFacts.of(job)):
         raise NotFound(f"No job {job_id} of yours in this organization.", code="job_not_found")
     return job
 

@@ -26,6 +26,8 @@ from datasets.models import VISIBILITIES
 from flows.gateway import PrefectGateway, work_pool_name
 from orgs import machines, organizations, settings_doc, usage_views
 from orgs.machines import MachineStatus
+from policies import access
+from policies.access import MachineFacts
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission
 
@@ -45,12 +47,13 @@ def gateway_of(request: Request) -> PrefectGateway:
 
 def _machine_rows(page: OrgPage, status: str) -> tuple[list[dict[str, Any]], int]:
     wanted = MachineStatus(status) if status in MachineStatus.__members__ else None
-    views, total = machines.list_machines(page.session, page.org, status=wanted, limit=500)
+    views, total = machines.list_machines(page.session, page.ctx, status=wanted, limit=500)
     activity = usage_views.machine_activity(page.session, page.org)
     rows = []
     for v in views:
         m = v.machine
         own = m.owner_id == page.viewer.user.id
+        facts = MachineFacts.of(m)
         rows.append(
             {
                 "view": v,
@@ -59,7 +62,7 @@ def _machine_rows(page: OrgPage, status: str) -> tuple[list[dict[str, Any]], int
                 "hw": dict(m.hardware or {}),
                 "pool": work_pool_name(page.org.slug, m.machine_type),
                 "can_decide": page.can(Permission.machines_approve),
-                "can_remove": own or page.can(Permission.machines_manage_all),
+                "can_remove": access.can_manage_machine(page.ctx.viewer, facts),
                 "own": own,
             }
         )

@@ -23,6 +23,8 @@ from api.web.routes_data import gateway_of
 from datasets import lineage
 from flows import deployments, jobs
 from flows.models import ALL_STATES, FINAL_STATES
+from policies import access
+from policies.access import JobFacts
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission
 
@@ -118,7 +120,7 @@ def _job_page(
         job=out,
         final=job.state in FINAL_STATES,
         can_cancel=job.state not in FINAL_STATES
-        and (job.user_id == page.viewer.user.id or page.can(Permission.jobs_cancel_all)),
+        and access.can_cancel_job(page.ctx.viewer, JobFacts.of(job)),
         can_rerun=page.can(Permission.jobs_submit) and job.deployment_id is not None,
         lineage=_lineage(page, job),
         times=jobs.summary_times(job),
