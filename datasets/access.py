@@ -17,14 +17,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, exists, or_, true
+from sqlalchemy import ColumnElement, and_, exists, false, or_
 from sqlalchemy.orm import Session
 
 from datasets.models import VISIBILITY_ORG, Dataset, DatasetAccess
 from orgs.context import OrgContext
 from orgs.models import Organization, User
-from policies.errors import Forbidden, NotFound
-from policies.permissions import Permission, denial
+from policies import access
+from policies.access import DatasetFacts, Scope, Viewer
+from policies.errors import NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,35 +54,67 @@ class Caller:
     def org(self) -> Organization:
         return self.ctx.org
 
+    @property
+    def viewer(self) -> Viewer:
+        """The member's snapshot; a job token narrows the jobs it sees to its own."""
+        viewer = self.ctx.viewer
+        if self.job is None:
+            return viewer
+        return Viewer(viewer.user_id, viewer.org_id, viewer.role, job_id=self.job.id)
 
-def is_admin(ctx: OrgContext) -> bool:
-    return ctx.can(Permission.datasets_manage_all)
+
+def facts(dataset: Dataset, *, granted: bool = False) -> DatasetFacts:
+    return DatasetFacts(
+        org_id=dataset.org_id,
+        created_by=dataset.created_by,
+        open_to_org=dataset.visibility == VISIBILITY_ORG,
+        granted=granted,
+    )
 
 
 def can_read(session: Session, ctx: OrgContext, dataset: Dataset) -> bool:
-    if dataset.org_id != ctx.org.id:
-        return False
-    if dataset.visibility == VISIBILITY_ORG or dataset.created_by == ctx.user.id or is_admin(ctx):
+    """`policies.access.can_read_dataset`, reading the access list only when it matters
+    (a grant only ever adds access, so a yes without it is final)."""
+    viewer = ctx.viewer
+    if access.can_read_dataset(viewer, facts(dataset)):
         return True
+    if not access.can_read_dataset(viewer, facts(dataset, granted=True)):
+        return False
     return (
-        session.get(DatasetAccess, {"dataset_id": dataset.id, "user_id": ctx.user.id}) is not None
+        session.get(DatasetAccess, {"dataset_id": dataset.id, "user_id": viewer.user_id})
+        is not None
     )
 
 
 def readable_clause(ctx: OrgContext) -> ColumnElement[bool]:
-    """The SQL condition `can_read` for listing (the org condition is added by callers)."""
-    if is_admin(ctx):
-        return true()
+    """`policies.access.dataset_read_scope` as SQL: the one WHERE clause of dataset lists
+    (OWN spelled out as `can_read_dataset` says for members)."""
+    viewer = ctx.viewer
+    scope = access.dataset_read_scope(viewer)
+    in_org = Dataset.org_id == viewer.org_id
+    if scope is Scope.ALL:
+        return in_org
+    if scope is Scope.NONE:
+        return false()
     granted = exists().where(
-        DatasetAccess.dataset_id == Dataset.id, DatasetAccess.user_id == ctx.user.id
+        DatasetAccess.dataset_id == Dataset.id, DatasetAccess.user_id == viewer.user_id
     )
-    return or_(Dataset.visibility == VISIBILITY_ORG, Dataset.created_by == ctx.user.id, granted)
+    return and_(
+        in_org,
+        or_(Dataset.visibility == VISIBILITY_ORG, Dataset.created_by == viewer.user_id, granted),
+    )
+
+
+def can_write(ctx: OrgContext, dataset: Dataset) -> bool:
+    """For datasets the caller can read (found through `can_read`): creator or admin."""
+    return access.can_write_dataset(ctx.viewer, facts(dataset, granted=True))
 
 
 def require_write(ctx: OrgContext, dataset: Dataset) -> None:
     """Creator or admin; everyone else who can see the dataset gets 403."""
-    if dataset.created_by != ctx.user.id and not is_admin(ctx):
-        raise Forbidden(denial(Permission.datasets_manage_all), code="forbidden")
+    access.require(
+        can_write(ctx, dataset), access.write_dataset_permission(ctx.viewer, facts(dataset))
+    )
 
 
 def dataset_not_found(name: str) -> NotFound:

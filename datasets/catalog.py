@@ -298,7 +298,7 @@ def list_datasets(
     session: Session, ctx: OrgContext, *, limit: int, offset: int
 ) -> tuple[list[DatasetSummary], int]:
     """The datasets the caller may read, by name, with size and latest version."""
-    where = and_(Dataset.org_id == ctx.org.id, Dataset.deleted_at.is_(None), readable_clause(ctx))
+    where = and_(readable_clause(ctx), Dataset.deleted_at.is_(None))
     total = int(session.scalar(select(func.count()).select_from(Dataset).where(where)) or 0)
     rows = list(
         session.execute(
@@ -404,7 +404,7 @@ def dataset_detail(
         creator=users.get(dataset.created_by) if dataset.created_by else None,
         members=access_members(session, dataset.id),
         versions=infos,
-        can_write=dataset.created_by == ctx.user.id or access.is_admin(ctx),
+        can_write=access.can_write(ctx, dataset),
     )
 
 

@@ -19,6 +19,8 @@ from flows.job_tokens import job_scope
 from flows.models import Job
 from orgs.context import OrgContext, member_context
 from orgs.models import Organization, User
+from policies import access
+from policies.access import JobFacts
 from policies.errors import Conflict, NotFound
 
 
@@ -32,7 +34,7 @@ def output_job(session: Session, caller: Caller, job_id: uuid.UUID | None) -> Jo
     if job_id is None:
         return None
     job = session.get(Job, job_id)
-    if job is None or job.org_id != caller.org.id or job.user_id != caller.user.id:
+    if job is None or not access.can_attach_job_outputs(caller.viewer, JobFacts.of(job)):
         raise NotFound(f"No job {job_id} of yours in this organization.", code="job_not_found")
     return job_scope(job)
 

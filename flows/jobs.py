@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -58,6 +58,8 @@ from orgs import metrics
 from orgs.context import OrgContext
 from orgs.db import Database, utcnow
 from orgs.models import Organization, User
+from policies import access
+from policies.access import JobFacts, Scope, Viewer
 from policies.admission import (
     Accept,
     Decision,
@@ -506,11 +508,19 @@ def _fail_job(session: Session, job_id: uuid.UUID, reason: str) -> None:
 
 
 def _visible(ctx: OrgContext, job: Job | None) -> Job:
-    if job is None or job.org_id != ctx.org.id:
-        raise NotFound("No such job in this organization.", code="job_not_found")
-    if job.user_id != ctx.user.id and not ctx.can(Permission.jobs_view_all):
+    if job is None or not access.can_view_job(ctx.viewer, JobFacts.of(job)):
         raise NotFound("No such job in this organization.", code="job_not_found")
     return job
+
+
+def visible_jobs(viewer: Viewer) -> ColumnElement[bool]:
+    """`policies.access.job_view_scope` as SQL: the one WHERE clause of job lists."""
+    scope = access.job_view_scope(viewer)
+    if scope is Scope.ALL:
+        return Job.org_id == viewer.org_id
+    if scope is Scope.OWN:
+        return and_(Job.org_id == viewer.org_id, Job.user_id == viewer.user_id)
+    return false()
 
 
 def get_job(ctx: OrgContext, session: Session, job_id: uuid.UUID) -> Job:
@@ -574,11 +584,12 @@ def list_jobs(
 
     Members see their own jobs; admins everyone's (and may filter by ``user``).
     """
+    viewer = ctx.viewer
     stmt = (
         select(Job, User.name, Deployment.name)
         .join(User, User.id == Job.user_id)
         .outerjoin(Deployment, Deployment.id == Job.deployment_id)
-        .where(Job.org_id == ctx.org.id)
+        .where(visible_jobs(viewer))
     )
     if state is not None:
         if state not in ALL_STATES:
@@ -588,12 +599,13 @@ def list_jobs(
             )
         stmt = stmt.where(Job.state == state)
     if user is not None and user not in (ctx.user.name, str(ctx.user.id)):
-        ctx.require(Permission.jobs_view_all)
+        # Naming someone else is asking for everyone's jobs: 403, not an empty page.
+        access.require(access.job_view_scope(viewer) is Scope.ALL, Permission.jobs_view_all)
         try:
             stmt = stmt.where(Job.user_id == uuid.UUID(user))
         except ValueError:
             stmt = stmt.where(User.name == user)
-    elif user is not None or not ctx.can(Permission.jobs_view_all):
+    elif user is not None:
         stmt = stmt.where(Job.user_id == ctx.user.id)
     if deployment is not None:
         stmt = stmt.where(Deployment.name == deployment)
@@ -627,7 +639,10 @@ def cancel(ctx: OrgContext, session: Session, gateway: PrefectGateway, job_id: u
     """Cancel a job: held (or not yet in Prefect) -> cancelled at once; otherwise
     cancelling until Prefect confirms (the worker stops the process)."""
     job = get_job(ctx, session, job_id)
-    ctx.require_own_or(job.user_id, Permission.jobs_cancel_all)
+    facts, viewer = JobFacts.of(job), ctx.viewer
+    access.require(
+        access.can_cancel_job(viewer, facts), access.cancel_job_permission(viewer, facts)
+    )
     # Re-read under a row lock (PostgreSQL) so a release cannot interleave.
     session.refresh(job, with_for_update=True)
     if job.state == CANCELLING:

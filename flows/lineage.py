@@ -28,8 +28,9 @@ from flows.models import Deployment, Job
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Machine, User
+from policies import access
+from policies.access import JobFacts
 from policies.errors import Invalid
-from policies.permissions import Permission
 
 MAX_NODES = 500
 MAX_DEPTH = 50
@@ -134,10 +135,6 @@ def jobs_using(
 
 
 # ----------------------------------------------------------------------- the job record
-
-
-def may_see_job_details(ctx: OrgContext, job: Job) -> bool:
-    return job.user_id == ctx.user.id or ctx.can(Permission.jobs_view_all)
 
 
 def job_record(session: Session, job: Job) -> dict[str, Any]:
@@ -385,7 +382,9 @@ class _Walker:
             "created_at": job.created_at.isoformat(),
             "ended_at": job.ended_at.isoformat() if job.ended_at else None,
         }
-        if may_see_job_details(self.ctx, job):
+        # Everyone reading the graph sees that a job used the data; its details only
+        # those who may see the job itself.
+        if access.can_view_job(self.ctx.viewer, JobFacts.of(job)):
             node["parameters"] = dict(job.parameters or {})
             row = self.session.get(JobLineage, job.id)
             if row is not None:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orgs.models import Membership, Organization, User
+from policies.access import Viewer
 from policies.errors import Forbidden, NotFound
 from policies.permissions import Permission, Role, allows, denial
 
@@ -25,6 +26,11 @@ class OrgContext:
     @property
     def role(self) -> Role:
         return Role(self.membership.role)
+
+    @property
+    def viewer(self) -> Viewer:
+        """The snapshot `policies.access` decides on."""
+        return Viewer(user_id=self.user.id, org_id=self.org.id, role=self.role)
 
     def can(self, permission: Permission) -> bool:
         return allows(self.role, permission)

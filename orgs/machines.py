@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, false, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,8 @@ from orgs import audit, security, settings_doc
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Machine, Organization, User
+from policies import access
+from policies.access import MachineFacts, Scope, Viewer
 from policies.errors import Conflict, Invalid, LimitExceeded, NotFound, Unauthenticated
 from policies.permissions import Permission
 
@@ -301,17 +303,28 @@ def _name_taken(name: str) -> Conflict:
     )
 
 
+def visible_machines(viewer: Viewer) -> ColumnElement[bool]:
+    """`policies.access.machine_view_scope` as SQL: the one WHERE clause of machine lists."""
+    scope = access.machine_view_scope(viewer)
+    if scope is Scope.ALL:
+        return Machine.org_id == viewer.org_id
+    if scope is Scope.OWN:
+        return and_(Machine.org_id == viewer.org_id, Machine.owner_id == viewer.user_id)
+    return false()
+
+
 def list_machines(
     session: Session,
-    org: Organization,
+    ctx: OrgContext,
     *,
     status: MachineStatus | None = None,
     machine_type: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[list[MachineView], int]:
-    """The organization's machines (every member sees them all), oldest first."""
-    where = [Machine.org_id == org.id]
+    """The organization's machines the caller may see (`policies.access`), oldest first."""
+    org = ctx.org
+    where = [visible_machines(ctx.viewer)]
     if status is not None:
         where.append(Machine.status == status.value)
     if machine_type is not None:
@@ -333,9 +346,9 @@ def list_machines(
     return items, int(total)
 
 
-def get(session: Session, org: Organization, machine_id: uuid.UUID) -> Machine:
+def get(session: Session, ctx: OrgContext, machine_id: uuid.UUID) -> Machine:
     machine = session.get(Machine, machine_id)
-    if machine is None or machine.org_id != org.id:
+    if machine is None or not access.can_view_machine(ctx.viewer, MachineFacts.of(machine)):
         raise _not_found()
     return machine
 
@@ -399,7 +412,12 @@ def reject(ctx: OrgContext, session: Session, machine_id: uuid.UUID, reason: str
 def remove(ctx: OrgContext, session: Session, machine_id: uuid.UUID) -> Machine:
     """Delete the machine (its owner, or an admin). The token dies with the row."""
     machine = _lock(session, ctx.org, machine_id)
-    ctx.require_own_or(machine.owner_id, Permission.machines_manage_all)
+    facts, viewer = MachineFacts.of(machine), ctx.viewer
+    if not access.can_view_machine(viewer, facts):
+        raise _not_found()
+    access.require(
+        access.can_manage_machine(viewer, facts), access.manage_machine_permission(viewer, facts)
+    )
     _revoked(session, machine, f"The machine '{machine.name}' was removed from the organization.")
     before = _snapshot(machine)
     session.delete(machine)

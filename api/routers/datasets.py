@@ -41,6 +41,8 @@ from flows.models import Job
 from orgs.context import member_context
 from orgs.db import Database
 from orgs.models import User
+from policies import access
+from policies.access import JobFacts
 from policies.errors import Invalid, NotFound, Unauthenticated
 from policies.permissions import Permission
 
@@ -367,16 +369,7 @@ def _content_disposition(filename: str) -> str:
 def job_in_org(session: Session, caller: Caller, job_id: uuid.UUID) -> Job:
     """The job if the caller may see it: their own, any for admins, the token's own."""
     job = session.get(Job, job_id)
-    visible = (
-        job is not None
-        and job.org_id == caller.org.id
-        and (
-            (caller.job.id == job.id)
-            if caller.job is not None
-            else (job.user_id == caller.user.id or caller.ctx.can(Permission.jobs_view_all))
-        )
-    )
-    if not visible or job is None:
+    if job is None or not access.can_view_job(caller.viewer, JobFacts.of(job)):
         raise NotFound(f"No job {job_id} in this organization.", code="job_not_found")
     return job
 

@@ -120,7 +120,7 @@ def list_machines(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Page[MachineOut]:
     rows, total = machines.list_machines(
-        session, ctx.org, status=status_, machine_type=machine_type, limit=limit, offset=offset
+        session, ctx, status=status_, machine_type=machine_type, limit=limit, offset=offset
     )
     items = [machine_out(ctx.org.slug, v) for v in rows]
     return Page(items=items, total=total, limit=limit, offset=offset)
@@ -128,7 +128,7 @@ def list_machines(
 
 @router.get("/orgs/{org}/machines/{id}")
 def show_machine(machine_id: MachineId, ctx: MachinesView, session: SessionDep) -> MachineOut:
-    machine = machines.get(session, ctx.org, machine_id)
+    machine = machines.get(session, ctx, machine_id)
     return machine_out(ctx.org.slug, machines.view(session, ctx.org, machine))
 
 

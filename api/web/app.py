@@ -3,9 +3,9 @@
 The pages are a FastAPI app of their own, mounted at `/` *behind* every API route:
 
 - it shares the API's database, settings and Prefect gateway (one of each per process);
-- its routes are not API routes: they are outside the OpenAPI schema, and the API's
-  route x role matrix (which walks `app.routes`) does not see them. Their own
-  page x role checks live in tests/integration/test_web_pages.py;
+- its routes are not API routes: they are outside the OpenAPI schema. The route x role
+  matrix (tests/integration/test_permission_matrix.py) walks them too, reading each
+  page's `PageRequires(...)` as it reads the API's `Requires(...)`;
 - errors become HTML pages (or a redirect to sign in), not the API's JSON bodies;
 - `PagesMount` steps aside for any path an API route knows, even with the wrong method,
   so the API keeps answering 405 (and its JSON 404 under /api/).

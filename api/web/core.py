@@ -1,8 +1,9 @@
 """What every page shares: the org page context, template rendering, redirects, notices.
 
-Pages call the same service functions as the REST routers and guard themselves with the
-same permissions (`OrgPage.require` is `OrgContext.require`); templates only decide which
-controls to *show*, through `can(...)`, never what is allowed.
+Pages call the same service functions as the REST routers and declare the same
+permissions (`PageRequires`, the API's `Requires` for cookie sessions); who may see or act
+on one job, machine or dataset is `policies.access`, as for the API. Templates only decide
+which controls to *show*, through `can(...)` and those predicates, never what is allowed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from api import format as fmt
-from api.deps import SessionDep
+from api.deps import Requires, SessionDep
 from api.web import csrf
 from api.web.session import Viewer, ViewerDep
 from orgs import organizations, settings_doc
@@ -158,6 +159,19 @@ def org_page(
 
 
 OrgPageDep = Annotated[OrgPage, Depends(org_page)]
+
+
+class PageRequires(Requires):
+    """`Depends(PageRequires(Permission.x))`: the API's `Requires` for a page. The member
+    signed in with the session cookie, and their role allows x; non-members get 404.
+
+    Every page under /orgs/{org} declares its permission this way (not inside the body),
+    so the route x role matrix reads it from the route, as it does for the API.
+    """
+
+    async def __call__(self, page: OrgPageDep) -> OrgPage:  # type: ignore[override]
+        page.require(self.permission)
+        return page
 
 
 @dataclass

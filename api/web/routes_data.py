@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.responses import Response as PlainResponse
@@ -19,7 +19,7 @@ from fastapi.responses import Response as PlainResponse
 from api.errors import status_for
 from api.routers import datasets as dataset_routes
 from api.routers import machines as machine_routes
-from api.web.core import OrgPage, OrgPageDep, redirect, render, settings_of
+from api.web.core import OrgPage, PageRequires, redirect, render, settings_of
 from datasets import catalog
 from datasets.access import Caller
 from datasets.models import VISIBILITIES
@@ -27,10 +27,18 @@ from flows import lineage
 from flows.gateway import PrefectGateway, work_pool_name
 from orgs import machines, organizations, settings_doc, usage_views
 from orgs.machines import MachineStatus
+from policies import access
+from policies.access import MachineFacts
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission
 
 router = APIRouter()
+
+PageDatasetsCreate = Annotated[OrgPage, Depends(PageRequires(Permission.datasets_create))]
+PageDatasetsRead = Annotated[OrgPage, Depends(PageRequires(Permission.datasets_read))]
+PageMachinesApprove = Annotated[OrgPage, Depends(PageRequires(Permission.machines_approve))]
+PageMachinesManageOwn = Annotated[OrgPage, Depends(PageRequires(Permission.machines_manage_own))]
+PageMachinesView = Annotated[OrgPage, Depends(PageRequires(Permission.machines_view))]
 
 MachineId = Annotated[uuid.UUID, PathParam()]
 DatasetName = Annotated[str, PathParam(max_length=200)]
@@ -46,12 +54,13 @@ def gateway_of(request: Request) -> PrefectGateway:
 
 def _machine_rows(page: OrgPage, status: str) -> tuple[list[dict[str, Any]], int]:
     wanted = MachineStatus(status) if status in MachineStatus.__members__ else None
-    views, total = machines.list_machines(page.session, page.org, status=wanted, limit=500)
+    views, total = machines.list_machines(page.session, page.ctx, status=wanted, limit=500)
     activity = usage_views.machine_activity(page.session, page.org)
     rows = []
     for v in views:
         m = v.machine
         own = m.owner_id == page.viewer.user.id
+        facts = MachineFacts.of(m)
         rows.append(
             {
                 "view": v,
@@ -60,7 +69,7 @@ def _machine_rows(page: OrgPage, status: str) -> tuple[list[dict[str, Any]], int
                 "hw": dict(m.hardware or {}),
                 "pool": work_pool_name(page.org.slug, m.machine_type),
                 "can_decide": page.can(Permission.machines_approve),
-                "can_remove": own or page.can(Permission.machines_manage_all),
+                "can_remove": access.can_manage_machine(page.ctx.viewer, facts),
                 "own": own,
             }
         )
@@ -92,13 +101,12 @@ def _machines(
 
 
 @router.get("/orgs/{org}/machines")
-def machines_page(request: Request, page: OrgPageDep, status: str = "") -> Response:
+def machines_page(request: Request, page: PageMachinesView, status: str = "") -> Response:
     return _machines(request, page, status=status)
 
 
 @router.post("/orgs/{org}/machines/{machine_id}/approve")
-def approve_machine(page: OrgPageDep, machine_id: MachineId) -> Response:
-    page.require(Permission.machines_approve)
+def approve_machine(page: PageMachinesApprove, machine_id: MachineId) -> Response:
     machines.approve(page.ctx, page.session, machine_id)
     return redirect(page.url("/machines"), notice="approved")
 
@@ -106,11 +114,10 @@ def approve_machine(page: OrgPageDep, machine_id: MachineId) -> Response:
 @router.post("/orgs/{org}/machines/{machine_id}/reject")
 def reject_machine(
     request: Request,
-    page: OrgPageDep,
+    page: PageMachinesApprove,
     machine_id: MachineId,
     reason: Annotated[str, Form(max_length=machines.MAX_REASON_CHARS)] = "",
 ) -> Response:
-    page.require(Permission.machines_approve)
     machine_routes.reject_machine(
         machine_id,
         page.ctx,
@@ -122,8 +129,9 @@ def reject_machine(
 
 
 @router.post("/orgs/{org}/machines/{machine_id}/remove")
-def remove_machine(request: Request, page: OrgPageDep, machine_id: MachineId) -> Response:
-    page.require(Permission.machines_manage_own)
+def remove_machine(
+    request: Request, page: PageMachinesManageOwn, machine_id: MachineId
+) -> Response:
     machine_routes.remove_machine(machine_id, page.ctx, page.session, gateway_of(request))
     return redirect(page.url("/machines"), notice="machine_removed")
 
@@ -163,19 +171,18 @@ def _datasets(
 
 
 @router.get("/orgs/{org}/datasets")
-def datasets_page(request: Request, page: OrgPageDep, offset: int = 0) -> Response:
+def datasets_page(request: Request, page: PageDatasetsRead, offset: int = 0) -> Response:
     return _datasets(request, page, offset=max(0, min(offset, 10_000_000)))
 
 
 @router.post("/orgs/{org}/datasets")
 def create_dataset(
     request: Request,
-    page: OrgPageDep,
+    page: PageDatasetsCreate,
     name: Annotated[str, Form(max_length=1000)],
     description: Annotated[str, Form(max_length=10_000)] = "",
     visibility: Annotated[str, Form(max_length=20)] = "org",
 ) -> Response:
-    page.require(Permission.datasets_create)
     try:
         dataset = catalog.create_dataset(
             page.ctx, page.session, name=name, description=description, visibility=visibility
@@ -227,21 +234,20 @@ def _dataset_page(
 
 
 @router.get("/orgs/{org}/datasets/{name}")
-def dataset_page(request: Request, page: OrgPageDep, name: DatasetName) -> Response:
+def dataset_page(request: Request, page: PageDatasetsRead, name: DatasetName) -> Response:
     return _dataset_page(request, page, name)
 
 
 @router.post("/orgs/{org}/datasets/{name}/versions")
 async def upload_version(
     request: Request,
-    page: OrgPageDep,
+    page: PageDatasetsCreate,
     name: DatasetName,
     filename: str | None = None,
     description: str | None = None,
 ) -> Response:
     """The page's upload: the browser streams the file here (XHR, with a progress bar;
     CSRF in the header) and the REST upload route's own function does the rest."""
-    page.require(Permission.datasets_create)
     # The REST handler answers 201, and sets 200 on this object when the content
     # equals the latest version (no new version).
     response = PlainResponse(status_code=201)
@@ -263,11 +269,10 @@ async def upload_version(
 @router.get("/orgs/{org}/datasets/{name}/versions/{version}/download")
 def download_version(
     request: Request,
-    page: OrgPageDep,
+    page: PageDatasetsRead,
     name: DatasetName,
     version: Annotated[str, PathParam(max_length=20)],
 ) -> StreamingResponse:
-    page.require(Permission.datasets_read)
     return dataset_routes.download_version(
         name, version, Caller(page.ctx), page.session, settings_of(request)
     )
@@ -276,12 +281,11 @@ def download_version(
 @router.post("/orgs/{org}/datasets/{name}/access")
 def set_access(
     request: Request,
-    page: OrgPageDep,
+    page: PageDatasetsCreate,
     name: DatasetName,
     visibility: Annotated[str, Form(max_length=20)],
     members: Annotated[list[str] | None, Form(max_length=1000)] = None,
 ) -> Response:
-    page.require(Permission.datasets_create)
     dataset = catalog.find_dataset(page.session, page.ctx, name)
     try:
         catalog.set_access(
@@ -295,11 +299,10 @@ def set_access(
 @router.post("/orgs/{org}/datasets/{name}/delete")
 def delete_dataset(
     request: Request,
-    page: OrgPageDep,
+    page: PageDatasetsCreate,
     name: DatasetName,
     confirm: Annotated[str, Form(max_length=1000)] = "",
 ) -> Response:
-    page.require(Permission.datasets_create)
     dataset = catalog.find_dataset(page.session, page.ctx, name)
     if confirm != dataset.name:
         return _dataset_page(

@@ -13,21 +13,27 @@ import logging
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from api.routers import jobs as job_routes
-from api.web.core import OrgPage, OrgPageDep, redirect, render, settings_of
+from api.web.core import OrgPage, PageRequires, redirect, render, settings_of
 from api.web.routes_data import gateway_of
 from flows import deployments, jobs, lineage
 from flows.models import ALL_STATES, FINAL_STATES
+from policies import access
+from policies.access import JobFacts
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission
 
 log = logging.getLogger("cshare.web")
 
 router = APIRouter()
+
+PageJobsCancelOwn = Annotated[OrgPage, Depends(PageRequires(Permission.jobs_cancel_own))]
+PageJobsSubmit = Annotated[OrgPage, Depends(PageRequires(Permission.jobs_submit))]
+PageJobsViewOwn = Annotated[OrgPage, Depends(PageRequires(Permission.jobs_view_own))]
 
 JOBS_PER_PAGE = 50
 JobId = Annotated[uuid.UUID, PathParam()]
@@ -52,13 +58,12 @@ def _clean(value: str | None) -> str | None:
 @router.get("/orgs/{org}/jobs")
 def jobs_page(
     request: Request,
-    page: OrgPageDep,
+    page: PageJobsViewOwn,
     state: str = "",
     user: str = "",
     deployment: str = "",
     offset: int = 0,
 ) -> Response:
-    page.require(Permission.jobs_view_own)
     offset = max(0, min(offset, 10_000_000))
     filters = {"state": _clean(state), "user": _clean(user), "deployment": _clean(deployment)}
     error = None
@@ -117,7 +122,7 @@ def _job_page(
         job=out,
         final=job.state in FINAL_STATES,
         can_cancel=job.state not in FINAL_STATES
-        and (job.user_id == page.viewer.user.id or page.can(Permission.jobs_cancel_all)),
+        and access.can_cancel_job(page.ctx.viewer, JobFacts.of(job)),
         can_rerun=page.can(Permission.jobs_submit) and job.deployment_id is not None,
         lineage=_lineage(page, job),
         times=jobs.summary_times(job),
@@ -126,14 +131,13 @@ def _job_page(
 
 
 @router.get("/orgs/{org}/jobs/{job_id}")
-def job_page(request: Request, page: OrgPageDep, job_id: JobId) -> Response:
+def job_page(request: Request, page: PageJobsViewOwn, job_id: JobId) -> Response:
     return _job_page(request, page, job_id)
 
 
 @router.get("/orgs/{org}/jobs/{job_id}/logs")
-def job_logs(request: Request, page: OrgPageDep, job_id: JobId, offset: int = 0) -> Response:
+def job_logs(request: Request, page: PageJobsViewOwn, job_id: JobId, offset: int = 0) -> Response:
     """The log panel (an htmx fragment, polled while the job is not over)."""
-    page.require(Permission.jobs_view_own)
     lines: list[Any] = []
     problem = None
     try:
@@ -158,8 +162,7 @@ def job_logs(request: Request, page: OrgPageDep, job_id: JobId, offset: int = 0)
 
 
 @router.post("/orgs/{org}/jobs/{job_id}/cancel")
-def cancel_job(request: Request, page: OrgPageDep, job_id: JobId) -> Response:
-    page.require(Permission.jobs_cancel_own)
+def cancel_job(request: Request, page: PageJobsCancelOwn, job_id: JobId) -> Response:
     try:
         jobs.cancel(page.ctx, page.session, gateway_of(request), job_id)
     except DomainError as exc:
@@ -170,10 +173,9 @@ def cancel_job(request: Request, page: OrgPageDep, job_id: JobId) -> Response:
 
 
 @router.post("/orgs/{org}/jobs/{job_id}/rerun")
-def rerun_job(request: Request, page: OrgPageDep, job_id: JobId) -> Response:
+def rerun_job(request: Request, page: PageJobsSubmit, job_id: JobId) -> Response:
     """Submit the job again: same deployment, parameters, machine type, resources and
     pinned input versions (the lineage module's `rerun_spec`, as `cshare job rerun`)."""
-    page.require(Permission.jobs_submit)
     job = jobs.get_job(page.ctx, page.session, job_id)
     spec = lineage.rerun_spec(page.session, job)
     if not spec.get("deployment"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
@@ -13,12 +13,21 @@ from api import format as fmt
 from api.errors import status_for
 from api.routers.invitations import invitation_link
 from api.web.chart import Bar, bar_chart
-from api.web.core import OrgPage, OrgPageDep, redirect, render, settings_of, who_may_invite
+from api.web.core import OrgPage, PageRequires, redirect, render, settings_of, who_may_invite
 from orgs import invitations, organizations, settings_doc, usage_views
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission, Role, may_assign
 
 router = APIRouter()
+
+PageInvitationsCreateIfAllowed = Annotated[
+    OrgPage, Depends(PageRequires(Permission.invitations_create_if_allowed))
+]
+PageInvitationsManage = Annotated[OrgPage, Depends(PageRequires(Permission.invitations_manage))]
+PageMembersManage = Annotated[OrgPage, Depends(PageRequires(Permission.members_manage))]
+PageMembersView = Annotated[OrgPage, Depends(PageRequires(Permission.members_view))]
+PageOrgLeave = Annotated[OrgPage, Depends(PageRequires(Permission.org_leave))]
+PageOverviewView = Annotated[OrgPage, Depends(PageRequires(Permission.overview_view))]
 
 CHART_USERS = 20
 MEMBERS_PER_PAGE = 200
@@ -55,17 +64,16 @@ def _dashboard(
 
 
 @router.get("/orgs/{org}")
-def dashboard(request: Request, page: OrgPageDep) -> Response:
+def dashboard(request: Request, page: PageOverviewView) -> Response:
     return _dashboard(request, page)
 
 
 @router.post("/orgs/{org}/leave")
 def leave(
     request: Request,
-    page: OrgPageDep,
+    page: PageOrgLeave,
     confirm: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
-    page.require(Permission.org_leave)
     if confirm != "yes":
         return _dashboard(
             request, page, status_code=422, error="Tick the box to confirm that you want to leave."
@@ -147,7 +155,7 @@ def _members(
 
 
 @router.get("/orgs/{org}/members")
-def members(request: Request, page: OrgPageDep, offset: int = 0) -> Response:
+def members(request: Request, page: PageMembersView, offset: int = 0) -> Response:
     return _members(request, page, offset=max(0, min(offset, 10_000_000)))
 
 
@@ -164,12 +172,11 @@ def _optional_int(text: str, field: str) -> int | None:
 @router.post("/orgs/{org}/invitations")
 def create_invitation(
     request: Request,
-    page: OrgPageDep,
+    page: PageInvitationsCreateIfAllowed,
     role: Annotated[str, Form(max_length=16)] = "member",
     expires_in_hours: Annotated[str, Form(max_length=12)] = "",
     max_uses: Annotated[str, Form(max_length=12)] = "",
 ) -> Response:
-    page.require(Permission.invitations_create_if_allowed)
     form = {"role": role, "expires_in_hours": expires_in_hours, "max_uses": max_uses}
     try:
         if role not in Role.__members__:
@@ -207,8 +214,7 @@ UserId = Annotated[uuid.UUID, PathParam()]
 
 
 @router.post("/orgs/{org}/invitations/{invitation_id}/revoke")
-def revoke_invitation(page: OrgPageDep, invitation_id: InvitationId) -> Response:
-    page.require(Permission.invitations_manage)
+def revoke_invitation(page: PageInvitationsManage, invitation_id: InvitationId) -> Response:
     invitations.revoke(page.ctx, page.session, invitation_id)
     return redirect(page.url("/members"), notice="revoked")
 
@@ -216,11 +222,10 @@ def revoke_invitation(page: OrgPageDep, invitation_id: InvitationId) -> Response
 @router.post("/orgs/{org}/members/{user_id}/role")
 def change_role(
     request: Request,
-    page: OrgPageDep,
+    page: PageMembersManage,
     user_id: UserId,
     role: Annotated[str, Form(max_length=16)],
 ) -> Response:
-    page.require(Permission.members_manage)
     if role not in Role.__members__:
         return _members(request, page, status_code=422, error="Pick a role.")
     organizations.change_role(page.ctx, page.session, user_id=user_id, role=Role(role))
@@ -228,7 +233,6 @@ def change_role(
 
 
 @router.post("/orgs/{org}/members/{user_id}/remove")
-def remove_member(page: OrgPageDep, user_id: UserId) -> Response:
-    page.require(Permission.members_manage)
+def remove_member(page: PageMembersManage, user_id: UserId) -> Response:
     organizations.remove_member(page.ctx, page.session, user_id=user_id)
     return redirect(page.url("/members"), notice="removed")

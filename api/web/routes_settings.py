@@ -19,13 +19,17 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
-from api.web.core import OrgPage, OrgPageDep, redirect, render, settings_of
+from api.web.core import OrgPage, PageRequires, redirect, render, settings_of
 from orgs import audit, notifications, organizations, settings_doc
 from policies.errors import DomainError, Invalid
 from policies.limits import Limits, MachineTypeLimits, parse_limits_yaml
 from policies.permissions import Permission
 
 router = APIRouter()
+
+PageAuditView = Annotated[OrgPage, Depends(PageRequires(Permission.audit_view))]
+PageOrgDelete = Annotated[OrgPage, Depends(PageRequires(Permission.org_delete))]
+PageSettingsUpdate = Annotated[OrgPage, Depends(PageRequires(Permission.settings_update))]
 
 LIMIT_KEYS = tuple(Limits.model_fields)
 TYPE_KEYS = tuple(MachineTypeLimits.model_fields)
@@ -173,7 +177,7 @@ def _settings(
 
 
 @router.get("/orgs/{org}/settings")
-def settings_page(request: Request, page: OrgPageDep) -> Response:
+def settings_page(request: Request, page: PageSettingsUpdate) -> Response:
     return _settings(request, page)
 
 
@@ -203,11 +207,10 @@ def _apply(
 @router.post("/orgs/{org}/settings/general")
 def save_general(
     request: Request,
-    page: OrgPageDep,
+    page: PageSettingsUpdate,
     name: Annotated[str, Form(max_length=100)],
     description: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
-    page.require(Permission.settings_update)
     form = {"name": name, "description": description}
     return _apply(request, page, form, name=name, description=description, prefix="general")
 
@@ -222,11 +225,10 @@ def _int_field(value: str, key: str) -> int | str:
 @router.post("/orgs/{org}/settings/invitations")
 def save_invitations(
     request: Request,
-    page: OrgPageDep,
+    page: PageSettingsUpdate,
     who_may_invite: Annotated[str, Form(max_length=20)],
     default_expiry_hours: Annotated[str, Form(max_length=12)],
 ) -> Response:
-    page.require(Permission.settings_update)
     form = {"who_may_invite": who_may_invite, "default_expiry_hours": default_expiry_hours}
     try:
         hours = _int_field(default_expiry_hours, "invitations.default_expiry_hours")
@@ -239,11 +241,10 @@ def save_invitations(
 @router.post("/orgs/{org}/settings/machines")
 def save_machines(
     request: Request,
-    page: OrgPageDep,
+    page: PageSettingsUpdate,
     offline_after_s: Annotated[str, Form(max_length=12)],
     approval_required: Annotated[str, Form(max_length=10)] = "",
 ) -> Response:
-    page.require(Permission.settings_update)
     form = {"offline_after_s": offline_after_s, "approval_required": approval_required}
     try:
         seconds = _int_field(offline_after_s, "machines.offline_after_s")
@@ -262,10 +263,9 @@ async def form_data(request: Request) -> FormData:
 
 @router.post("/orgs/{org}/settings/limits")
 def save_limits(
-    request: Request, page: OrgPageDep, form: Annotated[FormData, Depends(form_data)]
+    request: Request, page: PageSettingsUpdate, form: Annotated[FormData, Depends(form_data)]
 ) -> Response:
     """The limits editor: the form's fields, or (mode=yaml) the whole document as YAML."""
-    page.require(Permission.settings_update)
     return _save_limits(request, page, form)
 
 
@@ -327,13 +327,12 @@ def _specs(targets: list[notifications.NotificationTarget]) -> list[notification
 @router.post("/orgs/{org}/settings/notifications")
 def add_target(
     request: Request,
-    page: OrgPageDep,
+    page: PageSettingsUpdate,
     kind: Annotated[str, Form(max_length=16)],
     url: Annotated[str, Form(max_length=2048)],
     secret: Annotated[str, Form(max_length=256)] = "",
     events: Annotated[list[str] | None, Form(max_length=16)] = None,
 ) -> Response:
-    page.require(Permission.settings_update)
     form = {"kind": kind, "url": url}
     existing = notifications.list_targets(page.session, page.org.id)
     try:
@@ -356,8 +355,7 @@ def add_target(
 
 
 @router.post("/orgs/{org}/settings/notifications/{target_id}/remove")
-def remove_target(request: Request, page: OrgPageDep, target_id: str) -> Response:
-    page.require(Permission.settings_update)
+def remove_target(request: Request, page: PageSettingsUpdate, target_id: str) -> Response:
     existing = notifications.list_targets(page.session, page.org.id)
     kept = [t for t in existing if str(t.id) != target_id]
     notifications.replace_targets(
@@ -367,8 +365,7 @@ def remove_target(request: Request, page: OrgPageDep, target_id: str) -> Respons
 
 
 @router.post("/orgs/{org}/settings/notifications/test")
-def test_targets(page: OrgPageDep) -> Response:
-    page.require(Permission.settings_update)
+def test_targets(page: PageSettingsUpdate) -> Response:
     notifications.send_test(page.ctx, page.session)
     return redirect(page.url("/settings"), notice="test_sent")
 
@@ -379,10 +376,9 @@ def test_targets(page: OrgPageDep) -> Response:
 @router.post("/orgs/{org}/settings/delete")
 def delete_org(
     request: Request,
-    page: OrgPageDep,
+    page: PageOrgDelete,
     confirm: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
-    page.require(Permission.org_delete)
     try:
         organizations.delete(page.ctx, page.session, confirm=confirm)
     except Invalid as exc:
@@ -411,7 +407,7 @@ def _day(text: str, field_name: str, *, end: bool = False) -> datetime | None:
 @router.get("/orgs/{org}/audit")
 def audit_page(
     request: Request,
-    page: OrgPageDep,
+    page: PageAuditView,
     action: str = "",
     actor: str = "",
     target_id: str = "",
@@ -419,7 +415,6 @@ def audit_page(
     until: str = "",
     cursor: int | None = None,
 ) -> Response:
-    page.require(Permission.audit_view)
     filters = {
         "action": action.strip()[:64],
         "actor": actor.strip()[:64],

@@ -1,12 +1,17 @@
-"""Every API route x every role, generated from the app's routes and the permission table.
+"""Every API route and every web console route x every role, generated from the app's
+routes and the permission table.
 
 Nothing here lists routes by hand except the few public ones: the cases come from
-`create_app().routes` and `policies.permissions.ROLE_PERMISSIONS`, so a route added later
-is covered without editing this file, and a route that cannot be classified fails:
+`create_app().routes` (and the console's app mounted in it) and
+`policies.permissions.ROLE_PERMISSIONS`, so a route added later is covered without
+editing this file, and a route that cannot be classified fails:
 
-- a route with an `{org}` path parameter must depend on exactly one `Requires(...)`;
-- any other route either depends on the signed-in user (`get_auth`/`get_current_user`),
-  on a machine token (`get_machine`: every user token gets 401), or is on `PUBLIC_ROUTES`.
+- an API route with an `{org}` path parameter must depend on exactly one `Requires(...)`;
+- any other API route either depends on the signed-in user (`get_auth`/`get_current_user`),
+  on a machine token (`get_machine`: every user token gets 401), or is on `PUBLIC_ROUTES`;
+- a console route with `{org}` must depend on exactly one `PageRequires(...)` (the
+  console's `Requires`, for cookie sessions); any other console route on the signed-in
+  viewer (`require_viewer`), or is on `PUBLIC_PAGES`.
 
 For every (route, role) a fresh world is built directly through the services (an org
 with an owner, an admin and a member, plus an outsider who owns another org; unique
@@ -20,6 +25,16 @@ and the answer must be:
 - a member whose role lacks the route's permission -> 403;
 - a role that has it (and everyone on authenticated/public routes) -> not 401/403/404,
   and no server error.
+
+The console is asked as a browser would: the session cookie, the CSRF token in every
+form (anonymous visitors get the double-submit cookie, so the answer is about signing
+in, not CSRF), form bodies from `FORM_EXAMPLES`. There the answers are:
+
+- anonymous -> 303 to `/login?next=...` (every page that is not public);
+- non_member -> the 404 page, without the organization's name;
+- a member whose role lacks the page's permission -> the 403 page;
+- a role that has it -> 200, 201 or 303 (not to the sign-in page), except the few
+  (page, role) pairs in `PAGE_OUTCOMES`, each with its reason.
 
 The world grants every *conditional* permission (e.g. members may invite), so a 403 for
 a role that holds the permission is a bug in the route, not in the setting.
@@ -44,12 +59,17 @@ from fastapi import Depends, FastAPI
 from fastapi import Path as PathParam
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import deps
 from api.app import API_PREFIX, create_app
 from api.deps import Requires
+from api.web import csrf
+from api.web import session as web_session
+from api.web.app import PagesMount
+from api.web.core import OrgPage, PageRequires, org_page
 from orgs import accounts, organizations
 from orgs.config import get_settings
 from orgs.db import Database
@@ -78,7 +98,24 @@ AUTH_DEPENDENCIES: tuple[Callable[..., Any], ...] = (deps.get_auth, deps.get_cur
 # Agent routes take a machine token: every user token (and none) gets 401 there.
 MACHINE_DEPENDENCIES: tuple[Callable[..., Any], ...] = (deps.get_machine,)
 
+# Console pages anyone may open signed out (they decide themselves what a visitor sees).
+PUBLIC_PAGES = frozenset(
+    {
+        "GET /",
+        "GET /switch",
+        "GET /login",
+        "POST /login",
+        "GET /signup",
+        "POST /signup",
+        "POST /logout",
+        "GET /invitations/{code}",  # redirects to sign in, then back
+    }
+)
+# Depending on this means "a signed-in viewer" (anonymous visitors are sent to /login).
+VIEWER_DEPENDENCIES: tuple[Callable[..., Any], ...] = (web_session.require_viewer,)
+
 Kind = Literal["org", "authenticated", "machine", "public", "invalid"]
+Surface = Literal["api", "console"]
 _PARAM_RE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
 
@@ -93,10 +130,13 @@ class RouteRule:
     permission: Permission | None = None
     problem: str | None = None
     has_body: bool = False
+    surface: Surface = "api"
 
     @property
     def test_id(self) -> str:
         """The label, marked when the route lives outside /api/v1 (probes are at both)."""
+        if self.surface == "console":
+            return f"console {self.label}"
         inside = self.path.startswith(API_PREFIX + "/")
         return self.label if inside else f"{self.label} (root)"
 
@@ -129,6 +169,8 @@ def classify(path: str, method: str, dependant: Dependant) -> RouteRule:
         return RouteRule(method, path, label, kind, permission, problem or None, has_body)
 
     if "org" in path_params(path):
+        if any(isinstance(r, PageRequires) for r in rules):
+            return rule("invalid", problem=f"{label}: PageRequires is for console pages.")
         if len(rules) != 1:
             found = ", ".join(repr(r) for r in rules) or "none"
             return rule(
@@ -187,6 +229,71 @@ def route_rules(app: FastAPI) -> list[RouteRule]:
     ]
 
 
+def classify_page(path: str, method: str, dependant: Dependant) -> RouteRule:
+    """Classify one method of a console route, as `classify` does for the API."""
+    label = f"{method} {path}"
+    calls = [d.call for d in (dependant, *_walk(dependant))]
+    rules = [c for c in calls if isinstance(c, Requires)]
+    signed_in = any(c in VIEWER_DEPENDENCIES for c in calls)
+
+    def rule(kind: Kind, permission: Permission | None = None, problem: str = "") -> RouteRule:
+        return RouteRule(method, path, label, kind, permission, problem or None, surface="console")
+
+    if "org" in path_params(path):
+        pages = [r for r in rules if isinstance(r, PageRequires)]
+        if len(pages) != 1 or len(rules) != 1:
+            found = ", ".join(repr(r) for r in rules) or "none"
+            return rule(
+                "invalid",
+                problem=(
+                    f"console {label}: a page inside an organization needs exactly one "
+                    f"permission rule, found {found}; declare the page as "
+                    "`page: Annotated[OrgPage, Depends(PageRequires(Permission.<x>))]` "
+                    "(api.web.core.PageRequires)."
+                ),
+            )
+        return rule("org", pages[0].permission)
+    if rules:
+        return rule(
+            "invalid",
+            problem=f"console {label}: has {rules[0]!r} but no {{org}} path parameter.",
+        )
+    if label in PUBLIC_PAGES:
+        if signed_in:
+            return rule(
+                "invalid", problem=f"console {label}: in PUBLIC_PAGES but requires a viewer."
+            )
+        return rule("public")
+    if signed_in:
+        return rule("authenticated")
+    return rule(
+        "invalid",
+        problem=(
+            f"console {label}: neither signed in nor known to be public; depend on "
+            "api.web.session.ViewerDep (or PageRequires(...) under /orgs/{org}), or add it "
+            "to PUBLIC_PAGES in this file if anyone may open it."
+        ),
+    )
+
+
+def console_app(app: FastAPI) -> FastAPI:
+    """The console's own FastAPI app, mounted at / behind the API routes."""
+    for route in app.router.routes:
+        if isinstance(route, PagesMount):
+            pages = route.app
+            assert isinstance(pages, FastAPI)
+            return pages
+    raise AssertionError("the app has no web console mounted")
+
+
+def page_rules(app: FastAPI) -> list[RouteRule]:
+    return [
+        classify_page(path, method, dependant)
+        for path, methods, dependant in api_routes(console_app(app))
+        for method in sorted(methods - {"HEAD"})
+    ]
+
+
 def _app_for_collection() -> FastAPI:
     """The app, built only to read its routes (its database is never opened)."""
     db = Database(f"sqlite:///{Path(tempfile.gettempdir()) / 'cshare-routes-unused.db'}")
@@ -196,7 +303,9 @@ def _app_for_collection() -> FastAPI:
         db.dispose()
 
 
-RULES = route_rules(_app_for_collection())
+_COLLECTED = _app_for_collection()
+RULES = route_rules(_COLLECTED)
+PAGE_RULES = page_rules(_COLLECTED)
 
 
 # --------------------------------------------------------------------------- the world
@@ -381,6 +490,12 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "deployments/{name}": _deployment,
     "jobs/{id}": _job,
     "schedules/{id}": _schedule,
+    # The console's parameter names.
+    "{machine_id}": _machine,
+    "{job_id}": _job,
+    "{invitation_id}": lambda w, role: _invitation(w)[1],
+    # Removing a target that is not there is a plain save (the list stays as it is).
+    "{target_id}": lambda w, role: str(uuid.uuid4()),
 }
 
 # "METHOD /path" -> a minimal valid body for (world, role); routes not listed get `{}`.
@@ -490,11 +605,162 @@ def check(rule: RouteRule, role: str, r: httpx.Response) -> None:
     assert not server_error, f"{shown}; server error"
 
 
+# ------------------------------------------------------------------------ the console
+
+
+@dataclass(frozen=True)
+class PageBody:
+    """What a console request carries: a form (the CSRF field is added), or raw bytes."""
+
+    form: dict[str, Any] = field(default_factory=dict)
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+
+
+def _limits_yaml(w: World, role: str) -> PageBody:
+    yaml_text = (
+        "organization:\n  limits:\n    max_job_runtime: 7200\n"
+        "  machine_types:\n    cpu: {max_scale: 100, per_user_quota: 20}\n"
+    )
+    return PageBody({"mode": "yaml", "yaml": yaml_text})
+
+
+# "METHOD /path" of a console route -> a valid request for (world, role); GETs and forms
+# without fields need none.
+FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
+    "POST /login": lambda w, role: PageBody(
+        {"email": w.own(role).email, "password": password_for(w.own(role).name)}
+    ),
+    "POST /signup": lambda w, role: PageBody(
+        {"email": f"{(n := _unique('new'))}@example.test", "name": n, "password": password_for(n)}
+    ),
+    "POST /orgs/new": lambda w, role: PageBody({"name": _unique("Console new")}),
+    "POST /join": lambda w, role: PageBody({"code": _invitation(w)[0]}),
+    "POST /orgs/{org}/leave": lambda w, role: PageBody({"confirm": "yes"}),
+    "POST /orgs/{org}/invitations": lambda w, role: PageBody({"role": "member", "max_uses": "1"}),
+    "POST /orgs/{org}/members/{user_id}/role": lambda w, role: PageBody({"role": "member"}),
+    "POST /orgs/{org}/machines/{machine_id}/reject": lambda w, role: PageBody({"reason": "no"}),
+    "POST /orgs/{org}/datasets": lambda w, role: PageBody({"name": _unique("ds")}),
+    "POST /orgs/{org}/datasets/{name}/versions": lambda w, role: PageBody(
+        content=b"console bytes",
+        headers={"Content-Type": "application/octet-stream", "Accept": "application/json"},
+        query={"filename": "console.bin"},
+    ),
+    "POST /orgs/{org}/datasets/{name}/access": lambda w, role: PageBody({"visibility": "org"}),
+    "POST /orgs/{org}/datasets/{name}/delete": lambda w, role: PageBody(
+        {"confirm": w.cache["dataset"].split("\n")[0]}
+    ),
+    "POST /orgs/{org}/settings/general": lambda w, role: PageBody({"name": w.org_name}),
+    "POST /orgs/{org}/settings/invitations": lambda w, role: PageBody(
+        {"who_may_invite": "members", "default_expiry_hours": "24"}
+    ),
+    "POST /orgs/{org}/settings/machines": lambda w, role: PageBody({"offline_after_s": "120"}),
+    "POST /orgs/{org}/settings/limits": _limits_yaml,
+    # Loopback is allowed in the matrix app (no network in tests); nothing listens on 9.
+    "POST /orgs/{org}/settings/notifications": lambda w, role: PageBody(
+        {"kind": "webhook", "url": "http://127.0.0.1:9/matrix", "secret": "s" * 16}
+    ),
+    "POST /orgs/{org}/settings/delete": lambda w, role: PageBody({"confirm": w.org_name}),
+}
+
+# (console route, role) -> the status it must get instead of 200/201/303, and why.
+PAGE_OUTCOMES: dict[tuple[str, str], tuple[int, str]] = {
+    ("POST /orgs/{org}/leave", "owner"): (409, "the last owner cannot leave"),
+    **{
+        (page, role): (409, "already a member of the invitation's organization")
+        for page in ("POST /join", "POST /invitations/{code}/accept")
+        for role in MEMBER_ROLES
+    },
+}
+PAGE_OK = frozenset({200, 201, 303})
+ANONYMOUS_CSRF = "matrix-anonymous-csrf-token"
+
+
+def send_page(app: Any, rule: RouteRule, world: World, role: str) -> httpx.Response:
+    """The request as a browser sends it: its own cookie jar, the CSRF token in the form
+    (or the header, for raw uploads)."""
+    url = fill_path(rule, world, role)
+    example = FORM_EXAMPLES.get(rule.label)
+    body = example(world, role) if example else PageBody()
+    caller = world.caller(role)
+    browser = TestClient(app, raise_server_exceptions=False, follow_redirects=False)
+    if caller is not None:
+        browser.cookies.set(web_session.SESSION_COOKIE, caller.token)
+        token = csrf.token_for_session(caller.token)
+    else:
+        browser.cookies.set(csrf.CSRF_COOKIE, ANONYMOUS_CSRF)
+        token = ANONYMOUS_CSRF
+    response: httpx.Response
+    if rule.method == "GET":
+        response = browser.get(url, params=body.query)
+    elif body.content is not None:
+        headers = {**body.headers, csrf.CSRF_HEADER: token}
+        response = browser.request(
+            rule.method, url, params=body.query, content=body.content, headers=headers
+        )
+    else:
+        form = {**body.form, csrf.CSRF_FIELD: token}
+        response = browser.request(rule.method, url, params=body.query, data=form)
+    return response
+
+
+SIGN_IN = -1  # the expected "status" of a redirect to the sign-in page
+
+
+def expected_page(rule: RouteRule, role: str) -> int | None:
+    """SIGN_IN, an exact status, or None for 'allowed'."""
+    if rule.kind == "public":
+        return None
+    if role == "anonymous":
+        return SIGN_IN
+    if rule.kind == "authenticated":
+        return None
+    if role == "non_member":
+        return 404
+    assert rule.permission is not None
+    return None if rule.permission in ROLE_PERMISSIONS[MEMBER_ROLES[role]] else 403
+
+
+def check_page(rule: RouteRule, world: World, role: str, r: httpx.Response) -> None:
+    want = expected_page(rule, role)
+    where = r.headers.get("location", "")
+    shown = f"console {rule.label} as {role}: got {r.status_code} {where or r.text[:300]}"
+    to_sign_in = r.status_code == 303 and where.startswith("/login?next=")
+    # The upload script asks for JSON: the same answers, as the API's error bodies.
+    wants_json = "application/json" in r.request.headers.get("accept", "")
+    if want == SIGN_IN and wants_json:
+        want = 401
+    elif want == SIGN_IN:
+        assert to_sign_in, f"{shown}; expected a redirect to /login?next=..."
+        return
+    if want is not None:
+        assert r.status_code == want, f"{shown}; expected {want}"
+        if wants_json:
+            assert {"error", "detail"} <= set(r.json()), f"{shown}; errors are {{error, detail}}"
+        else:
+            assert r.headers["content-type"].startswith("text/html"), f"{shown}; an HTML page"
+        assert world.org_name not in r.text, f"{shown}; the page names the organization"
+        return
+    if rule.kind == "public":  # it may send a visitor to sign in first, as it likes
+        assert r.status_code in PAGE_OK, f"{shown}; expected 200, 201 or 303"
+        return
+    why = f" ({rule.permission.value} is granted to {role})" if rule.permission else ""
+    special = PAGE_OUTCOMES.get((rule.label, role))
+    if special is not None:
+        assert r.status_code == special[0], f"{shown}; expected {special[0]}: {special[1]}"
+        return
+    assert r.status_code in PAGE_OK and not to_sign_in, f"{shown}; expected to be allowed{why}"
+
+
 def run_case(api: ApiClient, rule: RouteRule, role: str) -> None:
     if rule.problem:
         pytest.fail(rule.problem)
     world = build_world(api)
-    check(rule, role, send(rule, world, role))
+    if rule.surface == "console":
+        check_page(rule, world, role, send_page(api.client.app, rule, world, role))
+    else:
+        check(rule, role, send(rule, world, role))
 
 
 # ---------------------------------------------------------------------------- the tests
@@ -503,12 +769,21 @@ def run_case(api: ApiClient, rule: RouteRule, role: str) -> None:
 def test_every_route_is_classified() -> None:
     """One failure listing every route that has no rule (the matrix fails them one by one)."""
     assert RULES, "the app has no routes?"
-    problems = [r.problem for r in RULES if r.problem]
+    assert PAGE_RULES, "the console has no routes?"
+    problems = [r.problem for r in (*RULES, *PAGE_RULES) if r.problem]
     assert not problems, "\n".join(problems)
 
 
+def test_every_example_names_a_route() -> None:
+    """A renamed or removed route must not leave its example (or exception) behind."""
+    pages = {r.label for r in PAGE_RULES}
+    assert set(FORM_EXAMPLES) <= pages, set(FORM_EXAMPLES) - pages
+    assert {label for label, _role in PAGE_OUTCOMES} <= pages
+    assert set(PUBLIC_PAGES) <= pages, set(PUBLIC_PAGES) - pages
+
+
 def test_every_required_permission_is_granted_to_someone() -> None:
-    for rule in RULES:
+    for rule in (*RULES, *PAGE_RULES):
         if rule.permission is not None:
             assert rule.permission in ROLE_PERMISSIONS[Role.owner], (
                 f"{rule.label} requires {rule.permission.value}, which no role has"
@@ -545,8 +820,48 @@ def test_classifier_catches_routes_without_a_rule() -> None:
     assert by_label["GET /mine"].kind == "authenticated"
 
 
+def test_classifier_catches_pages_without_a_rule() -> None:
+    """The same guard for the console: a page that checks inside its body (invisible to
+    the matrix), one with the API's bearer rule, and an unlisted signed-out page."""
+    pages = FastAPI()
+
+    @pages.get("/orgs/{org}/checks-inside")
+    def checks_inside(page: OrgPage = Depends(org_page)) -> None:
+        page.require(Permission.org_view)
+
+    @pages.get("/orgs/{org}/bearer")
+    def bearer(ctx: Any = Depends(Requires(Permission.org_view))) -> None:
+        return None
+
+    @pages.get("/orgs/{org}/declared")
+    def declared(page: Any = Depends(PageRequires(Permission.audit_view))) -> None:
+        return None
+
+    @pages.get("/surprise")
+    def surprise() -> None:
+        return None
+
+    @pages.get("/mine")
+    def mine(viewer: web_session.ViewerDep) -> None:
+        return None
+
+    rules = [
+        classify_page(path, method, dependant)
+        for path, methods, dependant in api_routes(pages)
+        for method in methods
+    ]
+    by_label = {r.label: r for r in rules}
+    assert "PageRequires(" in str(by_label["GET /orgs/{org}/checks-inside"].problem)
+    assert "PageRequires(" in str(by_label["GET /orgs/{org}/bearer"].problem)
+    assert by_label["GET /orgs/{org}/declared"].permission is Permission.audit_view
+    assert "PUBLIC_PAGES" in str(by_label["GET /surprise"].problem)
+    assert by_label["GET /mine"].kind == "authenticated"
+
+
 CASES = [
-    pytest.param(rule, role, id=f"{rule.test_id} as {role}") for rule in RULES for role in ROLES
+    pytest.param(rule, role, id=f"{rule.test_id} as {role}")
+    for rule in (*RULES, *PAGE_RULES)
+    for role in ROLES
 ]
 
 
@@ -570,7 +885,7 @@ def _matrix_app(db: Database) -> Iterator[ApiClient]:
     orgs), so cases cannot see each other, and no case pays for a database or app start.
     """
     try:
-        with jobs_app(db, MatrixPrefect()) as api:
+        with jobs_app(db, MatrixPrefect(), notifications_allow_loopback=True) as api:
             yield api
     finally:
         db.dispose()
@@ -609,7 +924,7 @@ def _boundary_roles(rule: RouteRule) -> list[str]:
 
 PG_CASES = [
     pytest.param(rule, role, id=f"{rule.test_id} as {role}")
-    for rule in RULES
+    for rule in (*RULES, *PAGE_RULES)
     for role in _boundary_roles(rule)
 ]
 

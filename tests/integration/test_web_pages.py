@@ -2,8 +2,8 @@
 every form, forged posts refused by the server, the limits editor's inline errors,
 invitation links, sign-in cookies, and that the API around the pages is unchanged.
 
-The API's own route x role matrix (test_permission_matrix) walks the API routes only;
-this module is its counterpart for the pages: every page x every role.
+The route x role matrix (test_permission_matrix) walks every page route x every role;
+this module checks what the pages show (headers, controls, forms) for each role.
 """
 
 from __future__ import annotations
