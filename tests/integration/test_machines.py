@@ -181,9 +181,11 @@ def test_removing_machines_own_and_others(api: ApiClient) -> None:
     assert api.delete(f"/orgs/{slug}/machines/{mine['id']}", member).status_code == 204
     assert api.get(f"/orgs/{slug}/machines/{mine['id']}", member).status_code == 404
     assert api.delete(f"/orgs/{slug}/machines/{theirs['id']}", owner).status_code == 204
-    # The removed machine's token is dead: heartbeats get 401, nothing is recorded.
+    # The removed machine's token is dead: heartbeats get 401 saying why, nothing is
+    # recorded.
     r = api.client.post("/api/v1/agent/heartbeat", headers=_agent(token), json={"running": []})
-    assert r.status_code == 401 and r.json()["error"] == "bad_machine_token"
+    assert r.status_code == 401 and r.json()["error"] == "machine_removed"
+    assert "was removed" in r.json()["detail"]
     assert _actions(api, slug).count("machine.removed") == 2
 
 
