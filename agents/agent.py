@@ -11,10 +11,17 @@
    without a restart. Approved: the `cshare` worker polls the org's pool for the
    machine's type (`<org>-<type>`) with `slots` as its limit, using the Prefect URL and
    credentials the control plane hands to approved machines (see api/routers/agent.py).
-4. Rejected or removed (the token stops working): it stops its runs, says why, and
-   exits with status 1; a removed machine's token file is deleted, so the next start
-   registers it anew (pending approval again where the org requires it).
-5. SIGINT/SIGTERM: runs in progress end `Crashed` ("the agent was stopped"), exit 0.
+4. Ends: whatever the cause, the agent stops taking work, stops the runs it has (their
+   processes, then their final state in Prefect with the reason, see
+   CshareWorker.abort_all), stops the worker (`CshareWorker.stop`: it leaves its task
+   groups normally), reports once (a last heartbeat with no runs, which lets the
+   control plane settle them at once; refused when the token is dead), prints one
+   line saying why, and exits with one of the EXIT_* codes below (docs/agents.md):
+
+   - SIGINT/SIGTERM: runs end `Crashed` ("the agent was stopped"), exit 0;
+   - rejected, removed, its owner no longer a member, the organization deleted (the
+     401's `error` code says which, see orgs.machines): runs end `Cancelled`, exit 3.
+     A dead token's file is deleted, so the next start registers the machine anew.
 
 If the worker stops on its own (Prefect unreachable for long: Prefect's service loop
 gives up after repeated failures), the agent starts a new one after a pause, so a
@@ -26,30 +33,45 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
 import anyio.abc
+import httpx
 
 from agents import config, hardware
 from agents.client import AgentClient, AgentStatus, ApiProblem, MachineGone, register
 
-__all__ = ["EXIT_REFUSED", "Agent", "AgentOptions", "AgentProblem"]
+__all__ = [
+    "EXIT_ENDED",
+    "EXIT_PROBLEM",
+    "EXIT_STOPPED",
+    "EXIT_UNREACHABLE",
+    "Agent",
+    "AgentOptions",
+    "AgentProblem",
+]
 
 log = logging.getLogger("cshare.agent")
 
-EXIT_REFUSED: Final = 1
-EXIT_UNREACHABLE: Final = 3
+# Exit statuses (documented in docs/agents.md and `cshare agent start --help`).
+EXIT_STOPPED: Final = 0  # SIGINT/SIGTERM
+EXIT_PROBLEM: Final = 1  # cannot start: not registered and no member token, refused, ...
+EXIT_ENDED: Final = 3  # the machine may not work any more: do not restart it as is
+EXIT_UNREACHABLE: Final = 75  # EX_TEMPFAIL: the API is unreachable at start; try later
 WORKER_RESTART_S: Final = 3.0
 STATUS_RETRY_S: Final = 2.0
+ABORT_S: Final = 20.0  # bounds ending the runs
+WORKER_EXIT_S: Final = 20.0  # bounds the worker's own shutdown after that
 
 
 class AgentProblem(Exception):
     """A reason to stop, with the exit code to stop with."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_REFUSED) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_PROBLEM) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
@@ -82,8 +104,13 @@ class Agent:
         self._approved = anyio.Event()
         self._stop = anyio.Event()
         self._stop_reason = ""
-        self._exit_code = 0
+        self._exit_code = EXIT_STOPPED
+        self._token_dead = False
+        self._ended_runs = 0
+        self._api: AgentClient | None = None
         self._worker: Any = None  # agents.worker.CshareWorker once Prefect is imported
+        self._worker_scope: anyio.CancelScope | None = None
+        self._worker_exited = anyio.Event()
         self._creds: config.MachineCredentials | None = None
 
     # -- credentials ----------------------------------------------------------------
@@ -116,7 +143,10 @@ class Agent:
                 hardware=detected,
             )
         except ApiProblem as exc:
-            raise AgentProblem(f"Could not register machine '{o.name}': {exc.detail}") from None
+            code = EXIT_UNREACHABLE if exc.status >= 500 else EXIT_PROBLEM
+            raise AgentProblem(
+                f"Could not register machine '{o.name}': {exc.detail}", code
+            ) from None
         creds = config.MachineCredentials(
             api_url=o.api_url,
             org=o.org,
@@ -136,52 +166,117 @@ class Agent:
     # -- the run ---------------------------------------------------------------------
 
     async def run(self) -> int:
-        try:
-            creds = self._creds = await self.credentials()
-        except AgentProblem as exc:
-            say(exc.message)
-            return exc.exit_code
-        async with AgentClient(self.options.api_url, creds.machine_token) as api:
-            try:
-                status = await api.me()
-            except MachineGone:
-                self._forget_machine()
-                return EXIT_REFUSED
-            except ApiProblem as exc:
-                say(f"The control plane refused this machine: {exc.detail}")
-                return EXIT_REFUSED
-            except OSError as exc:
-                say(f"Cannot reach the Compute Share API at {self.options.api_url}: {exc}")
-                return EXIT_UNREACHABLE
-            self._update(status)
+        """Serve until a reason to stop, then end cleanly; the exit status."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as group:
-                group.start_soon(self._watch_signals)
-                group.start_soon(self._heartbeats, api)
-                group.start_soon(self._work)
+                group.start_soon(self._watch_signals, signals)
+                group.start_soon(self._serve)
                 await self._stop.wait()
-                await self._abort_runs(self._stop_reason)
+                await self._wind_down()
                 group.cancel_scope.cancel()
-        if self._exit_code:
-            say(self._stop_reason)
-        else:
-            say("Stopped.")
+        say(self._last_words())
         return self._exit_code
 
-    def stop(self, reason: str, exit_code: int = 0) -> None:
+    def stop(self, reason: str, exit_code: int = EXIT_STOPPED) -> None:
+        """Stop for `reason` (the first reason given wins)."""
         if not self._stop.is_set():
             self._stop_reason = reason
             self._exit_code = exit_code
             self._stop.set()
 
-    def _forget_machine(self) -> None:
+    def _last_words(self) -> str:
+        if self._ended_runs == 1:
+            return f"{self._stop_reason} It ended its running job."
+        if self._ended_runs:
+            return f"{self._stop_reason} It ended its {self._ended_runs} running jobs."
+        return self._stop_reason
+
+    async def _serve(self) -> None:
+        try:
+            creds = self._creds = await self.credentials()
+        except AgentProblem as exc:
+            self.stop(exc.message, exc.exit_code)
+            return
+        except httpx.TransportError as exc:
+            self.stop(self._unreachable(exc), EXIT_UNREACHABLE)
+            return
+        async with AgentClient(self.options.api_url, creds.machine_token) as api:
+            try:
+                status = await api.me()
+            except ApiProblem as exc:
+                if exc.status >= 500:
+                    self.stop(self._unreachable(exc), EXIT_UNREACHABLE)
+                else:
+                    self._refused(exc)
+                return
+            except (OSError, httpx.TransportError) as exc:
+                self.stop(self._unreachable(exc), EXIT_UNREACHABLE)
+                return
+            self._api = api
+            self._update(status)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._heartbeats, api)
+                group.start_soon(self._work)
+                await anyio.sleep_forever()  # until run() cancels, after winding down
+
+    def _unreachable(self, exc: Exception) -> str:
+        return f"Cannot reach the Compute Share API at {self.options.api_url}: {exc}"
+
+    async def _wind_down(self) -> None:
+        """Stop taking work, end the runs, stop the worker, report once."""
+        worker = self._worker
+        if worker is not None:
+            with anyio.move_on_after(ABORT_S):
+                ended = await worker.abort_all(
+                    self._stop_reason, cancelled=self._exit_code != EXIT_STOPPED
+                )
+                self._ended_runs = len(ended)
+            worker.stop()
+        if self._worker_scope is not None:
+            with anyio.move_on_after(WORKER_EXIT_S):
+                await self._worker_exited.wait()
+            if self._worker_scope is not None:  # stuck: the last resort
+                self._worker_scope.cancel()
+        await self._report_end()
+
+    async def _report_end(self) -> None:
+        """One last heartbeat with no runs: the control plane settles the runs this
+        machine had at once instead of waiting for Prefect or the offline sweep."""
+        if self._api is None or self._token_dead:
+            if self._token_dead and self._ended_runs:
+                log.info(
+                    "end of %d run(s) not reported: the machine token is dead", self._ended_runs
+                )
+            return
+        try:
+            with anyio.fail_after(10):
+                await self._api.heartbeat([])
+        except Exception as exc:  # the control plane learns it from Prefect instead
+            log.info("could not report the end of this machine's runs: %s", exc)
+
+    def _refused(self, problem: ApiProblem) -> None:
+        """The control plane refused the machine token (401) or the machine (403)."""
         o = self.options
-        config.delete(o.api_url, o.org, o.name, o.state_dir)
-        self.stop(
-            f"Machine '{o.name}' is no longer registered in '{o.org}' (it was removed, or its "
-            "token was revoked); its token file was deleted. Run `cshare agent start` again "
-            "to register it anew.",
-            EXIT_REFUSED,
-        )
+        if isinstance(problem, MachineGone):
+            self._token_dead = True
+            config.delete(o.api_url, o.org, o.name, o.state_dir)
+            if problem.code == "bad_machine_token":
+                why = (
+                    f"Machine '{o.name}' is no longer registered in '{o.org}' (it was "
+                    "removed, or its token was revoked)."
+                )
+            else:  # machine_removed, owner_not_member, org_deleted: the server says why
+                why = problem.detail
+            again = (
+                " Run `cshare agent start` again to register it anew."
+                if problem.code in ("bad_machine_token", "machine_removed")
+                else ""
+            )
+            self.stop(f"{why} Its stored token was discarded.{again}", EXIT_ENDED)
+        elif problem.status == 403:
+            self.stop(f"The control plane refused this machine: {problem.detail}", EXIT_ENDED)
+        else:
+            self.stop(f"The control plane refused this machine: {problem.detail}", EXIT_PROBLEM)
 
     def _update(self, status: AgentStatus) -> None:
         previous = self.status
@@ -189,7 +284,7 @@ class Agent:
         if status.status == "rejected":
             self.stop(
                 f"Machine '{status.name}' was rejected: {status.reason or 'no reason given'}",
-                EXIT_REFUSED,
+                EXIT_ENDED,
             )
         elif status.approved and not self._approved.is_set():
             say(
@@ -205,33 +300,28 @@ class Agent:
             )
 
     async def _heartbeats(self, api: AgentClient) -> None:
-        while True:
+        while not self._stop.is_set():
             running = self._worker.active_flow_runs() if self._worker is not None else []
             try:
                 self._update(await api.heartbeat(running))
-            except MachineGone:
-                self._forget_machine()
-                return
             except ApiProblem as exc:
-                if exc.status == 403:
-                    self.stop(f"The control plane refused this machine: {exc.detail}", 1)
+                if isinstance(exc, MachineGone) or exc.status == 403:
+                    self._refused(exc)
                     return
                 log.warning("heartbeat refused (%s): %s", exc.status, exc.detail)
             except Exception as exc:  # unreachable: keep trying; the machine shows offline
                 log.warning("heartbeat failed: %s", exc)
             await anyio.sleep(self.status.heartbeat_interval_s if self.status else STATUS_RETRY_S)
 
-    async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _signum in signals:
-                name = self.status.name if self.status else self.options.name
-                self.stop(f"The agent on machine '{name}' was stopped.")
-                return
-
-    async def _abort_runs(self, reason: str) -> None:
-        if self._worker is not None:
-            with anyio.move_on_after(15):
-                await self._worker.abort_all(reason)
+    async def _watch_signals(self, signals: AsyncIterator[signal.Signals]) -> None:
+        # The receiver stays open until the agent exits: a second Ctrl-C while it
+        # winds down (bounded) does not interrupt that with a traceback.
+        async for signum in signals:
+            name = self.status.name if self.status else self.options.name
+            self.stop(
+                f"The agent on machine '{name}' was stopped ({signal.Signals(signum).name}).",
+                EXIT_STOPPED,
+            )
 
     async def _work(self) -> None:
         await self._approved.wait()
@@ -240,17 +330,30 @@ class Agent:
                 "Docker pools need prefect-docker and a docker engine on this machine; this "
                 "agent runs process pools (see agents/docker_job.py for the job variables "
                 "a docker pool gets).",
-                EXIT_REFUSED,
+                EXIT_PROBLEM,
             )
             return
         while not self._stop.is_set():
+            # The agent stops the worker with `worker.stop()` (after ending its runs), so
+            # it leaves its contexts normally; this scope is only the last resort.
+            scope = self._worker_scope = anyio.CancelScope()
+            exited = self._worker_exited = anyio.Event()
             try:
-                await self._run_worker()
+                with scope:
+                    await self._run_worker()
             except Exception as exc:
-                say(f"The worker stopped ({type(exc).__name__}: {exc}); restarting it.")
+                if not self._stop.is_set():
+                    say(f"The worker stopped ({type(exc).__name__}: {exc}); restarting it.")
+                else:
+                    log.info("the worker ended with %s: %s", type(exc).__name__, exc)
             else:
-                say("The worker stopped; restarting it.")
-            await anyio.sleep(WORKER_RESTART_S)
+                if not self._stop.is_set():
+                    say("The worker stopped; restarting it.")
+            finally:
+                self._worker_scope = None
+                exited.set()
+            if not self._stop.is_set():
+                await anyio.sleep(WORKER_RESTART_S)
 
     async def _run_worker(self) -> None:
         # Prefect is imported here, once the machine may work: an agent waiting for
@@ -281,7 +384,7 @@ class Agent:
                 poll_interval_s=self.options.poll_interval_s,
                 warm_processes=self.options.warm_processes,
                 flows_dir=self.options.flows_dir,
-                on_machine_gone=lambda reason: self.stop(reason, EXIT_REFUSED),
+                on_machine_gone=self._refused,
             )
             self._worker = worker
             try:

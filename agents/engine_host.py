@@ -26,6 +26,7 @@ import json
 import os
 import runpy
 import shlex
+import signal
 import sys
 import warnings
 from typing import Any
@@ -112,7 +113,13 @@ def run(spec: dict[str, Any], startup_env: dict[str, str]) -> None:
     sys.argv = ["prefect.engine", flow_run_id]
     # runpy warns that the module it runs as __main__ was imported already: on purpose.
     warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
-    runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    finally:
+        # The run is over: a stop signal arriving now (the agent stopping a run that
+        # Prefect's cancellation had just stopped) ends the process quietly, instead of
+        # raising Prefect's TerminationSignal inside its exit handlers (a traceback).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main() -> None:

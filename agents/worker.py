@@ -41,14 +41,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import anyio.abc
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import State, StateType
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.flows import load_flow_from_flow_run
@@ -56,8 +57,13 @@ from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExe
 from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, get_current_settings
 from prefect.settings.context import temporary_settings
-from prefect.states import Crashed, Failed
+from prefect.states import Cancelled, Crashed, Failed
 from prefect.utilities.processutils import sanitize_subprocess_env
+from prefect.utilities.services import (
+    critical_service_loop,
+    start_client_metrics_server,
+    stop_client_metrics_server,
+)
 from prefect.workers.process import (
     ProcessJobConfiguration,
     ProcessWorker,
@@ -79,6 +85,8 @@ log = logging.getLogger("cshare.agent.worker")
 WORKER_TYPE: Final = "cshare"
 DEFAULT_POLL_INTERVAL_S: Final = 1.0
 KILL_GRACE_S: Final = 3.0
+# How long Prefect's own cancellation of a `Cancelling` run may take when the agent stops.
+CANCEL_WAIT_S: Final = 10.0
 # A run the control plane said `skip` to (or could not be asked about) is not asked
 # about again before this, so a run meant for another machine costs one claim per
 # interval, not one per poll.
@@ -314,7 +322,7 @@ class CshareWorker(ProcessWorker):
         poll_interval_s: float | None = None,
         warm_processes: int | None = None,
         flows_dir: str | None = None,
-        on_machine_gone: Callable[[str], None] | None = None,
+        on_machine_gone: Callable[[ApiProblem], None] | None = None,
     ) -> None:
         super().__init__(
             work_pool_name,
@@ -350,6 +358,9 @@ class CshareWorker(ProcessWorker):
         self._executor_ctx: FlowRunExecutorContext | None = None
         self._background: anyio.abc.TaskGroup | None = None
         self._poll_lock = anyio.Lock()
+        self._closing = False  # abort_all or stop was called: no new run is claimed
+        self._stopping = False
+        self._loops: anyio.CancelScope | None = None
 
     # -- what the agent reads -----------------------------------------------------
 
@@ -365,20 +376,70 @@ class CshareWorker(ProcessWorker):
         with_healthcheck: bool = False,
         printer: Callable[..., None] = print,
     ) -> None:
+        """Prefect's `BaseWorker.start` (3.8.8), with `stop()`: the service loops run in
+        a task group that `stop()` cancels from outside, so the worker then leaves its
+        context normally and its teardown (runs' task group, clients) is not cancelled
+        half-way. `run_once` and the health check are Prefect's own."""
         # Prefect reads its poll interval from settings inside start().
         with temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: self._poll_interval_s}):
-            await super().start(
-                run_once=run_once, with_healthcheck=with_healthcheck, printer=printer
-            )
+            if run_once or with_healthcheck:
+                await super().start(
+                    run_once=run_once, with_healthcheck=with_healthcheck, printer=printer
+                )
+                return
+            try:
+                async with self as worker:
+                    async with anyio.create_task_group() as loops:
+                        self._loops = loops.cancel_scope
+                        if self._stopping:
+                            loops.cancel_scope.cancel()
+                        services: list[tuple[Callable[[], Coroutine[Any, Any, Any]], float]] = [
+                            (self.get_and_submit_flow_runs, PREFECT_WORKER_QUERY_SECONDS.value()),
+                            (self._sync_and_initialize, self.heartbeat_interval_seconds),
+                        ]
+                        for workload, interval in services:
+                            loops.start_soon(
+                                partial(
+                                    critical_service_loop,
+                                    workload=workload,
+                                    interval=interval,
+                                    jitter_range=0.3,
+                                    backoff=4,  # up to ~1 minute interval during backoff
+                                )
+                            )
+                        self._started_event = await self._emit_worker_started_event()
+                        start_client_metrics_server()
+                        printer(f"Worker {worker.name!r} started!")
+                    self._loops = None
+            finally:
+                stop_client_metrics_server()
+
+    def stop(self) -> None:
+        """End `start()`: no new poll; the runs in flight are waited for (end them
+        first with `abort_all`)."""
+        self._stopping = True
+        self._closing = True
+        if self._loops is not None:
+            self._loops.cancel()
+
+    # Contexts are entered and left strictly in LIFO order (anyio requires it of task
+    # groups): the executor context (its own task group), Prefect's worker (the runs'
+    # task group), our background tasks; left in reverse, so the runs end before the
+    # process supervision they use goes.
 
     async def __aenter__(self) -> CshareWorker:
-        await super().__aenter__()
         self._api = AgentClient(self._control.api_url, self._control.machine_token)
         if os.environ.get("CSHARE_MEMORY_METHOD", "auto") != "rlimit":
             cgroups = limits.CgroupV2()
             self._cgroups = cgroups if cgroups.setup() else None
-        self._executor_ctx = FlowRunExecutorContext()
-        await self._executor_ctx.__aenter__()
+        executor_ctx = FlowRunExecutorContext()
+        await executor_ctx.__aenter__()
+        self._executor_ctx = executor_ctx
+        try:
+            await super().__aenter__()
+        except BaseException:
+            await self._close_own()
+            raise
         self._background = anyio.create_task_group()
         await self._background.__aenter__()
         self._background.start_soon(self._warm.keep_ready)
@@ -386,15 +447,28 @@ class CshareWorker(ProcessWorker):
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
+        # Every step is attempted even if one fails. The steps are not shielded from a
+        # cancellation as a whole: a task group entered outside a shielding scope cannot
+        # be left inside it (anyio's scopes nest); `stop()` is how not to cancel this.
         try:
             if self._background is not None:
                 self._background.cancel_scope.cancel()
                 await self._background.__aexit__(None, None, None)
-            await self._warm.close()
-            await super().__aexit__(*exc_info)  # waits for the runs in flight
+                self._background = None
         finally:
-            if self._executor_ctx is not None:
-                await self._executor_ctx.__aexit__(None, None, None)
+            try:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await self._warm.close()
+                await super().__aexit__(*exc_info)  # waits for the runs in flight
+            finally:
+                await self._close_own()
+
+    async def _close_own(self) -> None:
+        executor_ctx, self._executor_ctx = self._executor_ctx, None
+        try:
+            if executor_ctx is not None:
+                await executor_ctx.__aexit__(None, None, None)
+        finally:
             if self._api is not None:
                 await self._api.aclose()
 
@@ -438,7 +512,7 @@ class CshareWorker(ProcessWorker):
         self._grants.pop(flow_run_id, None)
 
     async def _submit_run(self, flow_run: FlowRun) -> None:
-        if time.monotonic() < self._not_before.get(flow_run.id, 0.0):
+        if self._closing or time.monotonic() < self._not_before.get(flow_run.id, 0.0):
             self._drop(flow_run.id)
             return
         self._active.add(flow_run.id)
@@ -462,11 +536,11 @@ class CshareWorker(ProcessWorker):
         try:
             answer = await self._api.claim(flow_run.id, running)
         except MachineGone as exc:
-            self._machine_gone(f"The control plane no longer knows this machine: {exc.detail}")
+            self._machine_gone(exc)
             return None
         except ApiProblem as exc:
             if exc.status == 403:  # the machine is not (or no longer) approved
-                self._machine_gone(exc.detail)
+                self._machine_gone(exc)
             elif exc.status == 404:
                 self._not_before[flow_run.id] = time.monotonic() + 60
                 run_logger.warning("Not claimed: %s", exc.detail)
@@ -495,10 +569,13 @@ class CshareWorker(ProcessWorker):
             )
         return answer
 
-    def _machine_gone(self, reason: str) -> None:
-        self._logger.error("%s", reason)
+    def _machine_gone(self, problem: ApiProblem) -> None:
+        """The control plane refused the machine (401/403): the agent stops (and says
+        why, once); a bare worker logs it."""
         if self._on_machine_gone is not None:
-            self._on_machine_gone(reason)
+            self._on_machine_gone(problem)
+        else:
+            self._logger.error("The control plane refused this machine: %s", problem.detail)
 
     # -- running under limits -------------------------------------------------------
 
@@ -566,6 +643,11 @@ class CshareWorker(ProcessWorker):
             with working_dir as cwd, self._inputs(grant, Path(cwd)) as inputs_env:
                 starter._cwd = Path(cwd)  # relative: to the worker's directory, as the host's
                 starter._env.update(await inputs_env())
+                if self._closing:
+                    # The agent is stopping and abort_all has ended this run already:
+                    # start nothing (an exception as readiness: Prefect records no PID).
+                    task_status.started(RuntimeError("the agent is stopping"))  # type: ignore[arg-type]
+                    return ProcessWorkerResult(status_code=-1, identifier="")
                 executor = self._executor_ctx.create_executor(
                     flow_run,
                     starter,
@@ -584,6 +666,11 @@ class CshareWorker(ProcessWorker):
                     if handle.pid is None:
                         raise RuntimeError("Flow run process has no PID")
                     task_status.started(handle.pid)
+                    if self._closing:  # abort_all ran while the process was starting
+                        with contextlib.suppress(Exception):
+                            await self._executor_ctx.process_manager.kill(
+                                flow_run.id, grace_seconds=KILL_GRACE_S
+                            )
             await self._report_limits(
                 flow_run, starter, memory, grant.max_runtime_s, reported=runtime_reported
             )
@@ -680,18 +767,63 @@ class CshareWorker(ProcessWorker):
             self._logger.warning("could not report the limit of %s: %s", flow_run_id, exc)
             return False
 
-    async def abort_all(self, reason: str) -> None:
-        """Stop every run this worker has (the machine was removed or rejected, or the
-        agent is stopping): kill its processes and end the runs `Crashed` with `reason`."""
+    async def abort_all(self, reason: str, *, cancelled: bool = False) -> list[uuid.UUID]:
+        """End every run this worker has, because the agent stops: no new run is claimed,
+        the runs' processes are stopped (SIGTERM, SIGKILL after a grace), and each run
+        ends with `reason`: `Cancelled` when `cancelled` (the machine may no longer
+        work: removed, rejected, its owner or organization gone, and the control plane
+        is cancelling its runs) or when someone was cancelling it anyway, else `Crashed`
+        (the agent was stopped). Returns the runs stopped (processes) or ended here.
+
+        Our end is forced after the kill: the engine reports its own `Crashed` on the
+        signal ("aborted by a termination signal"), which would hide the reason. A run
+        that finished on its own meanwhile (completed, failed, cancelled) keeps that.
+        """
+        self._closing = True
         if self._executor_ctx is None:
-            return
+            return []
         manager = self._executor_ctx.process_manager
-        ids = list(manager.flow_run_ids())
-        for flow_run_id in ids:
-            with contextlib.suppress(Exception):
+        with_process = set(manager.flow_run_ids())
+        live: dict[uuid.UUID, bool] = {}  # run -> it was being cancelled
+        for flow_run_id in sorted(with_process | self._active):
+            try:
+                run = await self.client.read_flow_run(flow_run_id)
+            except Exception as exc:  # Prefect unreachable: the control plane's sweep ends it
+                self._logger.warning("could not read flow run %s: %s", flow_run_id, exc)
+                continue
+            if run.state is None or not run.state.is_final():
+                live[flow_run_id] = run.state is not None and run.state.type is StateType.CANCELLING
+        async with anyio.create_task_group() as kills:
+            for flow_run_id in with_process:
+                kills.start_soon(self._kill, flow_run_id, live.get(flow_run_id, False))
+        for flow_run_id, cancelling in live.items():
+            end = Cancelled if cancelled or cancelling else Crashed
+            try:
+                await self._end_run(flow_run_id, end(message=reason))
+            except Exception as exc:
+                self._logger.warning("could not end flow run %s: %s", flow_run_id, exc)
+        return sorted(with_process | live.keys())
+
+    async def _kill(self, flow_run_id: uuid.UUID, cancelling: bool) -> None:
+        assert self._executor_ctx is not None
+        manager = self._executor_ctx.process_manager
+        with contextlib.suppress(Exception):
+            if cancelling:
+                # Prefect's cancellation observer stops it (SIGTERM after telling the
+                # engine on the control channel); a second SIGTERM would interrupt the
+                # engine's own clean-up. Only if it outlives that: SIGKILL.
+                if not await manager.wait_for_exit(flow_run_id, grace_seconds=CANCEL_WAIT_S):
+                    await manager.kill(flow_run_id, force=True)
+            else:
                 await manager.kill(flow_run_id, grace_seconds=KILL_GRACE_S)
-        for flow_run_id in ids:
-            with contextlib.suppress(Exception):
-                await self.client.set_flow_run_state(
-                    flow_run_id, Crashed(message=reason), force=False
-                )
+
+    async def _end_run(self, flow_run_id: uuid.UUID, end: State[Any]) -> None:
+        """Set `end` unless the run finished on its own meanwhile."""
+        current = (await self.client.read_flow_run(flow_run_id)).state
+        if current is not None and current.type in (
+            StateType.COMPLETED,
+            StateType.FAILED,
+            StateType.CANCELLED,
+        ):
+            return
+        await self.client.set_flow_run_state(flow_run_id, end, force=True)

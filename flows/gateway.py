@@ -497,6 +497,11 @@ class PrefectGateway:
     def read_work_pool(self, name: str) -> WorkPoolInfo:
         return _work_pool_info(self._get(f"/work_pools/{_q(name)}"))
 
+    def delete_work_pool(self, name: str) -> None:
+        """Delete a work pool (its queues go with it). Idempotent: an unknown name is
+        not an error. Delete the deployments that use it first."""
+        self._request("DELETE", f"/work_pools/{_q(name)}", ok_statuses=(404,))
+
     def ensure_flow(self, name: str) -> UUID:
         # POST /flows/ returns the existing flow for a known name (200) or creates it (201).
         return UUID(self._post("/flows/", {"name": name})["id"])
@@ -787,12 +792,29 @@ class PrefectGateway:
             flow_run_id, {"type": "CRASHED", "name": "Crashed", "message": reason}
         )
 
-    def _set_state(self, flow_run_id: UUID, state: dict[str, Any]) -> FlowRunRef:
-        # Orchestrated (force=False): Prefect's rules keep terminal runs terminal. The
+    def force_cancel_flow_run(self, flow_run_id: UUID, reason: str) -> FlowRunRef:
+        """End a run nobody will finish cancelling: `Cancelled` at once, forced.
+
+        For runs whose organization is gone (its agents are told to stop and kill
+        their processes): a `Cancelling` run would wait forever for a worker to
+        confirm, and Prefect's rules refuse some direct moves (e.g. out of `Paused`).
+        Final runs keep their outcome: the current state is read first.
+        """
+        current = self.read_flow_run(flow_run_id)
+        if current.is_final:
+            return current.ref()
+        return self._set_state(
+            flow_run_id, {"type": "CANCELLED", "name": "Cancelled", "message": reason}, force=True
+        )
+
+    def _set_state(
+        self, flow_run_id: UUID, state: dict[str, Any], *, force: bool = False
+    ) -> FlowRunRef:
+        # Orchestrated unless forced: Prefect's rules keep terminal runs terminal. The
         # transition_id makes a retried request a no-op if the first one landed.
         details = dict(state.get("state_details") or {})
         details["transition_id"] = str(uuid.uuid4())
-        body = {"state": {**state, "state_details": details}, "force": False}
+        body = {"state": {**state, "state_details": details}, "force": force}
         result = self._post(f"/flow_runs/{flow_run_id}/set_state", body)
         new_state = result.get("state")
         if new_state and result.get("status") in ("ACCEPT", "REJECT"):

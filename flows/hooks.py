@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from flows import ledger
+from flows.gateway import work_pool_name
+from flows.jobs import SETTLED_PREFECT_STATES
 from flows.models import (
     ACTIVE_STATES,
     CANCELLING,
@@ -24,8 +26,9 @@ from flows.models import (
     PrefectTask,
     Schedule,
 )
-from orgs import audit
-from orgs.models import Organization
+from orgs import audit, settings_doc
+from orgs.models import Machine, Organization
+from policies.errors import Invalid
 from policies.job_states import JobEvent
 
 MEMBER_GONE = "Its owner is no longer a member of the organization."
@@ -79,20 +82,26 @@ def cancel_member_jobs(session: Session, org: Organization, user_id: uuid.UUID) 
 
 
 def forget_org_in_prefect(session: Session, org: Organization) -> None:
-    """The org's rows go with it (cascade); queue the Prefect side for the dispatcher:
-    live runs cancelled, deployments (and so their schedules and queued runs) deleted."""
+    """The org's rows go with it (cascade); queue the Prefect side for the dispatcher,
+    in this order: every live run ends `Cancelled` (forced: the org's agents are told
+    to stop, so nobody would finish a cancellation), its deployments (and so their
+    schedules and queued runs) are deleted, then its work pools. The queue survives a
+    restart, and every step is idempotent."""
+    reason = f"The organization '{org.slug}' was deleted."
     runs = session.scalars(
         select(Job.flow_run_id).where(
             Job.org_id == org.id,
-            Job.state.in_(tuple(ACTIVE_STATES | {HELD})),
             Job.flow_run_id.is_not(None),
+            # Live in our ledger, or final here while Prefect may not have ended it yet.
+            or_(
+                Job.state.in_(tuple(ACTIVE_STATES | {HELD})),
+                Job.prefect_state.not_in(tuple(SETTLED_PREFECT_STATES)),
+            ),
         )
     ).all()
     for run_id in runs:
         if run_id is not None:
-            session.add(
-                PrefectTask(kind="cancel_run", target_id=run_id, reason="Organization deleted.")
-            )
+            session.add(PrefectTask(kind="force_cancel_run", target_id=run_id, reason=reason))
     deployments = session.scalars(
         select(Deployment.prefect_deployment_id).where(
             Deployment.org_id == org.id, Deployment.prefect_deployment_id.is_not(None)
@@ -100,15 +109,34 @@ def forget_org_in_prefect(session: Session, org: Organization) -> None:
     ).all()
     for dep_id in deployments:
         if dep_id is not None:
-            session.add(
-                PrefectTask(
-                    kind="delete_deployment", target_id=dep_id, reason="Organization deleted."
-                )
-            )
+            session.add(PrefectTask(kind="delete_deployment", target_id=dep_id, reason=reason))
+    for pool in _work_pools_of(session, org):
+        session.add(
+            PrefectTask(kind="delete_work_pool", target_id=org.id, target_name=pool, reason=reason)
+        )
     # Explicit deletes: not every backend configuration cascades (and order matters).
     session.execute(delete(Job).where(Job.org_id == org.id))
     session.execute(delete(Schedule).where(Schedule.org_id == org.id))
     session.execute(delete(Deployment).where(Deployment.org_id == org.id))
+
+
+def _work_pools_of(session: Session, org: Organization) -> list[str]:
+    """Every pool the org may have in Prefect, `<slug>-<type>`: one per machine type its
+    deployments, jobs, machines (agents create their own pool) or limits name."""
+    types = set(settings_doc.load(org.settings).limits.machine_types)
+    for column, org_id in (
+        (Deployment.machine_type, Deployment.org_id),
+        (Job.machine_type, Job.org_id),
+        (Machine.machine_type, Machine.org_id),
+    ):
+        types.update(session.scalars(select(column).where(org_id == org.id).distinct()))
+    pools: list[str] = []
+    for machine_type in sorted(types):
+        try:
+            pools.append(work_pool_name(org.slug, machine_type))
+        except Invalid:  # a name Prefect reserves: no such pool was ever created
+            continue
+    return pools
 
 
 def _queue_schedule_deletions(

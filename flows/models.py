@@ -165,8 +165,10 @@ class PrefectTask(Base):
     a member's schedules removed): the dispatcher carries it out, then deletes the row.
 
     ``kind``: ``delete_deployment`` (target: Prefect deployment id), ``cancel_run``
-    (target: flow run id), ``delete_schedule`` (target: Prefect schedule id of
-    ``deployment_id``).
+    (target: flow run id), ``force_cancel_run`` (target: flow run id; for runs nobody
+    will finish cancelling), ``delete_schedule`` (target: Prefect schedule id of
+    ``deployment_id``), ``delete_work_pool`` (``target_name``: the pool; target: the
+    deleted organization's id).
     """
 
     __tablename__ = "prefect_outbox"
@@ -174,6 +176,8 @@ class PrefectTask(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32))
     target_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    # For targets Prefect knows by name (work pools).
+    target_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     deployment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -30,9 +30,14 @@ def wire_hooks() -> None:
         hooks.cancel_member_jobs,
     ):
         cascade.on_member_removed(member_hook)
-    # Organization deleted: datasets first (their rows point at the org's stores), then
-    # jobs, schedules and deployments, with the Prefect side queued for the dispatcher.
-    for org_hook in (catalog.drop_org_datasets, hooks.forget_org_in_prefect):
+    # Organization deleted: its machines' tokens retired (their agents learn why), datasets
+    # (their rows point at the org's stores), then jobs, schedules and deployments, with
+    # the Prefect side queued for the dispatcher.
+    for org_hook in (
+        machines.retire_org_machines,
+        catalog.drop_org_datasets,
+        hooks.forget_org_in_prefect,
+    ):
         cascade.on_org_deleted(org_hook)
     # A rejected or removed machine's runs are to be cancelled (rows; Prefect after).
     machines.on_machine_revoked(claims.mark_runs_for_cancellation)

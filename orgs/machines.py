@@ -29,14 +29,17 @@ from sqlalchemy.orm import Session
 from orgs import audit, security, settings_doc
 from orgs.context import OrgContext
 from orgs.db import utcnow
-from orgs.models import Machine, Organization, User
+from orgs.models import Machine, Organization, RetiredMachineToken, User
 from policies import access
 from policies.access import MachineFacts, Scope, Viewer
 from policies.errors import Conflict, Invalid, LimitExceeded, NotFound, Unauthenticated
 from policies.permissions import Permission
 
 __all__ = [
+    "MACHINE_REMOVED",
     "MAX_SLOTS",
+    "ORG_DELETED",
+    "OWNER_NOT_MEMBER",
     "Capacity",
     "Health",
     "IssuedMachine",
@@ -55,6 +58,11 @@ __all__ = [
     "remove",
     "view",
 ]
+
+# Why a machine token stopped working: the `error` code of the 401 its agent gets (stable).
+MACHINE_REMOVED: Final = "machine_removed"
+OWNER_NOT_MEMBER: Final = "owner_not_member"
+ORG_DELETED: Final = "org_deleted"
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_SLOTS: Final = 256
@@ -139,6 +147,19 @@ def on_machine_revoked(hook: RevokedHook) -> RevokedHook:
 def _revoked(session: Session, machine: Machine, reason: str) -> None:
     for hook in _revoked_hooks:
         hook(session, machine, reason)
+
+
+def _retire(session: Session, machine: Machine, code: str, detail: str) -> None:
+    """Remember why the machine's token dies with its row, for its agent (no commit)."""
+    session.add(
+        RetiredMachineToken(
+            token_hash=machine.token_hash,
+            machine_id=machine.id,
+            org_id=machine.org_id,
+            code=code,
+            detail=detail,
+        )
+    )
 
 
 # ------------------------------------------------------------------------- helpers
@@ -419,6 +440,12 @@ def remove(ctx: OrgContext, session: Session, machine_id: uuid.UUID) -> Machine:
         access.can_manage_machine(viewer, facts), access.manage_machine_permission(viewer, facts)
     )
     _revoked(session, machine, f"The machine '{machine.name}' was removed from the organization.")
+    _retire(
+        session,
+        machine,
+        MACHINE_REMOVED,
+        f"Machine '{machine.name}' was removed from the organization '{ctx.org.slug}'.",
+    )
     before = _snapshot(machine)
     session.delete(machine)
     audit.record(
@@ -442,6 +469,24 @@ def revoke_member_machines(session: Session, org: Organization, user_id: uuid.UU
     ).all()
     for machine in machines:
         _revoked(session, machine, f"The owner of machine '{machine.name}' left the organization.")
+        _retire(
+            session,
+            machine,
+            OWNER_NOT_MEMBER,
+            f"The owner of machine '{machine.name}' is no longer a member of the "
+            f"organization '{org.slug}'.",
+        )
+
+
+def retire_org_machines(session: Session, org: Organization) -> None:
+    """Cascade hook: the organization goes, so do its machines' tokens (rows only)."""
+    for machine in session.scalars(select(Machine).where(Machine.org_id == org.id)):
+        _retire(
+            session,
+            machine,
+            ORG_DELETED,
+            f"The organization '{org.slug}' of machine '{machine.name}' was deleted.",
+        )
 
 
 # ------------------------------------------------------------------- agent's side
@@ -450,18 +495,21 @@ def revoke_member_machines(session: Session, org: Organization, user_id: uuid.UU
 def authenticate(session: Session, token: str) -> Machine:
     """The machine behind a machine token; 401 for anything else.
 
-    A removed machine's token finds no row (it was deleted), so it is refused like a
-    forged one. Session and personal tokens are refused too: they are not machine tokens.
+    A retired token (machine removed, owner no longer a member, organization deleted)
+    is refused with that reason as its code; an unknown one with `bad_machine_token`.
+    Session and personal tokens are refused too: they are not machine tokens.
     """
     if not token.startswith(security.TOKEN_KINDS["machine"] + "_"):
         raise Unauthenticated(
             "This call needs a machine token (the one `cshare agent start` received).",
             code="bad_machine_token",
         )
-    machine = session.scalars(
-        select(Machine).where(Machine.token_hash == security.hash_token(token))
-    ).first()
+    token_hash = security.hash_token(token)
+    machine = session.scalars(select(Machine).where(Machine.token_hash == token_hash)).first()
     if machine is None:
+        retired = session.get(RetiredMachineToken, token_hash)
+        if retired is not None:
+            raise Unauthenticated(retired.detail, code=retired.code)
         raise Unauthenticated(
             "The machine token is unknown: the machine was removed, or the token is wrong.",
             code="bad_machine_token",

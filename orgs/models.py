@@ -1,5 +1,6 @@
 """Tables of the tenancy layer: users, tokens, organizations, memberships, invitations,
-settings versions, machines and the audit log."""
+settings versions, machines (and why retired machine tokens stopped working) and the
+audit log."""
 
 from __future__ import annotations
 
@@ -153,6 +154,24 @@ class Machine(Base):
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     running_jobs: Mapped[int] = mapped_column(Integer, default=0)
     last_job_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RetiredMachineToken(Base):
+    """Why a machine token stopped working: the machine row (and with it the token's
+    hash) is gone, so this is what lets its agent be told *why* (orgs.machines).
+
+    `code` is stable for agents: `machine_removed`, `owner_not_member`, `org_deleted`.
+    No foreign keys: the record outlives the machine and the organization.
+    """
+
+    __tablename__ = "retired_machine_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    machine_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    org_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    code: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    retired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AuditEvent(Base):

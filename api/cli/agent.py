@@ -52,7 +52,14 @@ def start(
 ) -> None:
     """Register this machine (once), wait for approval, then run the org's jobs.
 
-    Exits 1 when the machine is rejected or removed, saying why.
+    When it ends it stops its running jobs and says why in one line. Exit status:
+
+    \b
+    0  stopped by SIGINT or SIGTERM
+    3  the machine may no longer work: rejected, removed, its owner no longer a
+       member, or the organization deleted (do not restart it as is)
+    1  it could not start (not registered and no login, registration refused)
+    75 the API was unreachable at start (try again later)
     """
     import anyio
 

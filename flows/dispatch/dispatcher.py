@@ -83,7 +83,7 @@ from flows.usage import REQUESTED_KEY, admission_snapshot, job_request_for
 from orgs import metrics
 from orgs.config import Settings
 from orgs.db import Database, utcnow
-from orgs.models import Membership, Organization, User
+from orgs.models import Machine, Membership, Organization, User
 from policies.admission import Accept, Hold, JobRequest, Reject, decide
 from policies.errors import DomainError, Unavailable
 from policies.job_states import PREFECT_END_EVENTS, JobEvent, Verdict, rule_for
@@ -96,6 +96,8 @@ _LIVE_RUN_STATES: Final = (StateType.SCHEDULED, StateType.PENDING, StateType.RUN
 _ADOPT_PAGES: Final = 5
 _SETTLE_WINDOW: Final = timedelta(days=7)
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# Agent heartbeats a deleted organization's pools are kept for (see _drain_outbox).
+_POOL_GRACE_HEARTBEATS: Final = 3
 
 
 # ------------------------------------------------------------- state mapping (pure)
@@ -590,16 +592,38 @@ class Dispatcher(Service):
         self._drain_outbox(report)
 
     def _drain_outbox(self, report: CycleReport) -> None:
+        # A deleted org's agents may still be running for a few heartbeats, and an agent
+        # of ours creates its pool when it finds none: pools go once they have stopped.
+        settled_at = utcnow() - timedelta(seconds=_POOL_GRACE_HEARTBEATS * self._heartbeat_s)
         with self.db.session(write=False) as s:
-            tasks = s.scalars(select(PrefectTask).order_by(PrefectTask.id).limit(self.batch)).all()
+            tasks = s.scalars(
+                select(PrefectTask)
+                .where(
+                    or_(
+                        PrefectTask.kind != "delete_work_pool",
+                        PrefectTask.created_at <= settled_at,
+                    )
+                )
+                .order_by(PrefectTask.id)
+                .limit(self.batch)
+            ).all()
         for task in tasks:
             try:
                 if task.kind == "delete_deployment":
                     self.gateway.delete_deployment(task.target_id)
                 elif task.kind == "cancel_run":
                     self.gateway.cancel_flow_run(task.target_id, task.reason or None)
+                elif task.kind == "force_cancel_run":
+                    self.gateway.force_cancel_flow_run(task.target_id, task.reason or "Cancelled.")
                 elif task.kind == "delete_schedule" and task.deployment_id is not None:
                     self.gateway.delete_deployment_schedule(task.deployment_id, task.target_id)
+                elif task.kind == "delete_work_pool" and task.target_name:
+                    with self.db.session(write=False) as s:
+                        taken = _pool_in_use(s, task.target_name)
+                    if taken:  # the slug was taken again since: the pool is theirs now
+                        log.info("outbox: work pool %s kept, in use again", task.target_name)
+                    else:
+                        self.gateway.delete_work_pool(task.target_name)
             except Unavailable:
                 raise
             except DomainError as exc:  # gone already, or refused: nothing left to do
@@ -607,6 +631,10 @@ class Dispatcher(Service):
             with self.db.transaction() as s:
                 s.execute(delete(PrefectTask).where(PrefectTask.id == task.id))
             report.settled += 1
+
+    @property
+    def _heartbeat_s(self) -> float:
+        return max(0.0, self.settings.agent_heartbeat_interval_s)
 
     # -- 4. release ------------------------------------------------------------------
 
@@ -909,6 +937,24 @@ class Dispatcher(Service):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _pool_in_use(s: Session, pool: str) -> bool:
+    """Whether a live organization owns the work pool `pool` (`<slug>-<type>`, see
+    flows.gateway.work_pool_name): a slug taken again after its organization was
+    deleted, with deployments or machines of that type."""
+    slugs = [pool[:i] for i, char in enumerate(pool) if char == "-"]
+    for org_id, slug in s.execute(
+        select(Organization.id, Organization.slug).where(Organization.slug.in_(slugs))
+    ):
+        machine_type = pool[len(slug) + 1 :]
+        for column, owner in (
+            (Deployment.machine_type, Deployment.org_id),
+            (Machine.machine_type, Machine.org_id),
+        ):
+            if s.scalar(select(column).where(owner == org_id, column == machine_type).limit(1)):
+                return True
+    return False
 
 
 def _as_uuid(value: str | None) -> uuid.UUID | None:

@@ -7,7 +7,7 @@ The tests run in order on that stack:
 
 - a member registers both machines, an admin approves them, jobs of both types run on
   the right machines;
-- a machine an admin rejects makes its agent stop, say why and exit 1;
+- a machine an admin rejects makes its agent stop, say why and exit 3;
 - limits: memory beyond the limit fails naming it, a sleep beyond the runtime is
   stopped near the limit, 2 slots never run 3 jobs at once;
 - a run created straight through Prefect by a removed member is refused, with the
@@ -180,12 +180,21 @@ class Stack:
 
     # -- agents ----------------------------------------------------------------------
 
-    def start_agent(self, name: str, machine_type: str, slots: int) -> subprocess.Popen[bytes]:
+    def start_agent(
+        self,
+        name: str,
+        machine_type: str,
+        slots: int,
+        *,
+        token: str | None = None,
+        org: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """`cshare agent start` as `token`'s holder (default: the member) in `org`."""
         env = _clean_env()
         env.update(
             CSHARE_API_URL=self.url,
-            CSHARE_TOKEN=self.member_token,
-            CSHARE_ORG=self.slug,
+            CSHARE_TOKEN=token or self.member_token,
+            CSHARE_ORG=org or self.slug,
             CSHARE_CONFIG=str(self.home / "cli.json"),
             CSHARE_AGENT_HOME=str(self.home / "agent"),
             PREFECT_HOME=str(self.home / f"prefect-{name}"),
@@ -433,7 +442,7 @@ def test_a_rejected_machine_stops_its_agent_with_the_reason(stack: Stack) -> Non
         json={"reason": "not a lab machine"},
     )
     code = agent.wait(timeout=30)
-    assert code == 1
+    assert code == 3  # EXIT_ENDED (docs/agents.md)
     assert "not a lab machine" in stack.agent_log("rogue-box")
     del stack.agents["rogue-box"]
 

@@ -368,11 +368,19 @@ def test_org_deletion_cleans_up_prefect(api: ApiClient, fake: FakePrefect) -> No
     assert count_jobs(api.db) == 0
     dispatcher(api.db, fake).run_once()
     calls = {(name, target) for name, target in fake.calls}
-    assert ("cancel_flow_run", uuid.UUID(running["flow_run_id"])) in calls
-    assert ("cancel_flow_run", uuid.UUID(held["flow_run_id"])) in calls
+    # Every live run ends (forced: the org's agents stop, nobody finishes a cancel).
+    for run in (running, held):
+        assert ("force_cancel_flow_run", uuid.UUID(run["flow_run_id"])) in calls
+        assert fake.runs[uuid.UUID(run["flow_run_id"])].info.state_type is StateType.CANCELLED
     assert any(name == "delete_deployment" for name, _ in calls)
     from flows.models import PrefectTask
 
+    # The pools wait until the org's agents have heard (three heartbeats), then go.
+    assert fake.deleted_pools == []
+    with api.db.session(write=False) as s:
+        assert {t.kind for t in s.scalars(select(PrefectTask))} == {"delete_work_pool"}
+    dispatcher(api.db, fake, agent_heartbeat_interval_s=0.0).run_once()
+    assert f"{org.slug}-cpu" in fake.deleted_pools
     with api.db.session(write=False) as s:
         assert s.scalars(select(PrefectTask)).all() == []
 

@@ -232,6 +232,41 @@ def test_state_changes(prefect_gateway: PrefectGateway, deployment: uuid.UUID) -
     assert prefect_gateway.read_flow_run(scheduled).end_time is not None
 
 
+def test_a_run_nobody_will_finish_cancelling_is_forced_to_cancelled(
+    prefect_gateway: PrefectGateway, deployment: uuid.UUID
+) -> None:
+    def running() -> uuid.UUID:
+        run = prefect_gateway.create_flow_run(deployment, idempotency_key=str(uuid.uuid4())).id
+        prefect_gateway._set_state(run, {"type": "PENDING", "name": "Pending"})
+        prefect_gateway._set_state(run, {"type": "RUNNING", "name": "Running"})
+        return run
+
+    # Its agent is gone: a cancel leaves it Cancelling; forcing ends it, with the reason.
+    stuck = running()
+    assert prefect_gateway.cancel_flow_run(stuck).state_type is StateType.CANCELLING
+    ended = prefect_gateway.force_cancel_flow_run(stuck, "The organization was deleted.")
+    assert ended.state_type is StateType.CANCELLED
+    assert prefect_gateway.read_flow_run(stuck).message == "The organization was deleted."
+    assert prefect_gateway.force_cancel_flow_run(stuck, "again") == ended  # idempotent
+    # A held run, too; a finished run keeps its outcome.
+    held = prefect_gateway.create_flow_run(
+        deployment, idempotency_key=str(uuid.uuid4()), held=True
+    ).id
+    assert prefect_gateway.force_cancel_flow_run(held, "gone").state_type is StateType.CANCELLED
+    done = running()
+    prefect_gateway._set_state(done, {"type": "COMPLETED", "name": "Completed"})
+    assert prefect_gateway.force_cancel_flow_run(done, "gone").state_type is StateType.COMPLETED
+
+
+def test_deleting_a_work_pool_is_idempotent(prefect_gateway: PrefectGateway) -> None:
+    name = _unique("gone")
+    prefect_gateway.ensure_work_pool(name, description="to be deleted")
+    prefect_gateway.delete_work_pool(name)
+    prefect_gateway.delete_work_pool(name)  # an unknown pool is not an error
+    with pytest.raises(NotFound):
+        prefect_gateway.read_work_pool(name)
+
+
 def test_read_flow_runs_batches(prefect_gateway: PrefectGateway, deployment: uuid.UUID) -> None:
     ids = [
         prefect_gateway.create_flow_run(deployment, idempotency_key=str(uuid.uuid4())).id

@@ -199,6 +199,7 @@ class FakePrefect:
         self._lock = threading.RLock()
         self._failures = 0
         self.deployments: dict[str, uuid.UUID] = {}
+        self.deleted_pools: list[str] = []
 
     # -- test controls --
     def fail_next(self, n: int) -> None:
@@ -266,6 +267,11 @@ class FakePrefect:
 
     def delete_deployment(self, deployment_id: uuid.UUID) -> None:
         self._call("delete_deployment", deployment_id)
+
+    def delete_work_pool(self, name: str) -> None:
+        self._call("delete_work_pool")
+        with self._lock:
+            self.deleted_pools.append(name)
 
     def create_deployment_schedule(self, deployment_id: uuid.UUID, **_: Any) -> uuid.UUID:
         self._call("create_deployment_schedule", deployment_id)
@@ -408,6 +414,14 @@ class FakePrefect:
                 return info.ref()
             if info.state_type is StateType.RUNNING:
                 return self._set(flow_run_id, StateType.CANCELLING, "Cancelling", reason)
+            return self._set(flow_run_id, StateType.CANCELLED, "Cancelled", reason)
+
+    def force_cancel_flow_run(self, flow_run_id: uuid.UUID, reason: str) -> FlowRunRef:
+        self._call("force_cancel_flow_run", flow_run_id)
+        with self._lock:
+            info = self.runs[flow_run_id].info
+            if info.is_final:
+                return info.ref()
             return self._set(flow_run_id, StateType.CANCELLED, "Cancelled", reason)
 
     def read_logs(self, flow_run_id: uuid.UUID, offset: int = 0, limit: int = 200) -> list[LogLine]:

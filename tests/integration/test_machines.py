@@ -181,10 +181,40 @@ def test_removing_machines_own_and_others(api: ApiClient) -> None:
     assert api.delete(f"/orgs/{slug}/machines/{mine['id']}", member).status_code == 204
     assert api.get(f"/orgs/{slug}/machines/{mine['id']}", member).status_code == 404
     assert api.delete(f"/orgs/{slug}/machines/{theirs['id']}", owner).status_code == 204
-    # The removed machine's token is dead: heartbeats get 401, nothing is recorded.
+    # The removed machine's token is dead: heartbeats get 401 saying why, nothing is
+    # recorded.
     r = api.client.post("/api/v1/agent/heartbeat", headers=_agent(token), json={"running": []})
-    assert r.status_code == 401 and r.json()["error"] == "bad_machine_token"
+    assert r.status_code == 401 and r.json()["error"] == "machine_removed"
+    assert "was removed" in r.json()["detail"]
     assert _actions(api, slug).count("machine.removed") == 2
+
+
+def test_a_dead_token_says_why_it_died(api: ApiClient) -> None:
+    """The agent is told which end it met (agents.agent exits 3 on each), by a stable
+    code: its owner left or was removed, or the organization was deleted."""
+    owner, slug = _org(api, approval_required=False)
+    leaver, removed = api.signup(), api.signup()
+    api.add_member(slug, owner, leaver)
+    api.add_member(slug, owner, removed)
+    _, leaver_token = _register(api, slug, leaver)
+    _, removed_token = _register(api, slug, removed)
+    _, owner_token = _register(api, slug, owner)
+    assert api.post(f"/orgs/{slug}/leave", leaver).status_code == 204
+    assert api.delete(f"/orgs/{slug}/members/{removed.id}", owner).status_code == 204
+    name = api.get(f"/orgs/{slug}", owner).json()["name"]
+    r = api.request("DELETE", f"/orgs/{slug}", owner, json={"confirm": name})
+    assert r.status_code == 204, r.text
+    for token, code, says in (
+        (leaver_token, "owner_not_member", "no longer a member"),
+        (removed_token, "owner_not_member", "no longer a member"),
+        (owner_token, "org_deleted", f"organization '{slug}'"),
+    ):
+        r = api.client.post("/api/v1/agent/heartbeat", headers=_agent(token), json={"running": []})
+        assert r.status_code == 401 and r.json()["error"] == code, r.text
+        assert says in r.json()["detail"]
+    # A token nobody ever issued is still just unknown.
+    r = api.client.get("/api/v1/agent/me", headers=_agent("cs_m_" + "B" * 43))
+    assert r.status_code == 401 and r.json()["error"] == "bad_machine_token"
 
 
 def test_agent_routes_take_only_machine_tokens(api: ApiClient) -> None:

@@ -77,7 +77,11 @@ def test_app_wires_every_cascade_hook_in_order(sqlite_database: Database) -> Non
             hooks.cancel_member_jobs,
         ]
         assert machines._revoked_hooks == [claims.mark_runs_for_cancellation]
-        assert cascade._org_hooks == [catalog.drop_org_datasets, hooks.forget_org_in_prefect]
+        assert cascade._org_hooks == [
+            machines.retire_org_machines,
+            catalog.drop_org_datasets,
+            hooks.forget_org_in_prefect,
+        ]
 
 
 # Registration calls that must only be made by flows.wiring, never when a module loads.
