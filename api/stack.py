@@ -574,6 +574,9 @@ class Stack:
         return env
 
     def _start_api(self, auth: str) -> Child:
+        from orgs.config import get_settings
+
+        proxies = get_settings().trusted_proxies
         args = [
             sys.executable,
             "-m",
@@ -587,6 +590,8 @@ class Stack:
             "--log-level",
             "info",
             "--no-access-log",
+            # X-Forwarded-* only from the proxies the app trusts (uvicorn: loopback).
+            *(["--forwarded-allow-ips", proxies] if proxies else ["--no-proxy-headers"]),
         ]
         child = spawn(
             "API",

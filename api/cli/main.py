@@ -81,4 +81,15 @@ def server(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     typer.echo(f"Compute Share API listening on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    from orgs.config import get_settings
+
+    # uvicorn believes X-Forwarded-* only from the proxies the app trusts (not loopback).
+    proxies = get_settings().trusted_proxies
+    uvicorn.run(
+        create_app(),
+        host=host,
+        port=port,
+        log_level="info",
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )
