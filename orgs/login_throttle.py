@@ -12,6 +12,10 @@ next wait and the others are refused.
 
 Unknown e-mails get rows like known ones: a throttled address or e-mail behaves the
 same whether or not an account exists.
+
+What a throttle cannot do: someone who guesses at an account the moment each wait ends
+competes with the owner for that turn. The owner never waits longer than the current
+delay for a turn, and such a guesser gets one guess per `login_delay_max_s` at most.
 """
 
 from __future__ import annotations
