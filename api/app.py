@@ -35,6 +35,7 @@ from flows.prefect_access import gateway_from_settings
 from orgs import migrate
 from orgs.config import Settings, get_settings
 from orgs.db import Database
+from orgs.rate_limits import RateLimits
 
 log = logging.getLogger("cshare.api")
 
@@ -98,6 +99,8 @@ def create_app(
     app.state.settings = settings
     app.state.db = db
     app.state.services = []
+    app.state.rate_limits = RateLimits(settings)
+    app.state.trusted_proxies = settings.trusted_proxy_networks()
     # Request handlers get the budgeted, urgent view; the dispatcher the gateway itself.
     app.state.gateway = prefect.for_requests(settings.prefect_request_budget_s)
     errors.install(app)

@@ -19,6 +19,7 @@ from orgs.config import Settings
 from orgs.context import OrgContext, member_context
 from orgs.db import Database
 from orgs.models import ApiToken, Machine, User
+from orgs.rate_limits import RateLimits
 from policies.errors import Unauthenticated
 from policies.permissions import Permission
 
@@ -47,8 +48,14 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+async def get_rate_limits(request: Request) -> RateLimits:
+    limits: RateLimits = request.app.state.rate_limits
+    return limits
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 

@@ -19,6 +19,7 @@ from policies.errors import (
     Invalid,
     LimitExceeded,
     NotFound,
+    TooManyAttempts,
     Unauthenticated,
     Unavailable,
 )
@@ -75,7 +76,11 @@ def install(app: FastAPI) -> None:
         extra: dict[str, object] = {}
         if isinstance(exc, Invalid) and exc.field:
             extra["field"] = exc.field
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+        headers: dict[str, str] | None = None
+        if isinstance(exc, Unauthenticated):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, TooManyAttempts):
+            headers = {"Retry-After": str(exc.retry_after_s)}
         return JSONResponse(
             error_body(exc.code, exc.detail, **extra), status_code=status_for(exc), headers=headers
         )

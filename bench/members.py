@@ -97,7 +97,6 @@ def seed(db: Database, members: int, audit_rows: int) -> Seeded:
                 "name": f"member{i:05d}",
                 "password_hash": password_hash,
                 "created_at": start,
-                "failed_logins": 0,
             }
             for i in range(members)
         ]

@@ -1,21 +1,23 @@
-"""Accounts: sign-up, login with throttling, logout, personal access tokens."""
+"""Accounts: sign-up, login (throttled: orgs.login_throttle), logout, personal tokens."""
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from orgs import security
-from orgs.config import get_settings
+from orgs import login_throttle, security
+from orgs.config import Settings, get_settings
 from orgs.db import utcnow
 from orgs.models import ApiToken, User
-from policies.errors import Conflict, Invalid, LimitExceeded, NotFound, Unauthenticated
+from policies.errors import Conflict, Invalid, NotFound, Unauthenticated
+from policies.throttle import address_key
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]{1,255}\.[^@\s\x00-\x1f]{1,63}$")
@@ -73,62 +75,65 @@ def _session_expiry() -> datetime:
     return utcnow() + timedelta(days=get_settings().session_token_days)
 
 
+# One answer for a taken e-mail and a taken name, so sign-up does not say which e-mails
+# have accounts (see `signup`).
+_TAKEN = (
+    "An account cannot be created with that email and name. If you already have an "
+    "account, sign in; otherwise choose another name."
+)
+
+
 def signup(session: Session, *, email: str, name: str, password: str) -> tuple[User, IssuedToken]:
+    """Create an account and its first session.
+
+    Without e-mail verification a sign-up cannot hide that *something* is taken, so a
+    taken e-mail and a taken name get the same answer (409 `email_or_name_taken`), and
+    the password is hashed before the check so both answers take the same time. What is
+    left (trying an e-mail with a fresh name) is slowed by `CSHARE_RATE_LIMIT_SIGNUP`.
+    """
     email = normalize_email(email)
     validate_name(name)
     validate_password(password)
+    password_hash = security.hash_password(password)
     taken = session.scalars(select(User).where((User.email == email) | (User.name == name))).first()
     if taken is not None:
-        field = "email" if taken.email == email else "name"
-        raise Conflict(f"An account with that {field} already exists.", code=f"{field}_taken")
-    user = User(email=email, name=name, password_hash=security.hash_password(password))
+        raise Conflict(_TAKEN, code="email_or_name_taken")
+    user = User(email=email, name=name, password_hash=password_hash)
     session.add(user)
     issued = _issue(session, user, "session", "signup", _session_expiry())
     try:
         session.commit()
     except IntegrityError as exc:  # a concurrent sign-up won the race
         session.rollback()
-        raise Conflict("An account with that email or name already exists.") from exc
+        raise Conflict(_TAKEN, code="email_or_name_taken") from exc
     return user, issued
 
 
-def login(session: Session, *, email: str, password: str) -> IssuedToken:
-    """Check the password; after `login_max_failures` failures lock the account briefly.
+def login(
+    session: Session, *, email: str, password: str, address: str, settings: Settings
+) -> IssuedToken:
+    """Check the password, throttled per account and per client address.
 
-    Unknown emails and wrong passwords give the same answer in the same time.
+    Unknown e-mails and wrong passwords give the same answer in the same time, and are
+    throttled alike (`orgs.login_throttle`: the attempt is counted before the check and
+    given back when the password is right; a right password also resets the account).
     """
-    settings = get_settings()
-    try:
-        email = normalize_email(email)
-    except Invalid:
-        security.verify_password(security.dummy_password_hash(), password)
-        raise Unauthenticated("Wrong email or password.", code="bad_credentials") from None
-    user = session.scalars(select(User).where(User.email == email)).first()
-    now = utcnow()
-    if user is None:
-        security.verify_password(security.dummy_password_hash(), password)
+    account = email.strip().lower()[:320]  # as normalize_email has it, valid or not
+    keys: dict[login_throttle.Kind, str] = {"account": account, "address": address_key(address)}
+    reserved = login_throttle.reserve(
+        session, keys, login_throttle.policies_from(settings), time.time()
+    )
+    user = (
+        session.scalars(select(User).where(User.email == account)).first()
+        if EMAIL_RE.match(account)  # no account has any other (nor a NUL to upset the driver)
+        else None
+    )
+    # Counted and unlocked before the slow hash, so other sign-ins do not wait on it.
+    session.commit()
+    password_hash = user.password_hash if user else security.dummy_password_hash()
+    if not security.verify_password(password_hash, password) or user is None:
         raise Unauthenticated("Wrong email or password.", code="bad_credentials")
-    if user.locked_until is not None and user.locked_until > now:
-        wait = int((user.locked_until - now).total_seconds()) + 1
-        raise LimitExceeded(
-            f"Too many failed sign-ins; try again in {wait} seconds.", code="login_throttled"
-        )
-    if not security.verify_password(user.password_hash, password):
-        failures = user.failed_logins + 1
-        locked = (
-            now + timedelta(seconds=settings.login_lockout_seconds)
-            if failures >= settings.login_max_failures
-            else None
-        )
-        session.execute(
-            update(User)
-            .where(User.id == user.id)
-            .values(failed_logins=0 if locked else failures, locked_until=locked)
-        )
-        session.commit()
-        raise Unauthenticated("Wrong email or password.", code="bad_credentials")
-    user.failed_logins = 0
-    user.locked_until = None
+    login_throttle.succeeded(session, reserved, time.time(), settings.login_forget_after_s)
     issued = _issue(session, user, "session", "login", _session_expiry())
     session.commit()
     return issued

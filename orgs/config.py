@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
+from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -29,8 +31,26 @@ class Settings(BaseSettings):
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     session_token_days: int = 30
-    login_max_failures: int = 5
-    login_lockout_seconds: int = 300
+    # Failed sign-ins (policies/throttle.py): free failures per account (e-mail) and per
+    # client address, then waits of base, 2 x base, ... capped at max; failures are
+    # forgotten after `login_forget_after_s` without a new one. Stored in the database,
+    # so every replica applies the same waits.
+    login_free_failures: int = Field(default=5, ge=0)
+    login_free_failures_per_address: int = Field(default=20, ge=0)
+    login_delay_base_s: float = Field(default=1.0, gt=0)
+    login_delay_max_s: float = Field(default=60.0, gt=0)
+    login_forget_after_s: float = Field(default=3600.0, gt=0)
+    # Request rate limits (the `limits` library: "10/minute", "5/minute;100/hour"; empty
+    # turns one off): sign-ins and sign-ups per client address, new personal tokens per
+    # user. Counted in `rate_limit_storage` (a `limits` storage URI): "memory://" counts
+    # per process; "redis://host:6379" (with the redis package) shares across replicas.
+    rate_limit_login: str = "10/minute"
+    rate_limit_signup: str = "20/hour"
+    rate_limit_tokens: str = "30/hour"
+    rate_limit_storage: str = "memory://"
+    # Proxies whose X-Forwarded-For names the client (comma-separated addresses or CIDRs);
+    # empty: the peer address is the client. Also what uvicorn trusts for the scheme.
+    trusted_proxies: str = ""
 
     # What approved agents are told (see agents/README in the docs: the trade-off).
     # The Prefect URL machines should use, when it differs from the control plane's.
@@ -119,6 +139,30 @@ class Settings(BaseSettings):
     @classmethod
     def _level_any_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("rate_limit_login", "rate_limit_signup", "rate_limit_tokens")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit like '10/minute': {value!r}") from exc
+        return value.strip()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            ip_network(part, strict=False)  # ValueError names the bad entry
+        return value.strip()
+
+    def trusted_proxy_networks(self) -> list[IPv4Network | IPv6Network]:
+        return [
+            ip_network(p.strip(), strict=False)
+            for p in self.trusted_proxies.split(",")
+            if p.strip()
+        ]
 
     def resolved_dataset_dir(self) -> Path:
         return self.dataset_dir or self.home / "datasets"

@@ -63,3 +63,13 @@ class Unavailable(DomainError):
     """A dependency (Prefect, storage) is not answering; safe to retry (HTTP 503)."""
 
     code = "unavailable"
+
+
+class TooManyAttempts(LimitExceeded):
+    """Too many tries (sign-ins, sign-ups, tokens); try again after `retry_after_s` (429)."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, detail: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after_s = retry_after_s

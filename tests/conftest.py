@@ -21,6 +21,11 @@ os.environ.setdefault("CSHARE_ARGON2_MEMORY_KIB", "1024")
 os.environ["CSHARE_HOME"] = tempfile.mkdtemp(prefix="cshare-test-home-")
 os.environ.setdefault("CSHARE_DISPATCHER_ENABLED", "false")
 os.environ.setdefault("CSHARE_GC_FREEZE", "false")
+# Tests sign many people up and in from one address; the rate-limit tests turn these on
+# in their own settings (the sign-in throttle keeps its production defaults).
+os.environ.setdefault("CSHARE_RATE_LIMIT_LOGIN", "")
+os.environ.setdefault("CSHARE_RATE_LIMIT_SIGNUP", "")
+os.environ.setdefault("CSHARE_RATE_LIMIT_TOKENS", "")
 
 import psycopg
 import pytest

@@ -87,5 +87,16 @@ def server(
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logs.setup(log_format)
     typer.echo(f"Compute Share API listening on http://{host}:{port} (docs at /docs)")
+    from orgs.config import get_settings
+
+    # uvicorn believes X-Forwarded-* only from the proxies the app trusts (not loopback).
     # log_config=None: uvicorn keeps the configuration made above (its loggers included).
-    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+    proxies = get_settings().trusted_proxies
+    uvicorn.run(
+        create_app(),
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )

@@ -7,9 +7,11 @@ import uuid
 from fastapi import APIRouter, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AuthDep, CurrentUser, SessionDep, SettingsDep
+from api.client_address import ClientAddress
+from api.deps import AuthDep, CurrentUser, RateLimitsDep, SessionDep, SettingsDep
 from api.schemas import Page, TokenOut, UserOut
 from orgs import accounts, notifications
+from policies.throttle import address_key
 
 router = APIRouter(tags=["accounts"])
 
@@ -46,7 +48,10 @@ class NewTokenOut(BaseModel):
 
 
 @router.post("/auth/signup", status_code=status.HTTP_201_CREATED)
-def signup(body: SignupIn, session: SessionDep) -> SignupOut:
+def signup(
+    body: SignupIn, session: SessionDep, limits: RateLimitsDep, address: ClientAddress
+) -> SignupOut:
+    limits.hit("signup", address_key(address))
     user, issued = accounts.signup(
         session, email=body.email, name=body.name, password=body.password
     )
@@ -54,8 +59,17 @@ def signup(body: SignupIn, session: SessionDep) -> SignupOut:
 
 
 @router.post("/auth/login")
-def login(body: LoginIn, session: SessionDep) -> LoginOut:
-    issued = accounts.login(session, email=body.email, password=body.password)
+def login(
+    body: LoginIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    limits: RateLimitsDep,
+    address: ClientAddress,
+) -> LoginOut:
+    limits.hit("login", address_key(address))
+    issued = accounts.login(
+        session, email=body.email, password=body.password, address=address, settings=settings
+    )
     expires = issued.record.expires_at
     return LoginOut(token=issued.token, expires_at=expires.isoformat() if expires else None)
 
@@ -71,7 +85,10 @@ def me(user: CurrentUser) -> UserOut:
 
 
 @router.post("/me/tokens", status_code=status.HTTP_201_CREATED)
-def create_token(body: NewTokenIn, user: CurrentUser, session: SessionDep) -> NewTokenOut:
+def create_token(
+    body: NewTokenIn, user: CurrentUser, session: SessionDep, limits: RateLimitsDep
+) -> NewTokenOut:
+    limits.hit("tokens", str(user.id))
     issued = accounts.create_personal_token(
         session, user, name=body.name, expires_in_days=body.expires_in_days
     )

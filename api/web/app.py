@@ -139,10 +139,12 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         # Every non-GET request of every page needs its CSRF token (see api.web.csrf).
         dependencies=[Depends(csrf.require_csrf)],
     )
-    # One database, settings and gateway per process: the API's.
+    # One database, settings, gateway and rate-limit counters per process: the API's.
     pages.state.settings = parent.state.settings
     pages.state.db = parent.state.db
     pages.state.gateway = parent.state.gateway
+    pages.state.rate_limits = parent.state.rate_limits
+    pages.state.trusted_proxies = parent.state.trusted_proxies
     pages.mount("/static", StaticFiles(directory=STATIC), name="static")
     for module in (routes_account, routes_org, routes_data, routes_jobs, routes_settings):
         pages.include_router(module.router)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import SessionDep
+from api.client_address import ClientAddress
+from api.deps import RateLimitsDep, SessionDep, SettingsDep
 from api.errors import status_for
 from api.web.core import redirect, render, safe_next
 from api.web.session import (
@@ -21,7 +22,8 @@ from api.web.session import (
 )
 from orgs import accounts, invitations, organizations, security
 from orgs.models import Invitation, Membership, Organization
-from policies.errors import DomainError, Invalid
+from policies.errors import DomainError, Invalid, TooManyAttempts
+from policies.throttle import address_key
 
 router = APIRouter()
 
@@ -70,17 +72,24 @@ def login_page(request: Request, viewer: MaybeViewer, next: str = "") -> Respons
 def login(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
+    limits: RateLimitsDep,
+    address: ClientAddress,
     email: Text,
     password: Secret,
     next: Next = "",
 ) -> Response:
+    # The API's rate limit and throttle (per account and address), with their answers.
     try:
-        issued = accounts.login(session, email=email, password=password)
+        limits.hit("login", address_key(address))
+        issued = accounts.login(
+            session, email=email, password=password, address=address, settings=settings
+        )
     except DomainError as exc:
-        return render(
+        return _refused(
             request,
+            exc,
             "login.html",
-            status_code=401 if exc.code == "bad_credentials" else 429,
             next=safe_next(next, ""),
             form={"email": email},
             error=exc.detail,
@@ -101,26 +110,40 @@ def signup_page(request: Request, viewer: MaybeViewer, next: str = "") -> Respon
 def signup(
     request: Request,
     session: SessionDep,
+    limits: RateLimitsDep,
+    address: ClientAddress,
     email: Text,
     name: Text,
     password: Secret,
     next: Next = "",
 ) -> Response:
     try:
+        limits.hit("signup", address_key(address))
         _user, issued = accounts.signup(session, email=email, name=name, password=password)
     except DomainError as exc:
-        field = _field_of(exc) or ("email" if "email" in exc.code else "name")
-        return render(
+        # A field's own mistake is shown beside it; "taken" and "too many" above the
+        # form (which of e-mail or name is taken is not said: see accounts.signup).
+        field = _field_of(exc)
+        return _refused(
             request,
+            exc,
             "signup.html",
-            status_code=422 if isinstance(exc, Invalid) else 409,
             next=safe_next(next, ""),
             form={"email": email, "name": name},
-            errors={field: exc.detail},
+            errors={field: exc.detail} if field else {},
+            error=None if field else exc.detail,
         )
     # A new account has no organization yet: set one up, unless an invitation waits.
     response = redirect(safe_next(next, "/welcome"))
     set_session_cookie(response, request, issued.token, issued.record.expires_at)
+    return response
+
+
+def _refused(request: Request, exc: DomainError, template: str, **context: Any) -> Response:
+    """The form again with the error, its API status and (when throttled) Retry-After."""
+    response = render(request, template, status_code=status_for(exc), **context)
+    if isinstance(exc, TooManyAttempts):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
     return response
 
 

@@ -7,8 +7,8 @@ API: `accounts.authenticate` decides, and signing out revokes the token server-s
 Cookie attributes:
 - `HttpOnly`: page scripts never see the token (an injected script cannot steal it);
 - `SameSite=Lax`: other sites' forms and scripts do not get it sent along on POSTs;
-- `Secure` whenever the request came over https (behind a proxy: uvicorn's
-  `--proxy-headers` sets the scheme from `X-Forwarded-Proto`), so it never travels in
+- `Secure` whenever the request came over https (behind a proxy: uvicorn sets the
+  scheme from `X-Forwarded-Proto` sent by `CSHARE_TRUSTED_PROXIES`), so it never travels in
   clear once the site is served over TLS; plain http stays usable for local setups.
 """
 

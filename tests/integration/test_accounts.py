@@ -38,7 +38,7 @@ def test_duplicate_signup_and_bad_input(api: ApiClient) -> None:
     r = api.post(
         "/auth/signup", json={"email": "alice@example.test", "name": "x", "password": "p" * 9}
     )
-    assert r.status_code == 409 and r.json()["error"] == "email_taken"
+    assert r.status_code == 409 and r.json()["error"] == "email_or_name_taken"
     r = api.post("/auth/signup", json={"email": "nope", "name": "bob", "password": "p" * 9})
     assert r.status_code == 422 and r.json()["field"] == "email"
     r = api.post("/auth/signup", json={"email": "b@x.io", "name": "bob", "password": "short"})
@@ -47,11 +47,12 @@ def test_duplicate_signup_and_bad_input(api: ApiClient) -> None:
 
 def test_login_is_throttled_after_repeated_failures(api: ApiClient) -> None:
     alice = api.signup("alice")
-    for _ in range(5):
+    for _ in range(6):  # five free failures; the sixth starts a 1 s wait
         r = api.post("/auth/login", json={"email": alice.email, "password": "wrong-password"})
         assert r.status_code == 401
     r = api.post("/auth/login", json={"email": alice.email, "password": password_for("alice")})
-    assert r.status_code == 429 and r.json()["error"] == "login_throttled"
+    assert r.status_code == 429 and r.json()["error"] == "too_many_attempts"
+    assert r.headers["retry-after"] == "1"
     r = api.post("/auth/login", json={"email": "ghost@example.test", "password": "whatever1"})
     assert r.status_code == 401 and r.json()["detail"] == "Wrong email or password."
 
