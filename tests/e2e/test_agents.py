@@ -331,7 +331,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "PUT",
             f"/orgs/{s.slug}/notifications",
             s.owner,
-            json={"targets": [{"kind": "webhook", "url": hooks.url, "events": ["job.failed"]}]},
+            json={
+                "targets": [
+                    {
+                        "kind": "webhook",
+                        "url": hooks.url,
+                        "secret": "s" * 24,
+                        "events": ["job.failed"],
+                    }
+                ]
+            },
         )
         s.member, s.member_token = s.signup(f"member{uuid.uuid4().hex[:6]}")
         s.invite(s.member)
