@@ -13,9 +13,11 @@ answers with one of four decisions:
 - ``skip``: not this machine's to take (another machine claimed it first, the machine is
   full or of another type). Prefect's state is left alone for the right machine.
 
-A run the control plane never admitted (created in the Prefect UI or API, by a schedule)
-is adopted here: it goes through admission for the member named by its `user:` tag,
-exactly like a submission, and gets a ledger row when it is run or held.
+A run the control plane never created or admitted (made in the Prefect UI or API by
+anyone holding Prefect access) is refused and cancelled with the reason: identity comes
+from the ledger, never from the run's tags. The one run adopted here is a fire of one of
+the org's own Prefect-backed schedules, admitted for the schedule's owner exactly like a
+submission.
 
 Prefect is never called while the database write lock is held (a SQLite write lock must
 not wait on the network): the ledger is committed first and Prefect is told after; if
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Literal
@@ -52,6 +54,7 @@ from flows.models import (
     SCHEDULED,
     Deployment,
     Job,
+    Schedule,
 )
 from flows.usage import REQUESTED_KEY, admission_snapshot, job_request_for
 from orgs import machines as registry
@@ -302,10 +305,14 @@ def _run(job: Job, flow_run_id: uuid.UUID, user_name: str | None) -> ClaimResult
     )
 
 
-def _tag_value(tags: Iterable[str], key: str) -> str | None:
-    prefix = f"{key}:"
-    values = [t[len(prefix) :] for t in tags if t.startswith(prefix)]
-    return values[0] if len(values) == 1 else None
+# A run on an org's pool that the control plane neither created nor admitted: its tags
+# (`org:`, `user:`) are labels anyone with Prefect access can write, never an identity.
+NOT_ADMITTED: Final = (
+    "Compute Share did not create or admit this run, so it does not run on the "
+    "organization's machines (identity comes from the job ledger, not from tags). Submit "
+    "it through Compute Share: `cshare job submit`, or `prefect deployment run` against "
+    "Compute Share's Prefect API."
+)
 
 
 def _adopt(
@@ -315,7 +322,9 @@ def _adopt(
     info: FlowRunInfo,
     running: int | None,
 ) -> ClaimResult:
-    """Admission for a run made outside the API, for the member its `user:` tag names."""
+    """A run the ledger does not know: only a fire of one of the org's own schedules
+    (Prefect-backed schedules) is admitted, for the schedule's owner; anything else is
+    refused and cancelled with the reason."""
     pool = work_pool_name(org.slug, machine.machine_type)
     if info.work_pool_name != pool:
         # Not in this machine's pool: nothing this machine may know about.
@@ -329,25 +338,22 @@ def _adopt(
     def reject(reason: str, rule: str) -> ClaimResult:
         return ClaimResult("reject", info.id, reason, rule, prefect_action="reject")
 
-    tagged_org = _tag_value(info.tags, "org")
-    if tagged_org is not None and tagged_org != org.slug:
-        return reject(
-            f"The run is tagged for organization '{tagged_org}' but sits in "
-            f"'{org.slug}''s pool {pool}.",
-            "run_origin",
-        )
-    user_name = _tag_value(info.tags, "user")
-    if user_name is None:
-        return reject(
-            "The run names no submitter (exactly one 'user:<name>' tag is required for a "
-            "run created outside Compute Share).",
-            "run_origin",
-        )
-    user = session.scalars(select(User).where(User.name == user_name)).first()
-    role = _member_role(session, org.id, user.id) if user is not None else None
+    schedule = (
+        session.scalars(
+            select(Schedule).where(
+                Schedule.org_id == org.id, Schedule.prefect_schedule_id == info.schedule_id
+            )
+        ).first()
+        if info.schedule_id is not None
+        else None
+    )
+    if schedule is None:
+        return reject(NOT_ADMITTED, "run_origin")
+    user = session.get(User, schedule.user_id)
+    role = _member_role(session, org.id, schedule.user_id)
     if user is None or role is None:
         return reject(
-            f"The run's submitter '{user_name}' is not a member of organization '{org.slug}'.",
+            f"The schedule's owner is not a member of organization '{org.slug}'.",
             "role_may_submit",
         )
     deployment = None
@@ -370,18 +376,24 @@ def _adopt(
         JobEvent.claim if accepted else JobEvent.hold,
         actor=None,
         audit_action="job.adopted",
-        audit_after={"flow_run_id": str(info.id), "source": "prefect", "user_id": str(user.id)},
+        audit_after={
+            "flow_run_id": str(info.id),
+            "source": "schedule",
+            "schedule_id": str(schedule.id),
+            "user_id": str(user.id),
+        },
         machine=machine if accepted else None,
         decision=decision,
         org_id=org.id,
         user_id=user.id,
         deployment_id=deployment.id if deployment else None,
-        source="prefect",
+        schedule_id=schedule.id,
+        source="schedule",
         machine_type=machine.machine_type,
         parameters=dict(info.parameters),
         memory_mb=limits.max_job_memory,
         max_runtime_s=limits.max_job_runtime,
-        tags=list(info.tags),
+        tags=[f"schedule:{schedule.id}"],
         job_metadata={
             REQUESTED_KEY: {"memory_mb": None, "max_runtime_s": None},
             "adopted_at_claim": True,

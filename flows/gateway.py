@@ -157,6 +157,8 @@ class FlowRunInfo:
     created: datetime | None = None
     updated: datetime | None = None
     infrastructure_pid: str | None = None
+    # The deployment schedule that made it (Prefect's `created_by` of type SCHEDULE).
+    schedule_id: UUID | None = None
 
     @property
     def is_held(self) -> bool:
@@ -1023,6 +1025,8 @@ def _flow_run_info(data: Mapping[str, Any]) -> FlowRunInfo:
     details = state.get("state_details") or {}
     deployment_id = data.get("deployment_id")
     pid = data.get("infrastructure_pid")
+    creator = data.get("created_by") or {}
+    schedule_id = creator.get("id") if creator.get("type") == "SCHEDULE" else None
     return FlowRunInfo(
         id=UUID(data["id"]),
         name=data.get("name") or "",
@@ -1041,6 +1045,7 @@ def _flow_run_info(data: Mapping[str, Any]) -> FlowRunInfo:
         created=_dt(data.get("created")),
         updated=_dt(data.get("updated")),
         infrastructure_pid=str(pid) if pid else None,
+        schedule_id=UUID(str(schedule_id)) if schedule_id else None,
     )
 
 

@@ -814,7 +814,8 @@ class Dispatcher(Service):
             org = s.get(Organization, dep.org_id)
             if org is None:
                 return
-            user_id = schedule.user_id if schedule is not None else _user_from_tags(s, run)
+            # Identity from the ledger: only the org's own schedules count, never tags.
+            user_id = schedule.user_id if schedule is not None else None
             if user_id is None and creator.type == "SCHEDULE" and creator.id is not None:
                 # A schedule of ours whose row is gone (its creator left): remove it.
                 s.add(
@@ -835,12 +836,8 @@ class Dispatcher(Service):
         if user_id is not None and job is None:
             return  # another dispatcher adopted it first
         if job is None:
-            # Nobody to count it against: it must not run.
-            self._reject_run(
-                run,
-                "This run was created outside Compute Share with no member to count it "
-                "against; submit jobs with `cshare job submit`.",
-            )
+            # Not created or admitted by Compute Share: it must not run.
+            self._reject_run(run, claims.NOT_ADMITTED)
             report.rejected += 1
             return
         report.adopted += 1
@@ -1002,10 +999,3 @@ def _aware(value: Any) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
     return value  # type: ignore[no-any-return]
-
-
-def _user_from_tags(s: Session, run: FlowRunInfo) -> uuid.UUID | None:
-    names = [t.removeprefix("user:") for t in run.tags if t.startswith("user:")]
-    if len(names) != 1:
-        return None
-    return s.scalar(select(User.id).where(User.name == names[0]))

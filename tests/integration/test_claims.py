@@ -194,38 +194,26 @@ def _deployment_id(world: World) -> uuid.UUID:
     return uuid.UUID(r.json()["items"][0]["prefect_deployment_id"])
 
 
-def test_a_run_made_in_prefect_is_admitted_for_the_member_its_tag_names(world: World) -> None:
+def test_a_run_made_in_prefect_is_refused_whatever_its_tags_say(world: World) -> None:
+    """Identity comes from the ledger, never from tags: a run the control plane did not
+    create or admit is cancelled with the reason, even when it names a real member (or
+    another organization) in its tags."""
     agent = world.machine()
-    run = world.gateway.create_flow_run(
-        _deployment_id(world), idempotency_key=str(uuid.uuid4()), tags=[f"user:{world.member.name}"]
-    )
-    r = agent.claim(run.id)
-    assert r.status_code == 200, r.text
-    row = world.job_row(r.json()["job_id"])
-    assert (row.source, row.state, str(row.machine_id)) == ("prefect", "running", agent.id)
-    assert str(row.user_id) == world.member.id
-
-
-def test_a_removed_members_run_made_in_prefect_is_rejected_with_the_reason(world: World) -> None:
-    agent = world.machine()
-    leaver = world.org.add_member()
-    assert (
-        world.api.delete(f"/orgs/{world.org.slug}/members/{leaver.id}", world.org.owner).status_code
-        == 204
-    )
-    run = world.gateway.create_flow_run(
-        _deployment_id(world), idempotency_key=str(uuid.uuid4()), tags=[f"user:{leaver.name}"]
-    )
-    r = agent.claim(run.id)
-    assert r.status_code == 403 and r.json()["decision"] == "reject"
-    after = world.run(run.id)
-    assert after.state_type is StateType.CANCELLED and after.state_name == REJECTED_STATE_NAME
-    assert f"'{leaver.name}' is not a member" in (after.message or "")
-    # Without a submitter tag it is refused too.
-    anonymous = world.gateway.create_flow_run(
-        _deployment_id(world), idempotency_key=str(uuid.uuid4())
-    )
-    assert agent.claim(anonymous.id).json()["decision"] == "reject"
+    for tags in (
+        [f"user:{world.member.name}"],
+        [f"org:{world.org.slug}", f"user:{world.org.owner.name}", "type:cpu"],
+        [],
+    ):
+        run = world.gateway.create_flow_run(
+            _deployment_id(world), idempotency_key=str(uuid.uuid4()), tags=tags
+        )
+        r = agent.claim(run.id)
+        assert r.status_code == 403 and r.json()["decision"] == "reject", r.text
+        after = world.run(run.id)
+        assert after.state_type is StateType.CANCELLED and after.state_name == REJECTED_STATE_NAME
+        assert "did not create or admit this run" in (after.message or "")
+    with world.api.db.session(write=False) as s:
+        assert s.scalars(select(Job).where(Job.source == "prefect")).all() == []
 
 
 def test_removing_a_machine_cancels_its_runs(world: World, sqlite_database: Database) -> None:
