@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -80,7 +81,7 @@ def up(
 def _show_status(home: Path, json_: bool) -> int:
     """Print the status file; exit code 0 while the stack runs, 1 when it does not."""
     from api.cli.up.errors import StackError
-    from api.cli.up.status import read_status, utcnow
+    from api.cli.up.status import read_status
 
     try:
         current = read_status(home)
@@ -96,18 +97,17 @@ def _show_status(home: Path, json_: bool) -> int:
         say(f"Stack {current.state} in {home} (supervisor pid {current.supervisor_pid}).")
     else:
         say(f"No stack is running in {home}; the last one's children as it left them:")
-    now = utcnow()
     rows = []
-    for child in current.children:
+    for child, raw in zip(current.children, report["children"], strict=True):
         last_exit = ""
         if child.last_exit_code is not None:
-            last_exit = f"{child.last_exit_code} at {child.last_exit_at}"
+            last_exit = f"{child.last_exit_code} at {_clock(child.last_exit_at)}"
         state = str(child.state)
         if child.restart_at:
-            state += f" (at {child.restart_at})"
+            state += f" (at {_clock(child.restart_at)})"
         if child.crash_loop:
             state += ", CRASH LOOP"
-        uptime = child.uptime_s(now)
+        uptime = raw["uptime_s"]
         rows.append(
             [
                 child.title,
@@ -125,3 +125,10 @@ def _show_status(home: Path, json_: bool) -> int:
         empty="No child started yet.",
     )
     return 0 if running else 1
+
+
+def _clock(moment: str | None) -> str:
+    """An ISO UTC time from the status file as 'YYYY-MM-DD HH:MM:SS UTC'."""
+    if not moment:
+        return ""
+    return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -81,12 +81,13 @@ class StackStatus:
         )
 
     def report(self, now: datetime | None = None) -> dict[str, Any]:
-        """The file's content plus what a reader computes: liveness and uptimes."""
+        """The file's content plus what a reader computes: liveness and uptimes (none once
+        the supervisor is gone: its children went with it)."""
         now = now or utcnow()
         data = self.to_json()
-        data["supervisor_running"] = self.supervisor_alive()
+        running = data["supervisor_running"] = self.supervisor_alive()
         for child, raw in zip(self.children, data["children"], strict=True):
-            raw["uptime_s"] = child.uptime_s(now)
+            raw["uptime_s"] = child.uptime_s(now) if running else None
         return data
 
 
