@@ -4,6 +4,7 @@ file, child logs with rotation, and a real (tiny) child restarted and stopped.""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -250,3 +251,42 @@ def test_a_killed_childs_group_is_cleaned_up_before_the_restart(tmp_path: Path) 
     finally:
         slot.stop()
         slot.close()
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    # A supervisor of its own (so the test can SIGKILL it) spawns a sleeping child: the
+    # parent-death signal, set by the exec hop in `spawn`, must end the child.
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from api.cli.up.childlogs import ChildLog\n"
+        "from api.cli.up.processes import spawn\n"
+        "log = ChildLog(Path(sys.argv[1]))\n"
+        "c = spawn('sleeper', [sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+        "          env={}, log=log, cwd=Path(sys.argv[2]))\n"
+        "print(c.pid, flush=True); time.sleep(60)\n"
+    )
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "sleeper.log"), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert supervisor.stdout is not None
+        pid = int(supervisor.stdout.readline())
+        started = start_time(pid)
+        # Wait for the exec: killed before it, the hop itself would give up (a guard that
+        # is not what this test is about).
+        argv = f"{sys.executable}\0-c\0import time; time.sleep(60)\0"
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}/cmdline").read_text() != argv:
+            assert time.monotonic() < deadline, Path(f"/proc/{pid}/cmdline").read_text()
+            time.sleep(0.02)
+        assert alive(pid, started)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    deadline = time.monotonic() + 10
+    while alive(pid, started):
+        assert time.monotonic() < deadline, "the child outlived its supervisor"
+        time.sleep(0.05)
