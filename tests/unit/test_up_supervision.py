@@ -3,6 +3,7 @@ file, child logs with rotation, and a real (tiny) child restarted and stopped.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -290,3 +291,21 @@ def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     while alive(pid, started):
         assert time.monotonic() < deadline, "the child outlived its supervisor"
         time.sleep(0.05)
+
+
+def test_a_child_that_cannot_even_be_started_is_retried(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    spec = _spec(tmp_path, "raise SystemExit(1)")
+    slot = Supervised(dataclasses.replace(spec, cwd=workdir), FAST)
+    said: list[str] = []
+    slot.start()
+    workdir.rmdir()  # the next start fails in Popen itself
+    try:
+        _tick_until(slot, said, lambda: any("could not be started" in s for s in said))
+    finally:
+        slot.stop()
+        slot.close()
+    assert said[-1].startswith("Toy could not be started (")
+    assert said[-1].endswith("retrying in 0.4 s.")
+    assert slot.restarts == 0 and slot.state is ChildState.STOPPED

@@ -67,6 +67,7 @@ class Stack:
         self.home = private_dir(options.home.expanduser().resolve())
         self.slots: list[Supervised] = []
         self.state = StackState.STARTING
+        self._status_failed = False
         self._stop = threading.Event()
         self._signal: int | None = None
         self._lock_file: TextIO | None = None
@@ -193,7 +194,18 @@ class Stack:
         self.slots = []
 
     def _write_status(self) -> None:
-        """The status file for `cshare up --status`, and stack.pid (running PIDs)."""
+        """The status file for `cshare up --status`, and stack.pid (running PIDs). A full
+        disk must not stop supervision (or the ordered stop): said once, then retried."""
+        try:
+            self._write_status_files()
+        except OSError as exc:
+            if not self._status_failed:
+                self.say(f"Could not write the status file in {self.home}: {exc}")
+            self._status_failed = True
+        else:
+            self._status_failed = False
+
+    def _write_status_files(self) -> None:
         status = StackStatus(
             supervisor_pid=os.getpid(),
             supervisor_started=start_time(os.getpid()),

@@ -70,21 +70,30 @@ class Supervised:
         if self.state is ChildState.RESTARTING and self._restart_at_mono is not None:
             if now < self._restart_at_mono:
                 return False
+            try:
+                started = self.start()
+            except OSError as exc:  # e.g. out of file descriptors: try again later
+                delay = self._schedule_restart(now, up_for_s=0.0)
+                say(f"{self.spec.title} could not be started ({exc}); retrying in {delay:g} s.")
+                return True
             self.restarts += 1
-            started = self.start()
             say(f"{self.spec.title} restarted (pid {started.pid}, restart {self.restarts}).")
             return True
         return False
+
+    def _schedule_restart(self, now: float, *, up_for_s: float) -> float:
+        delay = self.backoff.on_exit(up_for_s=up_for_s, now=now)
+        self.state = ChildState.RESTARTING
+        self._restart_at_mono = now + delay
+        self._restart_at = utcnow() + timedelta(seconds=delay)
+        return delay
 
     def _on_exit(self, child: Child, now: float, say: Callable[[str], None]) -> None:
         code = stop_child(child)  # reaps it and whatever it left behind in its group
         self.last_exit_code = code
         self.last_exit_at = utcnow()
         was_looping = self.backoff.crash_looping(now)
-        delay = self.backoff.on_exit(up_for_s=now - self._started_mono, now=now)
-        self.state = ChildState.RESTARTING
-        self._restart_at_mono = now + delay
-        self._restart_at = self.last_exit_at + timedelta(seconds=delay)
+        delay = self._schedule_restart(now, up_for_s=now - self._started_mono)
         say(
             f"{self.spec.title} exited (code {code}); restarting in {delay:g} s "
             f"(restart {self.restarts + 1})."
