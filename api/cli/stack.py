@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from api.cli import logs
-from api.cli.options import LogFormatOpt
-from api.cli.output import CliError
+from api.cli.options import JsonOpt, LogFormatOpt
+from api.cli.output import CliError, printed_as_json, say, table
+from api.format import duration
 
 
 def up(
@@ -38,16 +40,27 @@ def up(
         bool, typer.Option("--agent/--no-agent", help="Run a local agent for this machine.")
     ] = True,
     log_format: LogFormatOpt = None,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status",
+            help="Show the running stack's children (pid, state, restarts, uptime) and exit.",
+        ),
+    ] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Run the embedded stack on this machine: Prefect, the API with its dispatcher, and a
-    local agent. Data lives in CSHARE_HOME (default ~/.cshare); Ctrl-C stops everything."""
+    local agent, each restarted if it crashes. Data lives in CSHARE_HOME (default
+    ~/.cshare); Ctrl-C stops everything."""
     from api.cli.up.errors import StackError
     from api.cli.up.stack import Stack, StackOptions
     from orgs.config import Settings
 
-    chosen = logs.setup(log_format)
     settings = Settings()
-    home = Path(os.environ.get("CSHARE_HOME") or settings.home)
+    home = Path(os.environ.get("CSHARE_HOME") or settings.home).expanduser().resolve()
+    if status:
+        raise typer.Exit(_show_status(home, json_))
+    chosen = logs.setup(log_format)
     options = StackOptions(
         home=home,
         host=host,
@@ -63,3 +76,59 @@ def up(
     except StackError as exc:
         raise CliError(str(exc)) from None
     raise typer.Exit(code)
+
+
+def _show_status(home: Path, json_: bool) -> int:
+    """Print the status file; exit code 0 while the stack runs, 1 when it does not."""
+    from api.cli.up.errors import StackError
+    from api.cli.up.status import read_status
+
+    try:
+        current = read_status(home)
+    except StackError as exc:
+        raise CliError(str(exc)) from None
+    if current is None:
+        raise CliError(f"No `cshare up` has run with CSHARE_HOME={home}.")
+    report = current.report()
+    running = bool(report["supervisor_running"])
+    if printed_as_json(report, json_):
+        return 0 if running else 1
+    if running:
+        say(f"Stack {current.state} in {home} (supervisor pid {current.supervisor_pid}).")
+    else:
+        say(f"No stack is running in {home}; the last one's children as it left them:")
+    rows = []
+    for child, raw in zip(current.children, report["children"], strict=True):
+        last_exit = ""
+        if child.last_exit_code is not None:
+            last_exit = f"{child.last_exit_code} at {_clock(child.last_exit_at)}"
+        state = str(child.state)
+        if child.restart_at:
+            state += f" (at {_clock(child.restart_at)})"
+        if child.crash_loop:
+            state += ", CRASH LOOP"
+        uptime = raw["uptime_s"]
+        rows.append(
+            [
+                child.title,
+                child.pid,
+                state,
+                child.restarts,
+                last_exit,
+                duration(uptime) if uptime is not None else "",
+                child.log,
+            ]
+        )
+    table(
+        ["CHILD", "PID", "STATE", "RESTARTS", "LAST EXIT", "UPTIME", "LOG"],
+        rows,
+        empty="No child started yet.",
+    )
+    return 0 if running else 1
+
+
+def _clock(moment: str | None) -> str:
+    """An ISO UTC time from the status file as 'YYYY-MM-DD HH:MM:SS UTC'."""
+    if not moment:
+        return ""
+    return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

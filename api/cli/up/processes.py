@@ -4,7 +4,6 @@ and PID reuse), and the checks around their start (free ports, readiness)."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -18,10 +17,10 @@ from typing import Final
 
 import httpx
 
+from api.cli.up.childlogs import ChildLog
 from api.cli.up.errors import StackError
 
 STOP_TIMEOUT_S: Final = 15.0
-_PR_SET_PDEATHSIG: Final = 1
 
 
 def start_time(pid: int) -> int | None:
@@ -33,12 +32,12 @@ def start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def descendants(pid: int) -> list[int]:
-    """PIDs of all living descendants of `pid` (Linux /proc), parents before children."""
-    children: dict[int, list[int]] = {}
+def _stat_fields() -> dict[int, list[str]]:
+    """Each process's /proc/<pid>/stat fields after the command name (Linux)."""
+    found: dict[int, list[str]] = {}
     proc = Path("/proc")
     if not proc.is_dir():
-        return []
+        return found
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -46,8 +45,20 @@ def descendants(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        found[int(entry.name)] = stat.rsplit(")", 1)[1].split()
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """PIDs in process group `pgid` (Linux /proc): what a child left in its session."""
+    return [pid for pid, fields in _stat_fields().items() if int(fields[2]) == pgid]
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of all living descendants of `pid` (Linux /proc), parents before children."""
+    children: dict[int, list[int]] = {}
+    for child, fields in _stat_fields().items():
+        children.setdefault(int(fields[1]), []).append(child)
     found: list[int] = []
     stack = [pid]
     while stack:
@@ -78,19 +89,29 @@ def alive(pid: int, started: int | None = None) -> bool:
     return started is None or now == started
 
 
-def _child_setup() -> None:
-    # Runs in the child between fork and exec: die with the supervisor (Linux).
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Run between the fork and the real program, instead of a `preexec_fn` (unsafe once the
+# supervisor has log reader threads): ask for SIGTERM when the supervisor dies, give up if
+# it already has (the request would come too late), then exec the child (PDEATHSIG stays).
+_EXEC_WITH_PDEATHSIG: Final = (
+    "import ctypes,os,signal,sys\n"
+    "ctypes.CDLL(None,use_errno=True).prctl(1,signal.SIGTERM)\n"
+    "if os.getppid()!=int(sys.argv[1]):os._exit(70)\n"
+    "os.execv(sys.argv[2],sys.argv[2:])\n"
+)
+
+
+def _with_parent_death_signal(args: Sequence[str]) -> list[str]:
+    if sys.platform != "linux":
+        return list(args)
+    # -I -S: stdlib only, no site packages: the hop costs ~20 ms.
+    return [sys.executable, "-I", "-S", "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), *args]
 
 
 @dataclass
 class Child:
     name: str
     process: subprocess.Popen[bytes]
-    log_path: Path
+    log: ChildLog
     started: int | None = None
     known: dict[int, int | None] = field(default_factory=dict)  # descendant pid -> start
 
@@ -98,49 +119,80 @@ class Child:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def log_path(self) -> Path:
+        return self.log.path
+
     def remember_descendants(self) -> None:
         for pid in descendants(self.pid):
             if pid not in self.known:
                 self.known[pid] = start_time(pid)
 
-    def tail(self, lines: int = 30) -> str:
+    def exited(self) -> bool:
+        """Whether the child has exited, without reaping it: until it is reaped its PID,
+        and so its process group's id, cannot be reused (see `stop_child`)."""
+        if self.process.returncode is not None:
+            return True
         try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self.process.poll() is not None
+        return info is not None
+
+    def wait_exited(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.exited():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def tail(self, lines: int = 30) -> str:
+        return self.log.tail(lines)
 
 
 def spawn(
-    name: str, args: Sequence[str], *, env: dict[str, str], log_path: Path, cwd: Path
+    name: str, args: Sequence[str], *, env: dict[str, str], log: ChildLog, cwd: Path
 ) -> Child:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            list(args),
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_child_setup,  # the supervisor runs no other threads
-        )
-    return Child(name, process, log_path, started=start_time(process.pid))
+    """Start a child in its own session, its output going to `log`. Call it from the
+    main thread only: the parent-death signal fires when the spawning thread ends."""
+    process = subprocess.Popen(
+        _with_parent_death_signal(args),
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    log.follow(process.stdout, name)
+    return Child(name, process, log, started=start_time(process.pid))
 
 
-def stop_child(child: Child, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM, wait, SIGKILL; then every recorded descendant still alive, by PID."""
+def stop_child(child: Child, timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait, SIGKILL; then every recorded descendant and member of the child's
+    process group still alive, by PID. Also cleans up after a child that exited by itself.
+    The child's exit code."""
     child.remember_descendants()
-    if child.process.poll() is None:
+    if not child.exited():
         with contextlib.suppress(ProcessLookupError):
             child.process.send_signal(signal.SIGTERM)
-        try:
-            child.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        if not child.wait_exited(timeout_s):
             with contextlib.suppress(ProcessLookupError):
                 child.process.kill()
-            child.process.wait(timeout=timeout_s)
+            child.wait_exited(timeout_s)
+    if child.process.returncode is None:
+        # Not reaped yet, so the group id is still ours: its members are the child's.
+        for pid in group_members(child.pid):
+            if pid != child.pid:
+                child.known.setdefault(pid, start_time(pid))
+    code = child.process.wait()
+    _stop_leftovers(child, timeout_s)
+    return code
+
+
+def _stop_leftovers(child: Child, timeout_s: float) -> None:
     leftovers = dict(child.known)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         living = [pid for pid, start in leftovers.items() if alive(pid, start)]

@@ -1,5 +1,6 @@
-"""The supervisor: start Prefect, the API and the local agent in order, watch them, stop
-them in reverse order on a signal or a crash (see api.cli.up)."""
+"""The supervisor: start Prefect, the API and the local agent in order, restart any that
+crashes (with backoff), keep the status file current, and stop them in reverse order on
+a signal (see api.cli.up)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from api.cli.up.bootstrap import Bootstrap, bootstrap
 from api.cli.up.demo import DEMO_MACHINE_TYPE, code_dir, run_demo
 from api.cli.up.errors import StackError
 from api.cli.up.home import private_dir, read_or_create_secret
-from api.cli.up.processes import Child, check_port, clean_env, spawn, stop_child, wait_until
+from api.cli.up.processes import Child, check_port, clean_env, start_time, wait_until
+from api.cli.up.restarts import RestartPolicy
+from api.cli.up.status import StackState, StackStatus, iso, utcnow, write_status
+from api.cli.up.supervised import ChildSpec, Supervised
 
 VENV_BIN: Final = Path(sys.executable).parent
 PREFECT_START_TIMEOUT_S: Final = 180.0  # a first start migrates Prefect's database
@@ -39,6 +43,7 @@ class StackOptions:
     agent: bool = True
     database_url: str | None = None  # default: SQLite under home
     log_format: str = "text"  # the API's and the agent's (agents/logsetup.py)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     out: TextIO = field(default=sys.stdout, repr=False)
 
     @property
@@ -60,7 +65,9 @@ class Stack:
     def __init__(self, options: StackOptions) -> None:
         self.o = options
         self.home = private_dir(options.home.expanduser().resolve())
-        self.children: list[Child] = []
+        self.slots: list[Supervised] = []
+        self.state = StackState.STARTING
+        self._status_failed = False
         self._stop = threading.Event()
         self._signal: int | None = None
         self._lock_file: TextIO | None = None
@@ -80,12 +87,15 @@ class Stack:
         }
         try:
             self._check_ports()
+            self._write_status()
             code = self._start_and_supervise()
         finally:
-            self.stop_all()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self._release_lock()
+            try:
+                self.stop_all()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                self._release_lock()
         return code
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -150,40 +160,76 @@ class Stack:
             return 130
         if self.o.demo:
             self._demo(boot)
-        self._write_pids()
+        self.state = StackState.RUNNING
+        self._write_status()
         self._banner(boot, agent_note)
         return self._supervise()
 
     def _supervise(self) -> int:
+        """Restart what exits until a signal; nothing is restarted once stopping begins."""
         while not self._stop.wait(0.5):
-            for child in self.children:
-                child.remember_descendants()
-                if child.process.poll() is not None:
-                    self.say(
-                        f"\n{child.name} stopped unexpectedly (exit code "
-                        f"{child.process.returncode}); stopping the stack. Its log "
-                        f"{child.log_path} ends with:\n{child.tail()}"
-                    )
-                    return 1
+            changed = False
+            for slot in self.slots:
+                if self._stop.is_set():
+                    break
+                changed |= slot.tick(self.say)
+            if changed:
+                self._write_status()
         self.say(f"\nStopping ({signal.Signals(self._signal or signal.SIGINT).name}) ...")
         return 0
 
     def stop_all(self) -> None:
         """Stop the children in reverse start order (agent, API, Prefect)."""
-        for child in reversed(self.children):
-            stop_child(child)
-        if self.children:
+        self.state = StackState.STOPPING
+        self._write_status()
+        for slot in reversed(self.slots):
+            slot.stop()
+            self._write_status()
+        for slot in self.slots:
+            slot.close()
+        if self.slots:
             self.say("Stopped. Run `cshare up` again to resume with the same data.")
-        self.children = []
+        self.state = StackState.STOPPED
+        self._write_status()
+        self.slots = []
 
-    def _write_pids(self) -> None:
-        pids = {
-            "supervisor": os.getpid(),
-            **{c.name.lower().replace(" ", "_"): c.pid for c in self.children},
-        }
+    def _write_status(self) -> None:
+        """The status file for `cshare up --status`, and stack.pid (running PIDs). A full
+        disk must not stop supervision (or the ordered stop): said once, then retried."""
+        try:
+            self._write_status_files()
+        except OSError as exc:
+            if not self._status_failed:
+                self.say(f"Could not write the status file in {self.home}: {exc}")
+            self._status_failed = True
+        else:
+            self._status_failed = False
+
+    def _write_status_files(self) -> None:
+        status = StackStatus(
+            supervisor_pid=os.getpid(),
+            supervisor_started=start_time(os.getpid()),
+            state=self.state,
+            updated_at=iso(utcnow()),
+            children=[slot.status() for slot in self.slots],
+        )
+        write_status(self.home, status)
+        if self.state in (StackState.STOPPING, StackState.STOPPED):
+            return
+        pids = {"supervisor": os.getpid(), **{s.spec.name: s.pid for s in self.slots}}
         (self.home / "stack.pid").write_text(json.dumps(pids) + "\n")
 
+    def _supervise_child(self, spec: ChildSpec) -> Child:
+        slot = Supervised(spec, self.o.restart_policy)
+        self.slots.append(slot)
+        child = slot.start()
+        self._write_status()
+        return child
+
     # -- the pieces ---------------------------------------------------------------------
+
+    def _log(self, name: str) -> Path:
+        return private_dir(self.home / "logs") / f"{name}.log"
 
     def _start_prefect(self, auth: str) -> Child:
         prefect_home = private_dir(self.home / "prefect")
@@ -209,10 +255,9 @@ class Stack:
             "--port",
             str(self.o.prefect_port),
         ]
-        child = spawn(
-            "Prefect", args, env=env, log_path=self.home / "logs" / "prefect.log", cwd=prefect_home
+        child = self._supervise_child(
+            ChildSpec("prefect", "Prefect server", args, env, prefect_home, self._log("prefect"))
         )
-        self.children.append(child)
         self.say(f"  Prefect server (pid {child.pid}) on {self.o.prefect_url} ...")
         health = f"{self.o.prefect_url}/api/health"
         wait_until(
@@ -250,14 +295,9 @@ class Stack:
             "--log-format",
             self.o.log_format,
         ]
-        child = spawn(
-            "API",
-            args,
-            env=self._api_env(auth),
-            log_path=self.home / "logs" / "api.log",
-            cwd=self.home,
+        child = self._supervise_child(
+            ChildSpec("api", "API", args, self._api_env(auth), self.home, self._log("api"))
         )
-        self.children.append(child)
         self.say(f"  API with dispatcher (pid {child.pid}) on {self.o.api_url} ...")
         ready = f"{self.o.api_url}/readyz"
         wait_until(
@@ -294,10 +334,9 @@ class Stack:
             "--log-format",
             self.o.log_format,
         ]
-        child = spawn(
-            "Agent", args, env=env, log_path=self.home / "logs" / "agent.log", cwd=agent_home
+        child = self._supervise_child(
+            ChildSpec("agent", "Local agent", args, env, agent_home, self._log("agent"))
         )
-        self.children.append(child)
         self.say(f"  local agent (pid {child.pid}) ...")
         headers = {"Authorization": f"Bearer {boot.agent_token}"}
         machines = f"{self.o.api_url}/api/v1/orgs/{boot.org_slug}/machines"
