@@ -167,8 +167,16 @@ class DatastoreIn(BaseModel):
     profile: str | None = Field(
         default=None,
         max_length=64,
-        description="An AWS profile of the API server; credentials are never sent here.",
+        description="An AWS profile of the API server (only where the operator allows "
+        "org stores the server's credentials).",
     )
+    access_key_id: str | None = Field(
+        default=None, max_length=128, description="The bucket's access key (with the secret)."
+    )
+    secret_access_key: str | None = Field(
+        default=None, max_length=256, description="Stored with the store, never returned."
+    )
+    session_token: str | None = Field(default=None, max_length=4096)
     verify: bool = Field(default=True, description="Write and read back a probe first.")
 
 
@@ -177,6 +185,9 @@ class DatastoreOut(BaseModel):
     id: uuid.UUID | None
     config: dict[str, str]
     created_at: datetime | None
+    access_key_id: str | None = Field(
+        default=None, description="The stored key's id (its secret is never shown)."
+    )
 
 
 class JobInputOut(BaseModel):
@@ -586,6 +597,7 @@ def _datastore_out(data: dict[str, Any]) -> DatastoreOut:
         id=data["id"],
         config={k: str(v) for k, v in data["config"].items()},
         created_at=data["created_at"],
+        access_key_id=data["access_key_id"],
     )
 
 
@@ -593,7 +605,7 @@ def _datastore_out(data: dict[str, Any]) -> DatastoreOut:
 def show_datastore(
     caller: DatasetsRead, session: SessionDep, settings: SettingsDep
 ) -> DatastoreOut:
-    """Where the organization's new uploads go (no credentials: there are none here)."""
+    """Where the organization's new uploads go (never a secret)."""
     return _datastore_out(stores.describe(session, settings, caller.org.id))
 
 
@@ -602,7 +614,9 @@ def configure_datastore(
     body: DatastoreIn, caller: StorageConfigure, session: SessionDep, settings: SettingsDep
 ) -> DatastoreOut:
     """Use the organization's own S3 bucket (or the default store again) for new
-    uploads. Credentials come from the API server's AWS environment or `profile`."""
+    uploads. Requests are signed with the access key given here, or not at all; the API
+    server's own AWS credentials only where the operator allows it."""
+    keys = stores.validate_keys(body.access_key_id, body.secret_access_key, body.session_token)
     config: dict[str, Any] = {}
     if body.kind == stores.KIND_S3:
         if not body.bucket:
@@ -615,7 +629,7 @@ def configure_datastore(
             "profile": body.profile,
         }
     stores.configure(
-        caller.ctx, session, settings, kind=body.kind, config=config, verify=body.verify
+        caller.ctx, session, settings, kind=body.kind, config=config, verify=body.verify, keys=keys
     )
     return _datastore_out(stores.describe(session, settings, caller.org.id))
 
