@@ -16,6 +16,7 @@ from policies.errors import (
     Invalid,
     LimitExceeded,
     NotFound,
+    TooLarge,
     Unauthenticated,
     Unavailable,
 )
@@ -27,6 +28,7 @@ STATUS: dict[type[DomainError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    TooLarge: 413,
     Invalid: 422,
     LimitExceeded: 429,
     Unavailable: 503,
@@ -68,6 +70,8 @@ def install(app: FastAPI) -> None:
         extra: dict[str, object] = {}
         if isinstance(exc, Invalid) and exc.field:
             extra["field"] = exc.field
+        if isinstance(exc, TooLarge) and exc.limit is not None:
+            extra.update(used_bytes=exc.used, limit_bytes=exc.limit)
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
         return JSONResponse(
             error_body(exc.code, exc.detail, **extra), status_code=status_for(exc), headers=headers

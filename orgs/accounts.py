@@ -16,6 +16,7 @@ from orgs.config import get_settings
 from orgs.db import utcnow
 from orgs.models import ApiToken, User
 from policies.errors import Conflict, Invalid, LimitExceeded, NotFound, Unauthenticated
+from policies.names import refuse_bidi
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]{1,255}\.[^@\s\x00-\x1f]{1,63}$")
@@ -36,7 +37,8 @@ def normalize_email(email: str) -> str:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    refuse_bidi(name, field="name")
+    if not NAME_RE.fullmatch(name):
         raise Invalid(
             "Names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
             field="name",

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from api.deps import Credentials, Requires, SessionDep, SettingsDep, get_auth
-from api.schemas import Page, PublicUserOut
+from api.schemas import ErrorOut, Page, PublicUserOut
 from datasets import catalog, stores, wire
 from datasets.access import Caller, is_job_token, job_caller
 from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
@@ -266,7 +266,7 @@ def _version_out(
 # reads or writes) and memory stays bounded at about DEPTH * BATCH per transfer.
 BATCH = 1 << 20
 DEPTH = 8
-_Item = bytes | Exception
+_Item = bytes | Exception | None  # None: the body arrived whole
 
 
 async def _pump_body(stream: AsyncIterator[bytes], tx: MemoryObjectSendStream[_Item]) -> None:
@@ -283,6 +283,7 @@ async def _pump_body(stream: AsyncIterator[bytes], tx: MemoryObjectSendStream[_I
                     parts, got = [], 0
             if parts:
                 await tx.send(b"".join(parts))
+            await tx.send(None)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # the consumer stopped (it failed); nothing more to deliver
         except Exception as exc:  # ClientDisconnect, a broken connection, ...
@@ -297,6 +298,10 @@ def _thread_chunks(rx: MemoryObjectReceiveStream[_Item]) -> Iterator[bytes]:
         try:
             item = anyio.from_thread.run(rx.receive)
         except anyio.EndOfStream:
+            # Closed without the end mark: the pump was cancelled (a shutdown), so the
+            # body is not known to be whole.
+            item = anyio.EndOfStream()
+        if item is None:
             return
         if isinstance(item, Exception):
             raise Invalid(
@@ -462,11 +467,23 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
+def _content_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdecimal() and len(declared) < 20 else None
+
+
 @router.post(
     "/orgs/{org}/datasets/{name}/versions",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=UPLOAD_BODY,
-    responses={200: {"description": "Same content as the latest version: that version."}},
+    responses={
+        200: {"description": "Same content as the latest version: that version."},
+        413: {
+            "model": ErrorOut,
+            "description": "`storage_quota_exceeded`: the org's storage.max_bytes would be "
+            "passed (`used_bytes`, `limit_bytes`); nothing was stored.",
+        },
+    },
 )
 async def upload_version(
     name: NameParam,
@@ -507,6 +524,7 @@ async def upload_version(
         description=description,
         job_id=job,
         expected_sha256=x_content_sha256,
+        content_length=_content_length(request),
     )
     # Release the connection (and SQLite's write lock) before the first byte is read.
     await run_in_threadpool(session.close)
