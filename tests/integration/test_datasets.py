@@ -91,6 +91,12 @@ def store_path(sha: str) -> Path:
     return get_settings().resolved_dataset_dir() / object_key(sha)
 
 
+def temp_files() -> list[Path]:
+    """What uploads in progress hold in the local store's temp dir."""
+    tmp = get_settings().resolved_dataset_dir() / "tmp"
+    return sorted(tmp.glob("*")) if tmp.exists() else []
+
+
 def make_job(db: Database, slug: str, user_id: str, inputs: list[Any] | None = None) -> Job:
     """A job row straight into the ledger (no Prefect): what lineage and inputs need."""
     with db.transaction() as s:
@@ -326,6 +332,7 @@ def test_announced_checksum_must_match(api: ApiClient, world: World) -> None:
     r = upload(api, world, world.alice, "checked", data, headers={"X-Content-SHA256": wrong})
     assert r.status_code == 422 and r.json()["error"] == "checksum_mismatch"
     assert not store_path(hashlib.sha256(data).hexdigest()).exists()
+    assert temp_files() == []
     right = hashlib.sha256(data).hexdigest()
     r = upload(api, world, world.alice, "checked", data, headers={"X-Content-SHA256": right})
     assert r.status_code == 201
@@ -347,6 +354,7 @@ def test_interrupted_upload_leaves_no_version(api: ApiClient, world: World) -> N
         pass  # the test client may pass the error back instead of an answer
     shown = api.get(ds(world, "halfway"), world.alice).json()
     assert shown["versions"] == []
+    assert temp_files() == []
     assert download(api, world, world.alice, "halfway").status_code == 404
     with api.db.session() as s:
         ds_id = s.scalars(select(Dataset.id).where(Dataset.name == "halfway")).one()
@@ -378,12 +386,9 @@ def test_connection_dropped_mid_upload_over_http(database: Database, tmp_path: P
                 sock.sendall(b"z" * 65536)
                 sent += 65536
         deadline = time.monotonic() + 10
-        tmp_dir = get_settings().resolved_dataset_dir() / "tmp"
-        while time.monotonic() < deadline:  # the server notices the disconnect
-            leftovers = list(tmp_dir.glob("upload-*")) if tmp_dir.exists() else []
-            if not leftovers:
-                break
+        while temp_files() and time.monotonic() < deadline:  # the server notices
             time.sleep(0.05)
+        assert temp_files() == []
         r = httpx.get(f"{url}/orgs/{slug}/datasets/dropped", headers=alice.headers)
         assert r.json()["versions"] == []
 
