@@ -147,7 +147,16 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
         OWN,
         note="machine: runs it claimed; job: its own run; member: own jobs; admin: the org's",
     ),
-    _row("PATCH", "/flow_runs/{id}", T.run, V.write, OWN, OWN, D, note="name, labels, job vars"),
+    _row(
+        "PATCH",
+        "/flow_runs/{id}",
+        T.run,
+        V.write,
+        OWN,
+        OWN,
+        D,
+        note="the engine's and worker's run updates",
+    ),
     _row("PATCH", "/flow_runs/{id}/labels", T.run, V.write, OWN, OWN, D),
     _row(
         "POST",
@@ -218,7 +227,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
         F,
         F,
         F,
-        note="only events about runs (machine: its pool) in scope are relayed",
+        note="only events naming runs in scope (machine: runs it holds or is offered)",
     ),
     _row("WS", "/logs/out", T.filter, V.read, F, F, F, note="only lines of runs in scope"),
     _row("GET", "/work_pools/{name}", T.pool, V.read, OWN, D, OWN, note="machine: its own pool"),
@@ -533,3 +542,7 @@ def render_table() -> str:
         "| anything else | " + " | ".join("denied" for _ in cols) + " | explicit allowlist |"
     )
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # `python -m policies.prefect_rules`: the table for the docs
+    print(render_table(), end="")
