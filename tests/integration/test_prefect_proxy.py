@@ -415,3 +415,36 @@ def test_proxy_never_forwards_the_callers_credential_nor_leaks_prefects(stack: S
         stack.prefect_url(org.slug) + "/admin/version", headers={"Authorization": "Bearer nope"}
     )
     assert r.status_code == 401
+
+
+def _events_of(stack: Stack, slug: str, token: str, wait_s: float) -> set[str]:
+    """Resource ids of the events `/events/out` relays to `token` within `wait_s`."""
+    url = stack.prefect_url(slug).replace("http://", "ws://") + "/events/out"
+    seen: set[str] = set()
+    with ws_connect(url, subprotocols=["prefect"]) as ws:  # type: ignore[list-item]
+        ws.send(json.dumps({"type": "auth", "token": token}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "auth_success"
+        flt = {"event": {"prefix": ["prefect.flow-run."]}}
+        ws.send(json.dumps({"type": "filter", "filter": flt, "backfill": True}))
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                message = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            except TimeoutError:
+                break
+            seen.add(message["event"]["resource"]["prefect.resource.id"])
+    return seen
+
+
+def test_events_out_relays_only_runs_in_scope(stack: Stack) -> None:
+    org = _org(stack, concurrent=5)
+    alice, bob = org.add_member(), org.add_member()
+    run = org.submit(alice, "train", parameters=EPOCHS).json()["flow_run_id"]
+    mine = f"prefect.flow-run.{run}"
+    deadline = time.monotonic() + 60
+    seen: set[str] = set()
+    while mine not in seen and time.monotonic() < deadline:  # events land within ~1 s
+        seen = _events_of(stack, org.slug, alice.token, 3)
+    assert mine in seen
+    assert all(rid == mine for rid in seen)  # nothing about anyone else's runs
+    assert mine not in _events_of(stack, org.slug, bob.token, 3)
