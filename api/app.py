@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import errors, metrics, web
+from api import errors, metrics, prefect_proxy, web
 from api.request_ids import RequestIdMiddleware
 from api.routers import (
     accounts,
@@ -82,6 +82,7 @@ def create_app(
             gc.collect()
             gc.freeze()
         yield
+        await app.state.prefect_proxy.upstream.aclose()
         for service in reversed(services):
             service.stop()
         app.state.services = []
@@ -129,6 +130,9 @@ def create_app(
     # /healthz, /readyz, /metrics at the root (probes, Prometheus) and under the prefix.
     app.include_router(operations.router)
     app.include_router(operations.router, prefix=API_PREFIX, include_in_schema=False)
+    # The Prefect API behind the control plane (api/prefect_proxy): same server, same
+    # secret as the gateway, which never leaves this process.
+    prefect_proxy.install(app, db, prefect.api_url, getattr(prefect, "auth_string", None))
     # The web console at / (and its assets at /static), behind every API route and
     # outside the OpenAPI schema; see api/web/app.py.
     web.install(app)

@@ -19,6 +19,7 @@ from policies.errors import (
     Invalid,
     LimitExceeded,
     NotFound,
+    TooLarge,
     TooManyAttempts,
     Unauthenticated,
     Unavailable,
@@ -31,6 +32,7 @@ STATUS: dict[type[DomainError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    TooLarge: 413,
     Invalid: 422,
     LimitExceeded: 429,
     Unavailable: 503,
@@ -81,6 +83,8 @@ def install(app: FastAPI) -> None:
             headers = {"WWW-Authenticate": "Bearer"}
         elif isinstance(exc, TooManyAttempts):
             headers = {"Retry-After": str(exc.retry_after_s)}
+        if isinstance(exc, TooLarge) and exc.limit is not None:
+            extra.update(used_bytes=exc.used, limit_bytes=exc.limit)
         return JSONResponse(
             error_body(exc.code, exc.detail, **extra), status_code=status_for(exc), headers=headers
         )

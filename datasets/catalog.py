@@ -32,7 +32,7 @@ from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from datasets import access, stores, wire
+from datasets import access, quota, stores, wire
 from datasets.access import (
     Caller,
     JobScope,
@@ -60,11 +60,11 @@ from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Membership, Organization, User
 from policies.errors import Conflict, Invalid, NotFound, Unavailable
+from policies.names import refuse_bidi
 
 log = logging.getLogger("cshare.datasets")
 
 MAX_DESCRIPTION = 2000
-MAX_FILES = 100_000
 MAX_INPUTS = 64
 MAX_MEMBERS = 1000
 USED_BY_SHOWN = 50
@@ -435,6 +435,9 @@ class UploadPlan:
     filename: str
     description: str
     expected_sha256: str | None
+    org_quota: quota.Quota
+    archive_max_files: int = wire.MAX_ARCHIVE_FILES
+    archive_max_bytes: int = wire.MAX_ARCHIVE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,8 +465,11 @@ def plan_upload(
     description: str | None,
     producer: JobScope | None,
     expected_sha256: str | None,
+    content_length: int | None = None,
 ) -> UploadPlan:
-    """Everything an upload needs decided before any byte is read (no writes).
+    """Everything an upload needs decided before any byte is read (no writes). A file
+    whose announced `content_length` would pass the org's storage quota is refused
+    here (TooLarge), before its first byte is read.
 
     `producer`: the job this is an output of, as `flows.job_data.output_job` checked it
     (the job token's own job, or one of the caller's jobs in this org)."""
@@ -476,6 +482,10 @@ def plan_upload(
                 "X-Content-SHA256 is 64 hexadecimal characters.", field="X-Content-SHA256"
             )
     filename = validate_filename(filename or name)
+    org_quota = quota.quota_of(session, caller.org)
+    if content_length is not None and kind == KIND_FILE:
+        # A tar's length is an upper bound of its files: checked per file instead.
+        org_quota.check(content_length)
     return UploadPlan(
         org_id=caller.org.id,
         dataset_id=dataset.id,
@@ -487,20 +497,37 @@ def plan_upload(
         filename=filename,
         description=_description(description),
         expected_sha256=expected_sha256,
+        org_quota=org_quota,
+        archive_max_files=settings.archive_max_files,
+        archive_max_bytes=settings.archive_max_bytes,
     )
 
 
 def receive(plan: UploadPlan, reader: wire.Reader) -> Received:
-    """Stream the body into the store. No database access: runs with no session open."""
+    """Stream the body into the store. No database access: runs with no session open.
+    Any failure (quota, checksum, unsafe archive, a client going away) leaves no temp
+    file: each backend's `put_stream` removes or aborts what it started."""
     backend = plan.store.backend
     if plan.kind == KIND_FILE:
+        if plan.org_quota.limit is not None:
+            reader = quota.QuotaReader(reader, plan.org_quota)
         put = backend.put_stream(reader, expected_sha256=plan.expected_sha256)
         return Received(put.sha256, put.size, [ReceivedFile(plan.filename, put.sha256, put.size)])
     body = wire.HashingReader(reader)
     files: list[ReceivedFile] = []
+    total = 0
+    members = wire.iter_tar_members(
+        body,
+        max_files=plan.archive_max_files,
+        max_bytes=plan.archive_max_bytes,
+        check_name=lambda name: refuse_bidi(name, field="body"),
+    )
     try:
-        for path, _size, member in wire.iter_tar_members(body, max_files=MAX_FILES):
+        for path, size, member in members:
+            # The tar header announces each file's size: refused before it is stored.
+            plan.org_quota.check(total + size)
             put = backend.put_stream(member)
+            total += put.size
             files.append(ReceivedFile(path, put.sha256, put.size))
     except wire.UnsafeArchive as exc:
         raise Invalid(f"The directory upload was refused: {exc}.", field="body") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ from datasets.storage import (
     object_key,
 )
 from datasets.wire import Reader, WriteFailed, write_hashed
+
+TEMP_PREFIX = "upload-"
+# A temp file unwritten for this long belongs to no live upload (writes touch it).
+TEMP_IDLE_S = 6 * 3600.0
 
 
 class LocalStorage(Storage):
@@ -44,7 +49,7 @@ class LocalStorage(Storage):
             # Only the API's own user may look inside (the objects are other people's data).
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._tmp.mkdir(exist_ok=True, mode=0o700)
-            fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="upload-")
+            fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=TEMP_PREFIX)
         except OSError as exc:
             raise _write_error(exc) from None
         tmp = Path(tmp_name)
@@ -124,6 +129,22 @@ class LocalStorage(Storage):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.root)}
+
+    def sweep_temp(self, idle_s: float = TEMP_IDLE_S) -> int:
+        """Remove upload temp files nobody has written to for `idle_s`: what a killed
+        process left (every failure it lives through removes its own). Returns how many."""
+        removed = 0
+        cutoff = time.time() - idle_s
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.name.startswith(TEMP_PREFIX) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
 
 
 def _write_error(exc: OSError) -> StorageError:

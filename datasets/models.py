@@ -45,7 +45,8 @@ KIND_DIRECTORY = "directory"
 
 
 class DataStore(Base):
-    """Where an organization's dataset bytes go. Holds no credentials, ever."""
+    """Where an organization's dataset bytes go, and the access key its admins gave for
+    it (never returned by the API, never logged; `datasets.stores`)."""
 
     __tablename__ = "data_stores"
     __table_args__ = (Index("ix_data_stores_org_id_active", "org_id", "active"),)
@@ -55,6 +56,8 @@ class DataStore(Base):
     kind: Mapped[str] = mapped_column(String(16))
     # bucket, prefix, endpoint_url, region, profile (the name of an AWS profile)
     config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # {"access_key_id", "secret_access_key", "session_token"?}; None = no key given
+    credentials: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_by: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True

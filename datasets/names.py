@@ -12,6 +12,7 @@ import re
 import unicodedata
 
 from policies.errors import Invalid
+from policies.names import refuse_bidi
 
 NAME_MAX = 128
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -28,6 +29,7 @@ def _control(text: str) -> bool:
 
 def validate_name(name: str, *, field: str = "name") -> str:
     """`name` if it is a valid dataset name, else `Invalid` naming `field`."""
+    refuse_bidi(name, field=field)
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         # `fullmatch`, not `match`: `$` would accept a trailing newline.
         raise Invalid(NAME_RULE, field=field, code="invalid_name")
@@ -53,6 +55,7 @@ def parse_ref(ref: str, *, field: str = "dataset") -> tuple[str, int | None]:
 
 def validate_filename(filename: str, *, field: str = "filename") -> str:
     """A single file name (no directory part) for a file version."""
+    refuse_bidi(filename, field=field)
     if (
         not filename
         or len(filename) > COMPONENT_MAX

@@ -1,8 +1,12 @@
 """S3 storage through boto3: AWS or any S3-compatible endpoint (MinIO, Ceph, moto...).
 
-Credentials come from the usual AWS sources of the API process (environment, shared
-config/credentials files and an optional named profile, instance or container roles);
-nothing secret is ever passed in or stored by Compute Share.
+Two trust levels. The installation's default store (`CSHARE_DATASET_STORE_URL`) is the
+operator's: credentials come from the usual AWS sources of the API process (environment,
+shared config/credentials files and an optional named profile, instance or container
+roles). An organization's own store is `isolated`: it signs with the keys its admins
+stored (`S3Keys`), or not at all, and never reads the server's AWS environment, files
+or instance metadata; its connections go through the endpoint guard
+(`datasets.endpoints`).
 
 Uploads stream: the body is cut into parts of `part_size` bytes, hashed in order, and sent
 as a multipart upload with at most `concurrency` parts in flight, so memory stays near
@@ -21,17 +25,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
+import botocore.session
 from boto3.s3.transfer import TransferConfig
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from datasets import endpoints
 from datasets.storage import (
     DEFAULT_CHUNK,
     ChecksumMismatch,
@@ -50,6 +59,31 @@ if TYPE_CHECKING:
 MIN_PART = 5 * 1024 * 1024  # S3's smallest allowed part (all but the last)
 DEFAULT_PART = 8 * 1024 * 1024
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Keys:
+    """An organization's own access key; the secret parts never appear in a repr."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+def _isolated_session(region: str | None) -> botocore.session.Session:
+    """A botocore session that reads no AWS_* variable, no ~/.aws file and no profile:
+    every session variable keeps only its built-in default."""
+    base = botocore.session.Session()
+    variables = {
+        name: (None, None, default, convert)
+        for name, (_config, _env, default, convert) in base.session_var_map.items()
+    }
+    variables["config_file"] = (None, None, os.devnull, None)
+    variables["credentials_file"] = (None, None, os.devnull, None)
+    variables["region"] = (None, None, region or "us-east-1", None)
+    session = botocore.session.Session(session_vars=variables)
+    session.set_config_variable("ignore_configured_endpoint_urls", True)
+    return session
 
 
 def _missing(exc: ClientError) -> bool:
@@ -73,7 +107,14 @@ class S3Storage(Storage):
         chunk_size: int = DEFAULT_CHUNK,
         connect_timeout: float = 5.0,
         max_attempts: int = 5,
+        keys: S3Keys | None = None,
+        isolated: bool = False,
+        guard: endpoints.EndpointPolicy | None = None,
     ) -> None:
+        """`isolated`: sign with `keys` or not at all (never the server's credentials);
+        `guard`: check every connection's address (see `datasets.endpoints`)."""
+        if isolated and profile is not None:
+            raise ValueError("an isolated store cannot use a profile of the server")
         if part_size < MIN_PART:
             raise ValueError(f"part_size must be at least {MIN_PART} bytes (S3's minimum)")
         self.bucket = bucket
@@ -84,23 +125,43 @@ class S3Storage(Storage):
         self.part_size = part_size
         self.concurrency = max(1, concurrency)
         self.chunk_size = chunk_size
+        # What an error message must never repeat (an endpoint may echo what it got).
+        self._secrets = (
+            tuple(v for v in (keys.access_key_id, keys.secret_access_key, keys.session_token) if v)
+            if keys
+            else ()
+        )
+        self.signed = keys is not None or not isolated
+        pool_size = self.concurrency * 2 + 4
+        config = Config(
+            # Path-style for custom endpoints: MinIO and friends rarely have the
+            # wildcard DNS that virtual-hosted buckets need.
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=60,
+            max_pool_connections=pool_size,
+            signature_version=None if self.signed else UNSIGNED,
+        )
         try:
-            session = boto3.session.Session(profile_name=profile, region_name=region)
+            if isolated:
+                session = boto3.session.Session(botocore_session=_isolated_session(region))
+            else:
+                session = boto3.session.Session(profile_name=profile, region_name=region)
             self.client: S3Client = session.client(
                 "s3",
                 endpoint_url=endpoint_url,
-                config=Config(
-                    # Path-style for custom endpoints: MinIO and friends rarely have the
-                    # wildcard DNS that virtual-hosted buckets need.
-                    s3={"addressing_style": "path" if endpoint_url else "auto"},
-                    retries={"max_attempts": max_attempts, "mode": "standard"},
-                    connect_timeout=connect_timeout,
-                    read_timeout=60,
-                    max_pool_connections=self.concurrency * 2 + 4,
-                ),
+                config=config,
+                aws_access_key_id=keys.access_key_id if keys else None,
+                aws_secret_access_key=keys.secret_access_key if keys else None,
+                aws_session_token=keys.session_token if keys else None,
             )
-        except BotoCoreError as exc:  # e.g. an unknown profile
-            raise StorageError(f"Cannot set up the S3 client: {exc}.") from None
+        except BotoCoreError as exc:  # e.g. an unknown profile (no secret in these)
+            raise StorageError(self._redact(f"Cannot set up the S3 client: {exc}.")) from None
+        if guard is not None:
+            endpoints.install(
+                self.client, guard, timeout=(connect_timeout, 60.0), pool_size=pool_size
+            )
 
     # ------------------------------------------------------------------ helpers
 
@@ -108,12 +169,19 @@ class S3Storage(Storage):
         return self.prefix + object_key(sha256)
 
     def _error(self, what: str, exc: ClientError | BotoCoreError) -> StorageError:
-        """A failed S3 call as a sentence for people (botocore never puts secrets in it)."""
+        """A failed S3 call as a sentence for people, without the store's keys."""
         if isinstance(exc, ClientError):
             err = exc.response.get("Error", {})
             detail = f"{err.get('Code', '?')} {err.get('Message', '')}".strip()
-            return StorageError(f"S3 refused to {what} in bucket '{self.bucket}': {detail}.")
-        return StorageError(f"Cannot {what} in S3 bucket '{self.bucket}': {exc}.")
+            text = f"S3 refused to {what} in bucket '{self.bucket}': {detail}."
+        else:
+            text = f"Cannot {what} in S3 bucket '{self.bucket}': {exc}."
+        return StorageError(self._redact(text))
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:

@@ -6,13 +6,17 @@ under `CSHARE_HOME/datasets`). An admin may give the organization its own S3 buc
 reading from where their bytes are (every blob row records its store), so switching
 stores never strands data.
 
-Only *where* is stored (bucket, prefix, endpoint, region, the name of an AWS profile);
-credentials come from the API process's usual AWS sources and never enter the database,
-the responses or the logs.
+An org store is the org's, not the server's: it signs with the access key its admins
+stored with it (kept in the row, never returned or logged), or sends unsigned requests
+(buckets open to anonymous access). The API server's own AWS credentials (environment,
+profiles, instance role) and `profile` are used for it only when the operator sets
+`CSHARE_STORE_ALLOW_SERVER_CREDENTIALS`. Its endpoint passes the SSRF guard of
+`datasets.endpoints` when saved and on every connection.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -26,20 +30,26 @@ from urllib.parse import parse_qs, urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from datasets.endpoints import EndpointPolicy
 from datasets.local import LocalStorage
 from datasets.models import DataStore
-from datasets.s3 import S3Storage
+from datasets.s3 import S3Keys, S3Storage
 from datasets.storage import Storage, StorageError
 from orgs import audit
 from orgs.config import Settings
 from orgs.context import OrgContext
-from policies.errors import Invalid, NotFound
+from policies.errors import Forbidden, Invalid, NotFound
 
 KIND_DEFAULT = "default"
 KIND_S3 = "s3"
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_KEY_ID_RE = re.compile(r"^[\x21-\x7e]{3,128}$")  # printable ASCII, no spaces
+PROFILE_RULE = (
+    "Org stores use the API server's AWS profiles only when the operator sets "
+    "CSHARE_STORE_ALLOW_SERVER_CREDENTIALS; give the store its own access key instead."
+)
 
 _cache: dict[str, Storage] = {}
 _cache_lock = threading.Lock()
@@ -53,13 +63,20 @@ class StoreRef:
     backend: Storage
 
 
-def _backend(settings: Settings, kind: str, config: dict[str, Any]) -> Storage:
+def _backend(
+    settings: Settings, kind: str, config: dict[str, Any], store: DataStore | None = None
+) -> Storage:
     """A backend per configuration, built once per process (S3 clients are costly to
-    make and thread-safe to share)."""
+    make and thread-safe to share). `store`: an organization's store (guarded)."""
+    keys = _keys(store.credentials) if store is not None else None
     key = json.dumps(
         [
             kind,
             config,
+            store is not None,
+            _fingerprint(keys),
+            settings.store_endpoint_allowlist,
+            settings.store_allow_server_credentials,
             settings.dataset_chunk_bytes,
             settings.dataset_s3_part_bytes,
             settings.dataset_s3_concurrency,
@@ -70,17 +87,65 @@ def _backend(settings: Settings, kind: str, config: dict[str, Any]) -> Storage:
     with _cache_lock:
         found = _cache.get(key)
         if found is None:
-            found = _cache[key] = _build(settings, kind, config)
+            found = _cache[key] = _build(settings, kind, config, store is not None, keys)
         return found
 
 
-def _build(settings: Settings, kind: str, config: dict[str, Any]) -> Storage:
+def _fingerprint(keys: S3Keys | None) -> str:
+    """Tells keys apart in the cache key without keeping them in it."""
+    if keys is None:
+        return ""
+    text = "\0".join((keys.access_key_id, keys.secret_access_key, keys.session_token or ""))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _keys(credentials: dict[str, Any] | None) -> S3Keys | None:
+    if not credentials:
+        return None
+    return S3Keys(
+        credentials["access_key_id"],
+        credentials["secret_access_key"],
+        credentials.get("session_token"),
+    )
+
+
+def _org_s3(
+    settings: Settings, config: dict[str, Any], keys: S3Keys | None, **tuning: Any
+) -> S3Storage:
+    """An organization's S3 store: isolated from the server's credentials unless the
+    operator allows them, every connection through the endpoint guard."""
+    isolated = not settings.store_allow_server_credentials
+    if isolated and config.get("profile"):
+        raise Forbidden(PROFILE_RULE, code="store_credentials_refused")
+    return S3Storage(
+        config["bucket"],
+        prefix=config.get("prefix") or "",
+        endpoint_url=config.get("endpoint_url"),
+        region=config.get("region"),
+        profile=config.get("profile"),
+        keys=keys,
+        isolated=isolated,
+        guard=EndpointPolicy(settings.store_allowlist()),
+        **tuning,
+    )
+
+
+def _build(
+    settings: Settings, kind: str, config: dict[str, Any], org: bool, keys: S3Keys | None
+) -> Storage:
     if kind == "local":
         return LocalStorage(
             Path(config["path"]),
             chunk_size=settings.dataset_chunk_bytes,
             fsync=settings.dataset_fsync,
         )
+    tuning: dict[str, Any] = {
+        "part_size": settings.dataset_s3_part_bytes,
+        "concurrency": settings.dataset_s3_concurrency,
+        "chunk_size": settings.dataset_chunk_bytes,
+    }
+    if kind == KIND_S3 and org:
+        return _org_s3(settings, config, keys, **tuning)
     if kind == KIND_S3:
         return S3Storage(
             config["bucket"],
@@ -88,9 +153,7 @@ def _build(settings: Settings, kind: str, config: dict[str, Any]) -> Storage:
             endpoint_url=config.get("endpoint_url"),
             region=config.get("region"),
             profile=config.get("profile"),
-            part_size=settings.dataset_s3_part_bytes,
-            concurrency=settings.dataset_s3_concurrency,
-            chunk_size=settings.dataset_chunk_bytes,
+            **tuning,
         )
     raise ValueError(f"unknown store kind {kind!r}")
 
@@ -128,7 +191,7 @@ def backend_for(session: Session, settings: Settings, store_id: uuid.UUID | None
     store = session.get(DataStore, store_id)
     if store is None:
         raise NotFound("The data store of this version no longer exists.", code="store_missing")
-    return _backend(settings, store.kind, dict(store.config))
+    return _backend(settings, store.kind, dict(store.config), store)
 
 
 def active_store(session: Session, org_id: uuid.UUID) -> DataStore | None:
@@ -144,7 +207,7 @@ def current_store(session: Session, settings: Settings, org_id: uuid.UUID) -> St
     store = active_store(session, org_id)
     if store is None:
         return StoreRef(None, default_store(settings))
-    return StoreRef(store.id, _backend(settings, store.kind, dict(store.config)))
+    return StoreRef(store.id, _backend(settings, store.kind, dict(store.config), store))
 
 
 # --------------------------------------------------------------- configuration (admins)
@@ -165,8 +228,10 @@ def validate_s3(
     endpoint_url: str | None = None,
     region: str | None = None,
     profile: str | None = None,
+    allow_profile: bool = True,
 ) -> dict[str, Any]:
-    """The S3 settings, checked (each error names its field); None values dropped."""
+    """The S3 settings, checked (each error names its field); None values dropped.
+    `allow_profile` False: naming a profile of the server is refused (org stores)."""
     if not _BUCKET_RE.fullmatch(bucket or "") or ".." in bucket:
         raise Invalid(
             "Bucket names are 3-63 lowercase letters, digits, '.' and '-'.", field="bucket"
@@ -205,6 +270,8 @@ def validate_s3(
             raise Invalid("endpoint_url has an invalid port.", field="endpoint_url") from None
     if region is not None and not _REGION_RE.fullmatch(region):
         raise Invalid("region is like 'eu-west-1'.", field="region")
+    if profile is not None and not allow_profile:
+        raise Invalid(PROFILE_RULE, field="profile", code="store_credentials_refused")
     if profile is not None and not _PROFILE_RE.fullmatch(profile):
         raise Invalid(
             "profile names an AWS profile of the API server: 1-64 letters, digits, '.', "
@@ -221,16 +288,49 @@ def validate_s3(
     return {k: v for k, v in config.items() if v not in (None, "")}
 
 
+def validate_keys(
+    access_key_id: str | None, secret_access_key: str | None, session_token: str | None
+) -> S3Keys | None:
+    """The org's access key, checked (errors name the field, never echo the value)."""
+    if access_key_id is None and secret_access_key is None and session_token is None:
+        return None
+    if not access_key_id or not _KEY_ID_RE.fullmatch(access_key_id):
+        raise Invalid(
+            "access_key_id is 3-128 printable characters without spaces, and is needed "
+            "with a secret_access_key.",
+            field="access_key_id",
+        )
+    for name, value, most in (
+        ("secret_access_key", secret_access_key, 256),
+        ("session_token", session_token, 4096),
+    ):
+        if value is None and name == "session_token":
+            continue
+        if not value or len(value) > most or any(not 32 < ord(c) < 127 for c in value):
+            raise Invalid(f"{name} is 1-{most} printable characters without spaces.", field=name)
+    assert secret_access_key is not None
+    return S3Keys(access_key_id, secret_access_key, session_token)
+
+
 def describe(session: Session, settings: Settings, org_id: uuid.UUID) -> dict[str, Any]:
-    """What members see of where their organization's bytes go (no secrets)."""
+    """What members see of where their organization's bytes go (no secrets: whether a
+    key is stored, and its public id)."""
     store = active_store(session, org_id)
     if store is None:
-        return {"kind": KIND_DEFAULT, "id": None, "config": {}, "created_at": None}
+        return {
+            "kind": KIND_DEFAULT,
+            "id": None,
+            "config": {},
+            "created_at": None,
+            "access_key_id": None,
+        }
+    keys = _keys(store.credentials)
     return {
         "kind": store.kind,
         "id": store.id,
         "config": dict(store.config),
         "created_at": store.created_at,
+        "access_key_id": keys.access_key_id if keys else None,
     }
 
 
@@ -242,34 +342,32 @@ def configure(
     kind: str,
     config: dict[str, Any],
     verify: bool,
+    keys: S3Keys | None = None,
 ) -> None:
-    """Make `kind`/`config` the organization's store for new uploads; commits.
+    """Make `kind`/`config` (and the org's access key `keys`) the organization's store
+    for new uploads; commits.
 
-    With `verify`, the bucket is written and read back first (with the API server's
-    credentials), so a typo or a missing permission is a 422 now rather than a failed
-    upload later. The session is closed during that check: no lock is held on the
-    network.
+    The endpoint must pass the guard now (and will again on every connection). With
+    `verify`, the bucket is written and read back first, exactly as uploads will reach
+    it, so a typo or a missing permission is a 422 now rather than a failed upload
+    later. The session is closed during that check: no lock is held on the network.
     """
     before = describe(session, settings, ctx.org.id)
     if kind == KIND_S3:
-        config = validate_s3(**config)
+        config = validate_s3(**config, allow_profile=settings.store_allow_server_credentials)
+        if config.get("endpoint_url"):
+            EndpointPolicy(settings.store_allowlist()).check_url(config["endpoint_url"])
         if verify:
             session.close()  # nothing of the database is held while S3 is asked
             try:
                 # One attempt, short timeouts: an admin is waiting for the answer.
-                S3Storage(
-                    config["bucket"],
-                    prefix=config.get("prefix") or "",
-                    endpoint_url=config.get("endpoint_url"),
-                    region=config.get("region"),
-                    profile=config.get("profile"),
-                    connect_timeout=3.0,
-                    max_attempts=1,
-                ).check()
+                _org_s3(settings, config, keys, connect_timeout=3.0, max_attempts=1).check()
             except StorageError as exc:
                 raise Invalid(f"The bucket is not usable: {exc.detail}", field="bucket") from None
     elif kind != KIND_DEFAULT:
         raise Invalid("kind is 'default' or 's3'.", field="kind")
+    elif keys is not None:
+        raise Invalid("The default store takes no access key.", field="access_key_id")
     for old in session.scalars(
         select(DataStore).where(DataStore.org_id == ctx.org.id, DataStore.active.is_(True))
     ):
@@ -277,7 +375,12 @@ def configure(
     if kind == KIND_S3:
         session.add(
             DataStore(
-                org_id=ctx.org.id, kind=kind, config=config, active=True, created_by=ctx.user.id
+                org_id=ctx.org.id,
+                kind=kind,
+                config=config,
+                credentials=_credentials(keys),
+                active=True,
+                created_by=ctx.user.id,
             )
         )
     session.flush()
@@ -289,7 +392,25 @@ def configure(
         action="datastore.configured",
         target_type="datastore",
         target_id=after["id"] or KIND_DEFAULT,
-        before={"kind": before["kind"], **before["config"]},
-        after={"kind": after["kind"], **after["config"]},
+        before=_audited(before),
+        after=_audited(after),
     )
     session.commit()
+
+
+def _credentials(keys: S3Keys | None) -> dict[str, Any] | None:
+    if keys is None:
+        return None
+    stored = {"access_key_id": keys.access_key_id, "secret_access_key": keys.secret_access_key}
+    if keys.session_token:
+        stored["session_token"] = keys.session_token
+    return stored
+
+
+def _audited(described: dict[str, Any]) -> dict[str, Any]:
+    # The key's public id only: secrets never reach the audit log.
+    return {
+        "kind": described["kind"],
+        **described["config"],
+        "access_key_id": described["access_key_id"],
+    }

@@ -36,6 +36,10 @@ BLOCK = tarfile.BLOCKSIZE
 TAR_END = b"\0" * (2 * BLOCK)
 MAX_PATH = 4096
 MAX_COMPONENT = 255
+# What one directory version may unpack to, unless the caller says otherwise (the
+# server's CSHARE_ARCHIVE_MAX_BYTES / CSHARE_ARCHIVE_MAX_FILES).
+MAX_ARCHIVE_FILES = 100_000
+MAX_ARCHIVE_BYTES = 10 << 30
 
 
 class Reader(Protocol):
@@ -329,23 +333,34 @@ class UnsafeArchive(ValueError):
 
 
 def iter_tar_members(
-    reader: Reader, *, max_files: int = 100_000
+    reader: Reader,
+    *,
+    max_files: int = MAX_ARCHIVE_FILES,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+    check_name: Callable[[str], object] | None = None,
 ) -> Iterator[tuple[str, int, Reader]]:
     """(path, size, reader) for every regular file of a tar stream, in stream order.
 
     Only streams: each file's reader must be consumed before the next is asked for.
-    Directories are skipped (they are implied by the paths); links, devices, unsafe or
-    duplicate paths raise `UnsafeArchive`.
+    Directories are skipped (they are implied by the paths); links (symbolic and hard),
+    devices, FIFOs, unsafe or duplicate paths raise `UnsafeArchive`, and so does an
+    archive of more than `max_files` files or `max_bytes` bytes in all, before the file
+    that passes the cap is handed out. `check_name(name)` may refuse a raw member name
+    with an error of its own.
     """
     seen: set[str] = set()
+    total = 0
     try:
         with tarfile.open(fileobj=reader, mode="r|*", bufsize=CHUNK) as tar:  # type: ignore[call-overload]
             for member in tar:
+                if check_name is not None:
+                    check_name(member.name)
                 if member.isdir():
                     continue
                 if not member.isreg():
                     raise UnsafeArchive(
-                        f"{member.name!r}: only regular files and directories may be uploaded"
+                        f"{member.name[:200]!r}: only regular files and directories may be "
+                        "unpacked (no links, devices or FIFOs)"
                     )
                 path = safe_path(member.name)
                 if path is None:
@@ -355,6 +370,9 @@ def iter_tar_members(
                 seen.add(path)
                 if len(seen) > max_files:
                     raise UnsafeArchive(f"more than {max_files} files")
+                total += member.size
+                if total > max_bytes:
+                    raise UnsafeArchive(f"more than {max_bytes} bytes of files")
                 extracted = tar.extractfile(member)
                 assert extracted is not None  # a regular file always has data
                 yield path, member.size, extracted
@@ -362,11 +380,19 @@ def iter_tar_members(
         raise UnsafeArchive(f"not a valid tar stream ({exc})") from None
 
 
-def extract_tar(reader: Reader, dest: Path, chunk: int = CHUNK) -> list[ManifestEntry]:
+def extract_tar(
+    reader: Reader,
+    dest: Path,
+    chunk: int = CHUNK,
+    *,
+    max_files: int = MAX_ARCHIVE_FILES,
+    max_bytes: int = MAX_ARCHIVE_BYTES,
+) -> list[ManifestEntry]:
     """Unpack a tar stream into `dest` (which must exist), hashing every file as it is
-    written; returns the manifest. Only what `iter_tar_members` lets through is written."""
+    written; returns the manifest. Only what `iter_tar_members` lets through (within the
+    caps) is written."""
     entries: list[ManifestEntry] = []
-    for path, _size, member in iter_tar_members(reader):
+    for path, _size, member in iter_tar_members(reader, max_files=max_files, max_bytes=max_bytes):
         target = dest.joinpath(*path.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()

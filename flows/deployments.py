@@ -33,6 +33,7 @@ from orgs.db import utcnow
 from orgs.models import Organization
 from policies.errors import Conflict, Invalid, NotFound
 from policies.job_states import JobEvent
+from policies.names import refuse_bidi
 from policies.permissions import Permission
 
 __all__ = [
@@ -88,7 +89,8 @@ def default_flow_name(entrypoint: str) -> str:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    refuse_bidi(name, field="name")
+    if not NAME_RE.fullmatch(name):
         raise Invalid(
             "Deployment names are 1-63 lowercase letters, digits, '-' or '_', starting "
             "with a letter or digit.",

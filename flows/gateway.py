@@ -289,6 +289,9 @@ class PrefectGateway:
         if retries < 0:
             raise ValueError("retries must not be negative")
         self.api_url = api_url.rstrip("/")
+        # For the control plane's Prefect proxy (api/prefect_proxy), which speaks to the
+        # same server; never sent anywhere but to Prefect.
+        self.auth_string = auth_string
         self.retries = retries
         self.backoff_base = backoff_base
         self.timeout = timeout

@@ -17,6 +17,7 @@ from orgs.config import Settings, get_settings
 from orgs.db import utcnow
 from orgs.models import ApiToken, User
 from policies.errors import Conflict, Invalid, NotFound, Unauthenticated
+from policies.names import refuse_bidi
 from policies.throttle import address_key
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -38,7 +39,8 @@ def normalize_email(email: str) -> str:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    refuse_bidi(name, field="name")
+    if not NAME_RE.fullmatch(name):
         raise Invalid(
             "Names are 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
             field="name",

@@ -11,6 +11,8 @@ from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orgs.netguard import Allowlist
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CSHARE_", extra="ignore")
@@ -129,6 +131,28 @@ class Settings(BaseSettings):
     # How often each API process purges stored bytes nothing refers to (0: never);
     # see flows/dispatch/housekeeping.py.
     dataset_gc_interval_s: float = Field(default=3600.0, ge=0)
+    # Directory versions are tar streams: the most bytes and files one may unpack to.
+    archive_max_bytes: int = Field(default=10 << 30, ge=1)
+    archive_max_files: int = Field(default=100_000, ge=1)
+
+    # Organizations' own S3 stores (datasets.endpoints). Their endpoint must be https://
+    # to a public address unless allowed here: comma-separated host patterns and
+    # networks, like `minio.internal,*.example.com,10.0.0.0/8`. Checked on every
+    # connection, against the address actually connected to.
+    store_endpoint_allowlist: str = ""
+    # Let org stores use the API server's own AWS credentials (environment, profiles,
+    # instance role). Off: an org store signs with the keys its admins stored, or not at
+    # all.
+    store_allow_server_credentials: bool = False
+
+    @field_validator("store_endpoint_allowlist")
+    @classmethod
+    def _check_allowlist(cls, value: str) -> str:
+        Allowlist.parse(value)  # fail at start-up, not at the first upload
+        return value
+
+    def store_allowlist(self) -> Allowlist:
+        return Allowlist.parse(self.store_endpoint_allowlist)
 
     @field_validator("log_format", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from orgs.models import Machine, Organization, RetiredMachineToken, User
 from policies import access
 from policies.access import MachineFacts, Scope, Viewer
 from policies.errors import Conflict, Invalid, LimitExceeded, NotFound, Unauthenticated
+from policies.names import refuse_bidi
 from policies.permissions import Permission
 
 __all__ = [
@@ -189,7 +190,8 @@ def _snapshot(m: Machine) -> dict[str, Any]:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    refuse_bidi(name, field="name")
+    if not NAME_RE.fullmatch(name):
         raise Invalid(
             "Machine names are 1-64 letters, digits, '.', '_' or '-', starting with a "
             "letter or digit.",

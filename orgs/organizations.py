@@ -17,6 +17,7 @@ from orgs import audit, cascade, settings_doc
 from orgs.context import OrgContext
 from orgs.models import Membership, Organization, SettingsVersion, User
 from policies.errors import Conflict, Forbidden, Invalid, NotFound
+from policies.names import refuse_bidi
 from policies.permissions import Permission, Role, may_assign
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
@@ -31,6 +32,7 @@ def slugify(name: str) -> str:
 
 
 def validate_org_name(name: str) -> str:
+    refuse_bidi(name, field="name")
     name = name.strip()
     if not 1 <= len(name) <= 100 or any(ord(c) < 32 for c in name):
         raise Invalid("Organization names are 1-100 printable characters.", field="name")
@@ -48,7 +50,8 @@ def is_reserved_slug(slug: str) -> bool:
 
 
 def validate_slug(slug: str) -> str:
-    if not SLUG_RE.match(slug) or is_reserved_slug(slug):
+    refuse_bidi(slug, field="slug")
+    if not SLUG_RE.fullmatch(slug) or is_reserved_slug(slug):
         raise Invalid(
             "Slugs are 1-40 lowercase letters, digits and inner '-', not a reserved word "
             "and not starting with 'prefect'.",

@@ -37,15 +37,25 @@ class MachineSettings(BaseModel):
     offline_after_s: int = Field(60, ge=5, le=86_400)
 
 
+class StorageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # Bytes the organization's datasets may hold in all (every live version counted at
+    # its size); enforced before an upload's bytes are stored. None: unlimited.
+    max_bytes: int | None = Field(None, ge=0, le=1 << 62)
+
+
 class OrgSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     invitations: InvitationSettings = InvitationSettings()
     machines: MachineSettings = MachineSettings()
+    storage: StorageSettings = StorageSettings()
     limits: LimitsDocument = DEFAULT_LIMITS
 
 
-SECTIONS = frozenset({"invitations", "machines", "limits"})
+SECTIONS = frozenset({"invitations", "machines", "storage", "limits"})
+MERGED_SECTIONS = ("invitations", "machines", "storage")
 
 
 def default_settings() -> dict[str, Any]:
@@ -94,7 +104,7 @@ def stage(ctx: OrgContext, session: Session, changes: Mapping[str, Any]) -> OrgS
     org = ctx.org
     current = load(org.settings)
     merged: dict[str, Any] = current.model_dump(mode="json", exclude={"limits"})
-    for section in ("invitations", "machines"):
+    for section in MERGED_SECTIONS:
         if section in changes:
             if not isinstance(changes[section], dict):
                 raise Invalid(f"'{section}' must be a mapping.", field=section)
@@ -136,8 +146,8 @@ def lock_org(ctx: OrgContext, session: Session) -> None:
 def update(ctx: OrgContext, session: Session, *, changes: Mapping[str, Any]) -> OrgSettings:
     """Apply a partial update: top-level sections given replace the stored ones.
 
-    `changes` may hold `invitations`, `machines` (merged key by key) and `limits` (the
-    whole limits document, already parsed or as a mapping).
+    `changes` may hold `invitations`, `machines`, `storage` (merged key by key) and
+    `limits` (the whole limits document, already parsed or as a mapping).
     """
     ctx.require(Permission.settings_update)
     lock_org(ctx, session)

@@ -59,6 +59,24 @@ class LimitExceeded(DomainError):
     code = "limit_exceeded"
 
 
+class TooLarge(DomainError):
+    """What was sent would pass a size limit (HTTP 413); `used` and `limit` in bytes."""
+
+    code = "too_large"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        used: int | None = None,
+        limit: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(detail, code=code)
+        self.used = used
+        self.limit = limit
+
+
 class Unavailable(DomainError):
     """A dependency (Prefect, storage) is not answering; safe to retry (HTTP 503)."""
 

@@ -54,6 +54,12 @@ class ApiClient:
         with TestClient(app, raise_server_exceptions=False) as client:
             yield cls(client, db)
 
+    def set_settings(self, **changes: Any) -> None:
+        """Change the running app's settings, as an operator restarting it with other
+        environment variables would (requests read `app.state.settings`)."""
+        app: Any = self.client.app
+        app.state.settings = app.state.settings.model_copy(update=changes)
+
     def request(
         self, method: str, path: str, who: Person | None = None, **kwargs: Any
     ) -> httpx.Response:

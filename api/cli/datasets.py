@@ -460,6 +460,8 @@ def _store_lines(store: dict[str, Any]) -> None:
     for key in ("endpoint_url", "region", "profile"):
         if cfg.get(key):
             output.say(f"{key}: {cfg[key]}")
+    if store.get("access_key_id"):
+        output.say(f"access key: {store['access_key_id']} (secret stored, never shown)")
 
 
 @store_app.command("show")
@@ -480,15 +482,34 @@ def store_s3(
     ] = None,
     region: Annotated[str | None, typer.Option("--region")] = None,
     profile: Annotated[
-        str | None, typer.Option("--profile", help="An AWS profile of the API server.")
+        str | None,
+        typer.Option(
+            "--profile",
+            help="An AWS profile of the API server (only if its operator allows org "
+            "stores the server's credentials).",
+        ),
+    ] = None,
+    access_key_id: Annotated[
+        str | None, typer.Option("--access-key-id", help="The bucket's access key.")
+    ] = None,
+    secret_access_key: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-access-key",
+            envvar="CSHARE_STORE_SECRET_ACCESS_KEY",
+            help="Its secret (asked for when not given; never shown again).",
+        ),
     ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Store new uploads in an S3 bucket (admins). Credentials stay on the API server."""
+    """Store new uploads in an S3 bucket (admins), signed with the bucket's own access
+    key (or unsigned, for a bucket open to anyone)."""
     cfg = config.effective()
     slug = require_org(cfg, org)
+    if access_key_id and not secret_access_key:
+        secret_access_key = typer.prompt("Secret access key", hide_input=True)
     body = {
         "kind": "s3",
         "bucket": bucket,
@@ -496,6 +517,8 @@ def store_s3(
         "endpoint_url": endpoint_url,
         "region": region,
         "profile": profile,
+        "access_key_id": access_key_id,
+        "secret_access_key": secret_access_key,
         "verify": verify,
     }
     with connect(cfg) as client:

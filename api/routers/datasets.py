@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from api.deps import Credentials, Requires, SessionDep, SettingsDep, get_auth
-from api.schemas import Page, PublicUserOut
+from api.schemas import ErrorOut, Page, PublicUserOut
 from datasets import catalog, stores, wire
 from datasets.access import Caller
 from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
@@ -171,8 +171,16 @@ class DatastoreIn(BaseModel):
     profile: str | None = Field(
         default=None,
         max_length=64,
-        description="An AWS profile of the API server; credentials are never sent here.",
+        description="An AWS profile of the API server (only where the operator allows "
+        "org stores the server's credentials).",
     )
+    access_key_id: str | None = Field(
+        default=None, max_length=128, description="The bucket's access key (with the secret)."
+    )
+    secret_access_key: str | None = Field(
+        default=None, max_length=256, description="Stored with the store, never returned."
+    )
+    session_token: str | None = Field(default=None, max_length=4096)
     verify: bool = Field(default=True, description="Write and read back a probe first.")
 
 
@@ -181,6 +189,9 @@ class DatastoreOut(BaseModel):
     id: uuid.UUID | None
     config: dict[str, str]
     created_at: datetime | None
+    access_key_id: str | None = Field(
+        default=None, description="The stored key's id (its secret is never shown)."
+    )
 
 
 class JobInputOut(BaseModel):
@@ -259,7 +270,7 @@ def _version_out(
 # reads or writes) and memory stays bounded at about DEPTH * BATCH per transfer.
 BATCH = 1 << 20
 DEPTH = 8
-_Item = bytes | Exception
+_Item = bytes | Exception | None  # None: the body arrived whole
 
 
 async def _pump_body(stream: AsyncIterator[bytes], tx: MemoryObjectSendStream[_Item]) -> None:
@@ -276,6 +287,7 @@ async def _pump_body(stream: AsyncIterator[bytes], tx: MemoryObjectSendStream[_I
                     parts, got = [], 0
             if parts:
                 await tx.send(b"".join(parts))
+            await tx.send(None)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return  # the consumer stopped (it failed); nothing more to deliver
         except Exception as exc:  # ClientDisconnect, a broken connection, ...
@@ -290,6 +302,10 @@ def _thread_chunks(rx: MemoryObjectReceiveStream[_Item]) -> Iterator[bytes]:
         try:
             item = anyio.from_thread.run(rx.receive)
         except anyio.EndOfStream:
+            # Closed without the end mark: the pump was cancelled (a shutdown), so the
+            # body is not known to be whole.
+            item = anyio.EndOfStream()
+        if item is None:
             return
         if isinstance(item, Exception):
             raise Invalid(
@@ -448,11 +464,23 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 
 
+def _content_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdecimal() and len(declared) < 20 else None
+
+
 @router.post(
     "/orgs/{org}/datasets/{name}/versions",
     status_code=status.HTTP_201_CREATED,
     openapi_extra=UPLOAD_BODY,
-    responses={200: {"description": "Same content as the latest version: that version."}},
+    responses={
+        200: {"description": "Same content as the latest version: that version."},
+        413: {
+            "model": ErrorOut,
+            "description": "`storage_quota_exceeded`: the org's storage.max_bytes would be "
+            "passed (`used_bytes`, `limit_bytes`); nothing was stored.",
+        },
+    },
 )
 async def upload_version(
     name: NameParam,
@@ -494,6 +522,7 @@ async def upload_version(
         description=description,
         producer=producer,
         expected_sha256=x_content_sha256,
+        content_length=_content_length(request),
     )
     # Release the connection (and SQLite's write lock) before the first byte is read.
     await run_in_threadpool(session.close)
@@ -584,6 +613,7 @@ def _datastore_out(data: dict[str, Any]) -> DatastoreOut:
         id=data["id"],
         config={k: str(v) for k, v in data["config"].items()},
         created_at=data["created_at"],
+        access_key_id=data["access_key_id"],
     )
 
 
@@ -591,7 +621,7 @@ def _datastore_out(data: dict[str, Any]) -> DatastoreOut:
 def show_datastore(
     caller: DatasetsRead, session: SessionDep, settings: SettingsDep
 ) -> DatastoreOut:
-    """Where the organization's new uploads go (no credentials: there are none here)."""
+    """Where the organization's new uploads go (never a secret)."""
     return _datastore_out(stores.describe(session, settings, caller.org.id))
 
 
@@ -600,7 +630,9 @@ def configure_datastore(
     body: DatastoreIn, caller: StorageConfigure, session: SessionDep, settings: SettingsDep
 ) -> DatastoreOut:
     """Use the organization's own S3 bucket (or the default store again) for new
-    uploads. Credentials come from the API server's AWS environment or `profile`."""
+    uploads. Requests are signed with the access key given here, or not at all; the API
+    server's own AWS credentials only where the operator allows it."""
+    keys = stores.validate_keys(body.access_key_id, body.secret_access_key, body.session_token)
     config: dict[str, Any] = {}
     if body.kind == stores.KIND_S3:
         if not body.bucket:
@@ -613,7 +645,7 @@ def configure_datastore(
             "profile": body.profile,
         }
     stores.configure(
-        caller.ctx, session, settings, kind=body.kind, config=config, verify=body.verify
+        caller.ctx, session, settings, kind=body.kind, config=config, verify=body.verify, keys=keys
     )
     return _datastore_out(stores.describe(session, settings, caller.org.id))
 

@@ -1,7 +1,8 @@
 """The organization overview, per-user usage, and notification settings.
 
 - `GET /orgs/{org}/overview` (members): machines, capacity, jobs now, compute time;
-- `GET /orgs/{org}/usage?since=&until=` (admins): per user, heaviest first;
+- `GET /orgs/{org}/usage?since=&until=` (admins): per user, heaviest first, and the
+  storage the datasets hold against `storage.max_bytes`;
 - `GET/PUT /orgs/{org}/notifications` (admins), `POST .../notifications/test`,
   `GET .../notifications/deliveries` (the last deliveries and their outcome).
 """
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.deps import Requires, SessionDep, SettingsDep
+from datasets import quota
 from orgs import notifications, usage_views
 from orgs.context import OrgContext
 from orgs.models import User
@@ -137,9 +139,15 @@ class UserUsageOut(BaseModel):
     queued_now: int
 
 
+class StorageUsageOut(BaseModel):
+    used_bytes: int = Field(description="What the org's live dataset versions hold.")
+    max_bytes: int | None = Field(description="storage.max_bytes (null: unlimited).")
+
+
 class UsageOut(BaseModel):
     since: datetime
     until: datetime
+    storage: StorageUsageOut
     compute_seconds: float
     compute_hours: float
     items: list[UserUsageOut]
@@ -166,9 +174,11 @@ def get_usage(
             raise Invalid(f"No user named '{user}'.", field="user")
     u = usage_views.usage(session, ctx.org, since=start, until=end, user_id=user_id)
     page = u.users[offset : offset + limit]
+    stored = quota.quota_of(session, ctx.org)
     return UsageOut(
         since=u.since,
         until=u.until,
+        storage=StorageUsageOut(used_bytes=stored.used, max_bytes=stored.limit),
         compute_seconds=round(u.compute_seconds, 3),
         compute_hours=round(u.compute_seconds / 3600, 3),
         items=[

@@ -1,6 +1,6 @@
 """Organization settings and limits: GET/PUT /orgs/{org}/settings, and its versions.
 
-PUT takes JSON (`{name?, description?, invitations?, machines?, limits?}`) or, with a
+PUT takes JSON (`{name?, description?, invitations?, machines?, storage?, limits?}`) or, with a
 YAML content type, the limits document itself, so an admin can keep it in a file.
 """
 
@@ -19,7 +19,7 @@ from api.deps import Requires, SessionDep
 from api.schemas import ErrorOut, Page, PublicUserOut
 from orgs import organizations, settings_doc
 from orgs.context import OrgContext
-from orgs.settings_doc import InvitationSettings, MachineSettings
+from orgs.settings_doc import InvitationSettings, MachineSettings, StorageSettings
 from policies.errors import Invalid
 from policies.limits import LimitsDocument, parse_limits_yaml
 from policies.permissions import Permission
@@ -35,8 +35,8 @@ YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "
 
 
 class SettingsIn(BaseModel):
-    """A partial update: sections given replace the stored ones (`invitations` and
-    `machines` key by key, `limits` as a whole document)."""
+    """A partial update: sections given replace the stored ones (`invitations`,
+    `machines` and `storage` key by key, `limits` as a whole document)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -44,6 +44,9 @@ class SettingsIn(BaseModel):
     description: str | None = Field(default=None, max_length=2000)
     invitations: dict[str, Any] | None = None
     machines: dict[str, Any] | None = None
+    storage: dict[str, Any] | None = Field(
+        default=None, description="`max_bytes`: the datasets' quota (null: unlimited)."
+    )
     limits: dict[str, Any] | None = Field(default=None, description="The limits document.")
 
 
@@ -53,6 +56,7 @@ class SettingsOut(BaseModel):
     version: int
     invitations: InvitationSettings
     machines: MachineSettings
+    storage: StorageSettings
     limits: LimitsDocument
 
 
@@ -97,6 +101,7 @@ def _settings_out(ctx: OrgContext) -> SettingsOut:
         version=ctx.org.settings_version,
         invitations=doc.invitations,
         machines=doc.machines,
+        storage=doc.storage,
         limits=doc.limits,
     )
 
@@ -176,7 +181,7 @@ def put_settings(
     given = _parse_json(body.data)
     changes = {
         key: value
-        for key in ("invitations", "machines", "limits")
+        for key in ("invitations", "machines", "storage", "limits")
         if (value := getattr(given, key)) is not None
     }
     organizations.apply_settings(

@@ -6,14 +6,16 @@ database transaction and must not touch a store), and bytes whose purge a store 
 for a while. This service runs `catalog.collect_garbage` every
 `CSHARE_DATASET_GC_INTERVAL_S` (0 turns it off). Several API replicas may run it at
 once: each blob is decided under its row lock, so bytes a live version shares with a
-deleted one (the default store is content-addressed across organizations) stay.
+deleted one (the default store is content-addressed across organizations) stay. It
+also removes upload temp files a killed process left in the local default store.
 """
 
 from __future__ import annotations
 
 import logging
 
-from datasets import catalog
+from datasets import catalog, stores
+from datasets.local import LocalStorage
 from flows.dispatch.service import Service
 from orgs.config import Settings
 from orgs.db import Database
@@ -41,4 +43,7 @@ class DatasetGarbageCollector(Service):
             purged = catalog.collect_garbage(session, self.settings)
         if purged:
             log.info("dataset housekeeping removed %d unreferenced objects", purged)
+        backend = stores.default_store(self.settings)
+        if isinstance(backend, LocalStorage) and (swept := backend.sweep_temp()):
+            log.info("dataset housekeeping removed %d abandoned upload temp files", swept)
         return purged

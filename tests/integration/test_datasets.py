@@ -92,6 +92,12 @@ def store_path(sha: str) -> Path:
     return get_settings().resolved_dataset_dir() / object_key(sha)
 
 
+def temp_files() -> list[Path]:
+    """What uploads in progress hold in the local store's temp dir."""
+    tmp = get_settings().resolved_dataset_dir() / "tmp"
+    return sorted(tmp.glob("*")) if tmp.exists() else []
+
+
 def make_job(db: Database, slug: str, user_id: str, inputs: list[Any] | None = None) -> Job:
     """A job row straight into the ledger (no Prefect): what lineage and inputs need."""
     with db.transaction() as s:
@@ -327,6 +333,7 @@ def test_announced_checksum_must_match(api: ApiClient, world: World) -> None:
     r = upload(api, world, world.alice, "checked", data, headers={"X-Content-SHA256": wrong})
     assert r.status_code == 422 and r.json()["error"] == "checksum_mismatch"
     assert not store_path(hashlib.sha256(data).hexdigest()).exists()
+    assert temp_files() == []
     right = hashlib.sha256(data).hexdigest()
     r = upload(api, world, world.alice, "checked", data, headers={"X-Content-SHA256": right})
     assert r.status_code == 201
@@ -348,6 +355,7 @@ def test_interrupted_upload_leaves_no_version(api: ApiClient, world: World) -> N
         pass  # the test client may pass the error back instead of an answer
     shown = api.get(ds(world, "halfway"), world.alice).json()
     assert shown["versions"] == []
+    assert temp_files() == []
     assert download(api, world, world.alice, "halfway").status_code == 404
     with api.db.session() as s:
         ds_id = s.scalars(select(Dataset.id).where(Dataset.name == "halfway")).one()
@@ -379,12 +387,9 @@ def test_connection_dropped_mid_upload_over_http(database: Database, tmp_path: P
                 sock.sendall(b"z" * 65536)
                 sent += 65536
         deadline = time.monotonic() + 10
-        tmp_dir = get_settings().resolved_dataset_dir() / "tmp"
-        while time.monotonic() < deadline:  # the server notices the disconnect
-            leftovers = list(tmp_dir.glob("upload-*")) if tmp_dir.exists() else []
-            if not leftovers:
-                break
+        while temp_files() and time.monotonic() < deadline:  # the server notices
             time.sleep(0.05)
+        assert temp_files() == []
         r = httpx.get(f"{url}/orgs/{slug}/datasets/dropped", headers=alice.headers)
         assert r.json()["versions"] == []
 
@@ -609,13 +614,19 @@ def test_org_store_on_s3(api: ApiClient, world: World, s3_endpoint: str, s3_buck
         "prefix": "cs",
         "endpoint_url": s3_endpoint,
         "region": S3_REGION,
+        # The org's own key (moto takes any): never the server's.
+        "access_key_id": "org-key-id",
+        "secret_access_key": "org-secret-key",
     }
     assert api.put(f"/orgs/{world.slug}/datastore", world.alice, json=body).status_code == 403
+    # moto listens on loopback: only an operator's allowlist lets an org store go there.
+    api.set_settings(store_endpoint_allowlist="127.0.0.1/32")
     r = api.put(f"/orgs/{world.slug}/datastore", world.admin, json=body)
     assert r.status_code == 200, r.text
     shown = api.get(f"/orgs/{world.slug}/datastore", world.bob).json()
     assert shown["kind"] == "s3" and shown["config"]["bucket"] == s3_bucket
-    assert "secret" not in str(shown).lower() and "testing" not in str(shown)
+    assert shown["access_key_id"] == "org-key-id"
+    assert "org-secret-key" not in r.text + str(shown) and "testing" not in str(shown)
     sha = hashlib.sha256(s3_data).hexdigest()
     assert upload(api, world, world.alice, "moving", s3_data).status_code == 201
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name=S3_REGION)
@@ -645,14 +656,23 @@ def test_bad_store_settings_are_refused(api: ApiClient, world: World) -> None:
         ({"kind": "s3", "bucket": "Not_A_Bucket"}, "bucket"),
         ({"kind": "s3", "bucket": "ok-bucket", "endpoint_url": "ftp://x"}, "endpoint_url"),
         ({"kind": "s3", "bucket": "ok-bucket", "prefix": "a/../b"}, "prefix"),
-        ({"kind": "s3", "bucket": "ok-bucket", "secret_access_key": "x"}, "secret_access_key"),
-        # Nothing listens there: the probe fails, nothing is saved.
-        ({"kind": "s3", "bucket": "ok-bucket", "endpoint_url": "http://127.0.0.1:9"}, "bucket"),
+        ({"kind": "s3", "bucket": "ok-bucket", "secret_access_key": "x"}, "access_key_id"),
+        ({"kind": "s3", "bucket": "ok-bucket", "whatever": "x"}, "whatever"),
+        # Loopback is refused before anything is asked (tests/test_storage_safety.py).
+        (
+            {"kind": "s3", "bucket": "ok-bucket", "endpoint_url": "http://127.0.0.1:9"},
+            "endpoint_url",
+        ),
     ]
     for body, field in bad:
         r = api.put(url, world.admin, json=body)
         assert r.status_code == 422, (body, r.text)
         assert r.json()["field"] == field, (body, r.json())
+    # Allowed, but nothing listens there: the probe fails, nothing is saved.
+    api.set_settings(store_endpoint_allowlist="127.0.0.1/32")
+    body = {"kind": "s3", "bucket": "ok-bucket", "endpoint_url": "http://127.0.0.1:9"}
+    r = api.put(url, world.admin, json=body)
+    assert r.status_code == 422 and r.json()["field"] == "bucket", r.text
     assert api.get(url, world.admin).json()["kind"] == "default"
 
 
@@ -669,7 +689,15 @@ def test_member_removal_and_org_deletion(
     shown = api.get(ds(world, "listed"), world.alice).json()
     assert shown["members"] == []  # a member who left is off the list
     # The organization goes with its datasets, versions, lineage rows and store settings.
-    body = {"kind": "s3", "bucket": s3_bucket, "endpoint_url": s3_endpoint, "region": S3_REGION}
+    body = {
+        "kind": "s3",
+        "bucket": s3_bucket,
+        "endpoint_url": s3_endpoint,
+        "region": S3_REGION,
+        "access_key_id": "org-key-id",
+        "secret_access_key": "org-secret-key",
+    }
+    api.set_settings(store_endpoint_allowlist="127.0.0.1/32")
     assert api.put(f"/orgs/{world.slug}/datastore", world.owner, json=body).status_code == 200
     upload(api, world, world.alice, "listed", unique())
     make_job(api.db, world.slug, world.alice.id, inputs=["listed@1"])

@@ -59,6 +59,7 @@ def test_members_read_defaults_admins_write(api: ApiClient) -> None:
         "version": 1,
         "invitations": {"who_may_invite": "admins", "default_expiry_hours": 168},
         "machines": {"approval_required": True, "offline_after_s": 60},
+        "storage": {"max_bytes": None},
         "limits": DEFAULT_LIMITS.model_dump(mode="json"),
     }
     r = api.put(f"/orgs/{slug}/settings", member, json={"description": "mine now"})

@@ -1,0 +1,196 @@
+"""What the proxy looks up in the ledger to decide (sync; called in the thread pool).
+
+Every answer is a `policies.prefect_rules` fact or a list of ids in the caller's scope;
+the decisions themselves are made there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import Session
+
+from flows.gateway import work_pool_name
+from flows.jobs import visible_jobs
+from flows.models import CANCELLING, RUNNING, SCHEDULED, Deployment, Job
+from orgs import settings_doc
+from orgs.models import Organization
+from policies.prefect_rules import (
+    Actor,
+    DeploymentFacts,
+    FlowFacts,
+    Principal,
+    RunFacts,
+    Verb,
+    check_run,
+)
+
+# Filters with no ids of their own see this many of the caller's most recent runs;
+# older ones are reached by naming their ids (each is checked).
+SCOPE_LIMIT: Final = 1000
+_HELD_BY_MACHINE: Final = (RUNNING, CANCELLING)
+
+
+def _facts(job: Job) -> RunFacts:
+    return RunFacts(
+        job_id=job.id,
+        org_id=job.org_id,
+        user_id=job.user_id,
+        machine_id=job.machine_id,
+        machine_type=job.machine_type,
+        state=job.state,
+    )
+
+
+def run_facts(session: Session, run_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, RunFacts]:
+    ids = list(set(run_ids))
+    if not ids:
+        return {}
+    jobs = session.scalars(select(Job).where(Job.flow_run_id.in_(ids)))
+    return {job.flow_run_id: _facts(job) for job in jobs if job.flow_run_id is not None}
+
+
+def allowed_runs(
+    session: Session, actor: Actor, run_ids: Iterable[uuid.UUID], verb: Verb
+) -> list[uuid.UUID]:
+    """The ids among `run_ids` the actor may `verb` (order kept, duplicates dropped)."""
+    ids = list(dict.fromkeys(run_ids))
+    facts = run_facts(session, ids)
+    return [i for i in ids if check_run(actor, verb, facts.get(i))]
+
+
+def scope_run_ids(session: Session, actor: Actor) -> list[uuid.UUID]:
+    """The runs a filter with no ids of its own is narrowed to (newest first)."""
+    stmt = select(Job.flow_run_id).where(Job.flow_run_id.is_not(None))
+    if actor.principal is Principal.job:
+        stmt = stmt.where(Job.id == actor.job_id)
+    elif actor.principal is Principal.machine:
+        stmt = stmt.where(
+            Job.org_id == actor.org_id,
+            Job.machine_id == actor.machine_id,
+            Job.state.in_(_HELD_BY_MACHINE),
+        )
+    else:
+        assert actor.viewer is not None
+        stmt = stmt.where(visible_jobs(actor.viewer))
+    stmt = stmt.order_by(Job.created_at.desc()).limit(SCOPE_LIMIT)
+    return [i for i in session.scalars(stmt) if i is not None]
+
+
+def org_pools(session: Session, org_id: uuid.UUID) -> frozenset[str]:
+    org = session.get(Organization, org_id)
+    if org is None:
+        return frozenset()
+    types = settings_doc.load(org.settings or {}).limits.machine_types
+    return frozenset(work_pool_name(org.slug, t) for t in types)
+
+
+def org_deployment_ids(session: Session, org_id: uuid.UUID) -> list[uuid.UUID]:
+    ids = session.scalars(
+        select(Deployment.prefect_deployment_id).where(
+            Deployment.org_id == org_id, Deployment.prefect_deployment_id.is_not(None)
+        )
+    )
+    return [i for i in ids if i is not None]
+
+
+def _holds(actor: Actor, *where: object) -> object:
+    """SQL: a job the actor holds (the job itself, or one the machine claimed)."""
+    if actor.principal is Principal.job:
+        return exists().where(Job.id == actor.job_id, *where)  # type: ignore[arg-type]
+    return exists().where(
+        Job.machine_id == actor.machine_id,
+        Job.state.in_(_HELD_BY_MACHINE),
+        *where,  # type: ignore[arg-type]
+    )
+
+
+def deployment(session: Session, prefect_id: uuid.UUID) -> Deployment | None:
+    return session.scalars(
+        select(Deployment).where(Deployment.prefect_deployment_id == prefect_id)
+    ).first()
+
+
+def deployment_facts(session: Session, actor: Actor, dep: Deployment | None) -> DeploymentFacts:
+    if dep is None:
+        return DeploymentFacts(org_id=uuid.UUID(int=0))
+    held = False
+    if actor.principal in (Principal.job, Principal.machine):
+        held = bool(session.scalar(select(_holds(actor, Job.deployment_id == dep.id))))  # type: ignore[call-overload]
+    return DeploymentFacts(org_id=dep.org_id, held_by_actor=held)
+
+
+def deployment_by_name(session: Session, org_id: uuid.UUID, name: str) -> Deployment | None:
+    """The org's deployment `name`; Prefect's own `<org>.<name>` is accepted too."""
+    org = session.get(Organization, org_id)
+    if org is None:
+        return None
+    name = name.removeprefix(f"{org.slug}.")
+    return session.scalars(
+        select(Deployment).where(Deployment.org_id == org_id, Deployment.name == name)
+    ).first()
+
+
+def flow_facts(session: Session, actor: Actor, flow_name: str) -> FlowFacts:
+    in_org = bool(
+        session.scalar(
+            select(
+                exists().where(Deployment.org_id == actor.org_id, Deployment.flow_name == flow_name)
+            )
+        )
+    )
+    held = False
+    if actor.principal in (Principal.job, Principal.machine):
+        held = bool(
+            session.scalar(
+                select(
+                    _holds(  # type: ignore[call-overload]
+                        actor,
+                        Job.deployment_id == Deployment.id,
+                        Deployment.flow_name == flow_name,
+                    )
+                )
+            )
+        )
+    return FlowFacts(in_org=in_org, held_by_actor=held)
+
+
+def offered_runs(
+    session: Session, actor: Actor, runs: Sequence[tuple[uuid.UUID, str | None]]
+) -> set[uuid.UUID]:
+    """Of the (run id, idempotency key) pairs Prefect has scheduled on the machine's pool,
+    those the ledger offers this machine: its org's jobs of its type, released and not
+    claimed by another machine. A run made for a job whose id is not stored yet carries
+    the job id as its idempotency key."""
+    if not runs:
+        return set()
+    keys: dict[uuid.UUID, uuid.UUID] = {}
+    for run_id, key in runs:
+        try:
+            if key:
+                keys[uuid.UUID(key)] = run_id
+        except ValueError:
+            continue
+    ids = [run_id for run_id, _ in runs]
+    jobs = session.scalars(
+        select(Job).where(
+            Job.org_id == actor.org_id,
+            Job.machine_type == actor.machine_type,
+            or_(Job.machine_id.is_(None), Job.machine_id == actor.machine_id),
+            Job.state.in_((SCHEDULED, RUNNING)),
+            or_(
+                Job.flow_run_id.in_(ids),
+                and_(Job.flow_run_id.is_(None), Job.id.in_(list(keys))),
+            ),
+        )
+    )
+    out: set[uuid.UUID] = set()
+    for job in jobs:
+        if job.flow_run_id is not None:
+            out.add(job.flow_run_id)
+        elif job.id in keys:
+            out.add(keys[job.id])
+    return out

@@ -1,0 +1,79 @@
+"""An organization's storage quota (`storage.max_bytes` in its settings).
+
+Usage is what the organization's live dataset versions hold, each counted at its size
+(identical bytes shared by two versions count twice: it is what members see listed).
+The quota is checked before any byte of an upload is stored: against the announced
+`Content-Length` when there is one, and while streaming otherwise (`QuotaReader` stops
+the upload at the limit, so the store's temp file is removed and nothing is committed).
+
+Two uploads running at once are each checked against the usage when they started, so
+together they may pass the limit by up to one upload.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from datasets.models import Dataset, DatasetVersion
+from datasets.wire import Reader
+from orgs.models import Organization
+from orgs.settings_doc import load as load_settings
+from policies.errors import TooLarge
+
+CODE = "storage_quota_exceeded"
+
+
+def used_bytes(session: Session, org_id: uuid.UUID) -> int:
+    """Bytes of the organization's live versions (tombstones hold no bytes)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(DatasetVersion.size), 0))
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(Dataset.org_id == org_id, DatasetVersion.tombstoned_at.is_(None))
+    )
+    return int(total or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    used: int
+    limit: int | None  # None: unlimited
+
+    def check(self, incoming: int, *, exact: bool = True) -> None:
+        """TooLarge if `incoming` more bytes would pass the limit."""
+        if self.limit is None or self.used + incoming <= self.limit:
+            return
+        needs = f"{incoming}" if exact else f"at least {incoming}"
+        raise TooLarge(
+            f"The organization's storage quota is exceeded: used {self.used} of "
+            f"{self.limit} bytes, and this upload needs {needs} more. Delete versions "
+            "or ask an admin to raise storage.max_bytes.",
+            used=self.used,
+            limit=self.limit,
+            code=CODE,
+        )
+
+
+def quota_of(session: Session, org: Organization) -> Quota:
+    limit = load_settings(org.settings).storage.max_bytes
+    return Quota(used_bytes(session, org.id), limit)
+
+
+class QuotaReader:
+    """Counts what passes through and raises TooLarge as soon as `quota` would be
+    passed: before the byte that would pass it is handed to the store."""
+
+    def __init__(self, inner: Reader, quota: Quota) -> None:
+        self._inner = inner
+        self._quota = quota
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._inner.read(size)
+        if data:
+            self.size += len(data)
+            self._quota.check(self.size, exact=False)
+        return data
