@@ -565,7 +565,49 @@ async def check_event(p: PrefectProxy, a: Actor, event: Any) -> None:
             require(Decision(False, "own_run_events", "That task run belongs to another flow run."))
 
 
+async def _events_filter(
+    p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+) -> Response:
+    body = await p.read_json(r)
+    flt = body.get("filter") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or not isinstance(flt, dict | None):
+        raise ProxyError(422, "invalid", 'The body must be {"filter": {...}}.')
+    runs = await p._db(facts.scope_run_ids, a)
+    if not runs:
+        # Prefect reads an empty id list as "any resource": answer for it.
+        return json_back(200, {"events": [], "total": 0, "next_page": None})
+    flt = dict(flt or {})
+    given = flt.get("any_resource")
+    # A list of resource filters is ANDed by Prefect, so the scope narrows whatever the
+    # caller asked for.
+    scope: list[Any] = [] if given is None else list(given) if isinstance(given, list) else [given]
+    scope.append({"id": [f"prefect.flow-run.{run}" for run in runs]})
+    flt["any_resource"] = scope
+    body["filter"] = flt
+    status, out = await p.upstream.json("POST", "/events/filter", body)
+    if isinstance(out, dict):
+        # Next pages are not relayed (their token carries the query); nor Prefect's URL.
+        out["next_page"] = None
+    return json_back(status, out)
+
+
+async def _ui_settings(
+    p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+) -> Response:
+    # Prefect's settings describe the whole server; the UI needs this one flag.
+    return json_back(200, {"PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": False})
+
+
+async def _no_saved_searches(
+    p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+) -> Response:
+    return json_back(200, [])
+
+
 _SPECIAL: Final[dict[str, Handler]] = {
+    "GET /admin/settings": _ui_settings,
+    "POST /events/filter": _events_filter,
+    "POST /saved_searches/filter": _no_saved_searches,
     "POST /flow_runs/filter": _flow_runs_filter,
     "POST /logs/filter": _logs_filter,
     "POST /deployments/filter": _deployments_filter,

@@ -17,7 +17,13 @@ from api.app import create_app
 from api.prefect_proxy.ui import PLACEHOLDER
 from flows.gateway import PrefectGateway
 from orgs.db import Database
-from tests.integration.test_jobs_support import OrgSetup, limits_doc, settings_with, setup_org
+from tests.integration.test_jobs_support import (
+    OrgSetup,
+    limits_doc,
+    settings_with,
+    setup_org,
+    wait_for,
+)
 from tests.support import ApiClient, Person, serve_in_thread
 
 pytestmark = [
@@ -190,6 +196,27 @@ def test_admin_gets_the_ui_pointed_at_the_proxy_and_sees_only_their_org(stack: S
     assert ui.call("POST", api, "/flows/filter", json={}).status_code == 200
     logs = ui.call("POST", api, "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_b]}}})
     assert logs.status_code == 200 and logs.json() == []
+
+    # Events: only those about the org's runs, even when asking for B's run.
+    def events(flt: dict[str, Any]) -> list[dict[str, Any]]:
+        r = ui.call("POST", api, "/events/filter", json={"filter": flt, "limit": 50})
+        assert r.status_code == 200, r.text
+        assert r.json()["next_page"] is None
+        out: list[dict[str, Any]] = r.json()["events"]
+        return out
+
+    wait_for(lambda: bool(events({})), 20)
+    for event in events({}):
+        named = {event["resource"]["prefect.resource.id"]} | {
+            rel["prefect.resource.id"] for rel in event.get("related", [])
+        }
+        assert f"prefect.flow-run.{run_a}" in named, event
+    assert events({"any_resource": {"id": [f"prefect.flow-run.{run_b}"]}}) == []
+    # The sidebar's settings and the saved searches: Compute Share answers them.
+    assert ui.get(f"{api}/admin/settings").json() == {
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": False
+    }
+    assert ui.call("POST", api, "/saved_searches/filter", json={}).json() == []
     # B's objects named directly, an or_ that would widen the scope, and B's path.
     assert ui.get(f"{api}/flow_runs/{run_b}").status_code == 403
     widened = {"flow_runs": {"operator": "or_", "id": {"any_": [run_a]}}}
