@@ -247,6 +247,11 @@ def test_admin_gets_the_ui_pointed_at_the_proxy_and_sees_only_their_org(stack: S
     assert r.status_code == 200, r.text
     assert org_a.job(org_a.owner, job_a)["state"] in ("cancelling", "cancelled")
 
+    # The console links to it for admins (and not for members).
+    nav = stack.browser(admin).get(f"/orgs/{org_a.slug}")
+    assert f'href="{base}/"' in nav.text
+    member_nav = stack.browser(org_a.add_member("member")).get(f"/orgs/{org_a.slug}")
+    assert member_nav.status_code == 200 and f'href="{base}/"' not in member_nav.text
     # The console's /prefect/ lists the orgs whose UI this person may open.
     landing = ui.get("/prefect/")
     assert landing.status_code == 200 and f'href="{base}/"' in landing.text
