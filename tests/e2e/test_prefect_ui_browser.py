@@ -46,15 +46,16 @@ class Watch:
     def __init__(self, page: Any) -> None:
         self.errors: list[str] = []
         self.refused: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on(
-            "response",
-            lambda r: (
-                "/api/" in r.url
-                and r.status >= 400
-                and self.refused.append(f"{r.status} {r.request.method} {r.url}")
-            ),
-        )
+        page.on("console", self._console)
+        page.on("response", self._response)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def _response(self, response: Any) -> None:
+        if "/api/" in response.url and response.status >= 400:
+            self.refused.append(f"{response.status} {response.request.method} {response.url}")
 
 
 @pytest.fixture
