@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     prefect_api_url: str = "http://127.0.0.1:4200/api"
     prefect_auth_string: SecretStr | None = None
     prefect_ui_url: str | None = None
+    # Instance operators: comma-separated e-mails or user names of existing accounts. They
+    # open the whole instance's Prefect UI at /prefect/admin/ (docs/security.md, "Prefect
+    # UI"); list only accounts that exist, since a listed address nobody registered yet
+    # would be claimed by whoever signs up with it.
+    operators: str = ""
 
     # Password hashing cost (argon2id). Tests lower it; production keeps the defaults.
     argon2_time_cost: int = 3

@@ -97,6 +97,14 @@ def org_deployment_ids(session: Session, org_id: uuid.UUID) -> list[uuid.UUID]:
     return [i for i in ids if i is not None]
 
 
+def org_flow_names(session: Session, org_id: uuid.UUID) -> list[str]:
+    """The flows the organization's deployments run (Prefect's flows are global)."""
+    names = session.scalars(
+        select(Deployment.flow_name).where(Deployment.org_id == org_id).distinct()
+    )
+    return sorted(names)
+
+
 def _holds(actor: Actor, *where: object) -> object:
     """SQL: a job the actor holds (the job itself, or one the machine claimed)."""
     if actor.principal is Principal.job:

@@ -25,7 +25,7 @@ from orgs import accounts, security
 from orgs import machines as registry
 from orgs.context import member_context
 from orgs.db import utcnow
-from orgs.models import Membership, Organization
+from orgs.models import Membership, Organization, User
 from policies.access import Scope, job_view_scope
 from policies.errors import Forbidden, Unauthenticated
 from policies.prefect_rules import Actor, Principal
@@ -119,6 +119,11 @@ def authenticate(session: Session, credential: str | None, org_slug: str | None)
             "<server>/prefect/<org>/api (rule: member_org_path).",
             code="member_org_path",
         )
+    return person_actor(session, user, org_slug)
+
+
+def person_actor(session: Session, user: User, org_slug: str) -> Actor:
+    """A person inside one organization (404 when they are no member of it)."""
     ctx = member_context(session, org_slug, user)
     viewer = ctx.viewer
     principal = Principal.admin if job_view_scope(viewer) is Scope.ALL else Principal.member

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.errors import error_body, status_for
-from api.prefect_proxy import actions, facts, scoping
+from api.prefect_proxy import actions, browser, facts, scoping
+from api.prefect_proxy.browser import UiCaller
 from api.prefect_proxy.principals import authenticate, credential_from_header
 from api.prefect_proxy.upstream import Upstream, json_back, stream_back
 from flows.gateway import PrefectGateway
@@ -41,6 +42,7 @@ from policies.prefect_rules import (
     match,
     member_state_action,
 )
+from policies.prefect_ui import operator_call, parse_operators
 
 log = logging.getLogger("cshare.prefect_proxy")
 
@@ -108,10 +110,26 @@ class PrefectProxy:
             status = 409 if isinstance(exc, LimitExceeded) else status_for(exc)
             return json_back(status, error_body(exc.code, exc.detail))
 
+    async def ui_caller(self, request: Request, token: str, org: str | None) -> UiCaller:
+        operators = parse_operators(request.app.state.settings.operators)
+        return await self._db(browser.ui_caller, token, org, operators)
+
     async def _handle(self, request: Request) -> Response:
         org = request.path_params.get("org")
         path = "/" + str(request.path_params.get("path", ""))
-        actor = await self.actor(request.headers.get("authorization"), org)
+        cookie = browser.cookie_session(request)
+        if cookie is not None:
+            # The Prefect UI in a signed-in browser (api/prefect_proxy/browser.py).
+            caller = await self.ui_caller(request, cookie, org)
+            if request.method == "GET" and path.rstrip("/") == "/csrf-token":
+                return json_back(200, browser.csrf_token_body(request, cookie))
+            browser.check_csrf(request, cookie)
+            if caller.actor is None:
+                require(operator_call(request.method, path))
+                return await self.forward(request)
+            actor = caller.actor
+        else:
+            actor = await self.actor(request.headers.get("authorization"), org)
         found = match(request.method, path)
         if found is None:
             raise ProxyError(
@@ -371,6 +389,35 @@ async def _logs_filter(
     return await p.forward_json(r, body)
 
 
+def _runs_scoped(key: str, field: str) -> Handler:
+    """A filter body whose `key.field` names flow runs: ANDed with the caller's runs."""
+
+    async def handler(
+        p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+    ) -> Response:
+        body = await _scoped_runs(p, a, await p.read_json(r), key, field)
+        return await p.forward_json(r, body)
+
+    return handler
+
+
+async def _flows_filter(
+    p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+) -> Response:
+    body = await p.read_json(r)
+    if not isinstance(body, dict):
+        raise ProxyError(422, "invalid", "The filter must be a JSON object.")
+    names = set(await p._db(facts.org_flow_names, a.org_id))
+    body = scoping.scoped(
+        body,
+        "flows",
+        "name",
+        among=lambda asked: [n for n in asked if n in names],
+        default=lambda: sorted(names),
+    )
+    return await p.forward_json(r, body)
+
+
 async def _deployments_filter(
     p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
 ) -> Response:
@@ -518,11 +565,75 @@ async def check_event(p: PrefectProxy, a: Actor, event: Any) -> None:
             require(Decision(False, "own_run_events", "That task run belongs to another flow run."))
 
 
+async def _events_filter(
+    p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+) -> Response:
+    body = await p.read_json(r)
+    flt = body.get("filter") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or not isinstance(flt, dict | None):
+        raise ProxyError(422, "invalid", 'The body must be {"filter": {...}}.')
+    runs = await p._db(facts.scope_run_ids, a)
+    if not runs:
+        # Prefect reads an empty id list as "any resource": answer for it.
+        return json_back(200, {"events": [], "total": 0, "next_page": None})
+    flt = dict(flt or {})
+    given = flt.get("any_resource")
+    # A list of resource filters is ANDed by Prefect, so the scope narrows whatever the
+    # caller asked for.
+    scope: list[Any] = [] if given is None else list(given) if isinstance(given, list) else [given]
+    scope.append({"id": [f"prefect.flow-run.{run}" for run in runs]})
+    flt["any_resource"] = scope
+    body["filter"] = flt
+    status, out = await p.upstream.json("POST", "/events/filter", body)
+    if isinstance(out, dict):
+        # Next pages are not relayed (their token carries the query); nor Prefect's URL.
+        out["next_page"] = None
+    return json_back(status, out)
+
+
+async def _ui_settings(
+    p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+) -> Response:
+    # Prefect's settings describe the whole server; the UI needs this one flag.
+    return json_back(200, {"PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": False})
+
+
+async def _no_saved_searches(
+    p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+) -> Response:
+    return json_back(200, [])
+
+
 _SPECIAL: Final[dict[str, Handler]] = {
+    "GET /admin/settings": _ui_settings,
+    "POST /events/filter": _events_filter,
+    "POST /saved_searches/filter": _no_saved_searches,
     "POST /flow_runs/filter": _flow_runs_filter,
     "POST /logs/filter": _logs_filter,
     "POST /deployments/filter": _deployments_filter,
     "POST /work_pools/filter": _work_pools_filter,
+    # The Prefect UI's lists, counts and charts (policies/prefect_ui.py).
+    **{
+        f"POST {path}": _runs_scoped("flow_runs", "id")
+        for path in (
+            "/flow_runs/count",
+            "/flow_runs/paginate",
+            "/flow_runs/history",
+            "/ui/flow_runs/history",
+            "/task_runs/filter",
+            "/task_runs/count",
+            "/task_runs/paginate",
+            "/task_runs/history",
+            "/ui/task_runs/dashboard/counts",
+            "/ui/task_runs/count",
+        )
+    },
+    "POST /deployments/count": _deployments_filter,
+    "POST /deployments/paginate": _deployments_filter,
+    "POST /flows/filter": _flows_filter,
+    "POST /flows/count": _flows_filter,
+    "POST /flows/paginate": _flows_filter,
+    "POST /work_pools/count": _work_pools_filter,
     "POST /work_pools/{name}/get_scheduled_flow_runs": _scheduled_runs,
     "POST /flow_runs/{id}/set_state": _set_state,
     "POST /deployments/{id}/create_flow_run": _create_flow_run,

@@ -35,6 +35,10 @@ _DROPPED_REQUEST: Final = frozenset(
         "x-forwarded-for",
         "x-forwarded-host",
         "x-forwarded-proto",
+        # The Prefect UI's CSRF headers are Compute Share's (api/prefect_proxy/browser.py).
+        "prefect-csrf-token",
+        "prefect-csrf-client",
+        "prefect-csrf-retry-count",
     }
 )
 _DROPPED_RESPONSE: Final = frozenset(

@@ -32,6 +32,7 @@ from orgs.config import Settings
 from orgs.context import OrgContext, member_context
 from orgs.models import Organization
 from policies.permissions import Permission, Role
+from policies.prefect_ui import org_ui_access
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -195,6 +196,9 @@ def _nav(page: OrgPage) -> Nav:
         links.append(("settings", "Settings", page.url("/settings")))
     if page.can(Permission.audit_view):
         links.append(("audit", "Audit log", page.url("/audit")))
+    if org_ui_access(page.ctx.viewer):
+        # Opens in the same tab: the UI lives on this site (api/prefect_proxy/ui.py).
+        links.append(("prefect", "Prefect UI", f"/prefect/{page.org.slug}/"))
     nav.links = links
     return nav
 

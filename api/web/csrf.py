@@ -94,3 +94,14 @@ async def require_csrf(request: Request) -> None:
     expected = _expected(request)
     if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise CsrfRefused()
+
+
+_PREFECT_UI_CONTEXT = b"cshare-prefect-ui-csrf-v1:"
+
+
+def token_for_prefect_ui(session: str, client: str) -> str:
+    """The Prefect UI's CSRF token for one of its client ids (`Prefect-Csrf-Client`),
+    bound to the console session like the pages' token (api.prefect_proxy.browser)."""
+    return hmac.new(
+        session.encode(), _PREFECT_UI_CONTEXT + client.encode(), hashlib.sha256
+    ).hexdigest()

@@ -371,10 +371,7 @@ class Stack:
         self.say("Compute Share is running. Press Ctrl-C to stop.")
         self.say()
         self.say(f"  API docs:    {api}/docs")
-        self.say(
-            f"  Prefect UI:  {self.o.prefect_url}   (auth string in "
-            f"{self.home / 'secrets' / 'prefect-auth'})"
-        )
+        self.say(f"  Prefect UI:  {api}/prefect/{boot.org_slug}/   (signed in as the admin)")
         self.say(f"  Admin:       {boot.admin_email}")
         self.say(f"  Password:    {password}")
         self.say(f"  Demo org:    {boot.org_slug}")
