@@ -22,8 +22,9 @@ def gateway_from_settings(
     )
 
 
-def ui_url_for_flow_run(settings: Settings, gateway: PrefectGateway, flow_run_id: object) -> str:
-    """The Prefect UI page of a run: `prefect_ui_url` when set, else derived from the API."""
-    if settings.prefect_ui_url:
-        return f"{settings.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
-    return f"{gateway.api_url.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+def ui_url_for_flow_run(settings: Settings, org_slug: str, flow_run_id: object) -> str:
+    """The Prefect UI page of a run: the org's UI behind the console's login
+    (`/prefect/<org>/`, docs/security.md), or under `prefect_ui_url` when an operator
+    set one."""
+    base = settings.prefect_ui_url or f"{settings.public_url.rstrip('/')}/prefect/{org_slug}"
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"

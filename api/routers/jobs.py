@@ -21,7 +21,7 @@ from flows.prefect_access import ui_url_for_flow_run
 from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import Database
-from orgs.models import Machine, User
+from orgs.models import Machine, Organization, User
 from policies.permissions import Permission
 
 router = APIRouter(tags=["jobs"])
@@ -153,6 +153,7 @@ def job_out(
     deployment_name: str | None = None,
     with_position: bool = True,
 ) -> JobOut:
+    org = session.get(Organization, job.org_id)
     if user_name is None:
         user = session.get(User, job.user_id)
         user_name = user.name if user is not None else None
@@ -182,8 +183,8 @@ def job_out(
         idempotency_key=job.idempotency_key,
         queue_position=jobs.queue_position(session, job) if with_position else None,
         prefect_state=job.prefect_state or None,
-        prefect_url=ui_url_for_flow_run(settings, gateway, job.flow_run_id)
-        if job.flow_run_id
+        prefect_url=ui_url_for_flow_run(settings, org.slug, job.flow_run_id)
+        if job.flow_run_id and org is not None
         else None,
         created_at=job.created_at,
         released_at=job.released_at,

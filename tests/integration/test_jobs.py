@@ -103,7 +103,10 @@ def test_jobs_complete_fail_and_cancel(
     assert (
         shown["started_at"]
         and shown["ended_at"]
-        and shown["prefect_url"].endswith(ok_job["flow_run_id"])
+        # The org's Prefect UI behind the console's login, never Prefect itself.
+        and shown["prefect_url"].endswith(
+            f"/prefect/{org.slug}/runs/flow-run/{ok_job['flow_run_id']}"
+        )
     )
     assert shown["resources"] == {"memory_mb": 4096, "max_runtime_s": 3600}  # org maxima
     assert "fail_at_epoch" in org.job(alice, bad_job["id"])["reason"]
