@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     # How often each API process purges stored bytes nothing refers to (0: never);
     # see flows/dispatch/housekeeping.py.
     dataset_gc_interval_s: float = Field(default=3600.0, ge=0)
+    # A job token lives for the job's runtime limit plus this (inputs are fetched before
+    # the clock starts, outputs uploaded after); the job's end revokes it earlier.
+    job_token_grace_s: float = Field(default=600.0, ge=0, le=86_400)
 
     @field_validator("log_format", mode="before")
     @classmethod
