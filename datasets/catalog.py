@@ -497,10 +497,11 @@ def plan_upload(
                 "X-Content-SHA256 is 64 hexadecimal characters.", field="X-Content-SHA256"
             )
     if producer is not None:
-        # Refused before any byte moves, unless it may be a retry of the same output
-        # (`commit_upload` decides that for certain, under the dataset's lock).
+        # Refused before any byte moves when the announced checksum shows it is not a
+        # retry of the same output; `commit_upload` decides for certain, under the
+        # dataset's lock.
         earlier = _job_output(session, dataset.id, producer.id)
-        if earlier is not None and earlier.sha256 != expected_sha256:
+        if earlier is not None and expected_sha256 not in (None, earlier.sha256):
             raise _output_written(dataset.name)
     filename = validate_filename(filename or name)
     return UploadPlan(

@@ -139,10 +139,11 @@ def upload_as_job(
     api: ApiClient, world: World, token: str, name: str, data: bytes, **kw: Any
 ) -> httpx.Response:
     """Upload as the job's flow does (`flows.runtime.save_output`): an output of the job."""
-    headers = as_job(token, **{"Content-Type": "application/octet-stream"})
-    return api.client.post(
+    headers = as_job(token, **{"Content-Type": "application/octet-stream", **kw.pop("headers", {})})
+    response: httpx.Response = api.client.post(
         f"/api/v1{ds(world, name)}/versions", headers=headers, content=data, **kw
     )
+    return response
 
 
 # --------------------------------------------------------------------------- round trip
