@@ -311,3 +311,11 @@ def test_the_run_record_is_written_once(api: ApiClient, datasets: World) -> None
     refused(run.call("POST", url, json={"resources_used": {"max_rss_mb": 1}}), 409)
     record = api.get(url, datasets.alice).json()["job"]
     assert record["code"] == code and record["resources"]["used"] == {"max_rss_mb": 5}
+
+
+def test_declared_outputs_are_checked_at_submission(api: ApiClient, datasets: World) -> None:
+    url = f"/orgs/{datasets.slug}/jobs/explain"
+    for outputs in (["../escape"], ["same", "same"]):
+        r = api.post(url, datasets.alice, json={"deployment": "any", "outputs": outputs})
+        refused(r, 422)
+        assert r.json()["field"] == "outputs", r.text
