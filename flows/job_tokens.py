@@ -62,16 +62,24 @@ def is_job_token(token: str) -> bool:
     return token.startswith(JOB_TOKEN_PREFIX)
 
 
-def job_caller(session: Session, org_slug: str, token: str) -> Caller | None:
-    """The caller behind a job token for organization `org_slug`, or None when the token
-    is unknown, revoked, expired, or its job has ended. 404 when the job belongs to
-    another org or its user is no longer a member (a job cannot act for someone who
-    left)."""
+def job_for_token(session: Session, token: str) -> Job | None:
+    """The job behind a live job token; None when the token is unknown, revoked or
+    expired, or its job has ended (even if a token row survived the revocation)."""
     row = session.get(JobToken, hash_token(token))
     if row is None or row.expires_at <= utcnow():
         return None
     job = session.get(Job, row.job_id)
     if job is None or job.state in FINAL_STATES:
+        return None
+    return job
+
+
+def job_caller(session: Session, org_slug: str, token: str) -> Caller | None:
+    """The caller behind a job token for organization `org_slug`, or None when the token
+    is not live (`job_for_token`). 404 when the job belongs to another org or its user
+    is no longer a member (a job cannot act for someone who left)."""
+    job = job_for_token(session, token)
+    if job is None:
         return None
     user = session.get(User, job.user_id)
     org = session.scalars(select(Organization).where(Organization.slug == org_slug)).first()

@@ -10,7 +10,9 @@ Outcomes the callers turn into errors:
 - not visible (`can_view_*` / `can_read_dataset` is False) -> 404, the row does not
   exist for this viewer, exactly like another organization's;
 - visible but not allowed -> 403 with `denial(permission)`, where `permission` is the
-  one the `*_permission` function names (e.g. `jobs:cancel-all` for someone else's job).
+  one the `*_permission` function names (e.g. `jobs:cancel-all` for someone else's job);
+- a job token outside its job, or a member writing lineage -> 403 with
+  `rule_denial(rule)` and the `CredentialRule` as the error code (`require_rule`).
 
 The rights themselves come from `policies.permissions` (role -> permissions); this
 module only adds ownership: "-own" permissions cover the viewer's own rows, "-all"
