@@ -7,9 +7,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import errors, metrics, prefect_proxy, web
+from api.job_credentials import refuse_job_tokens
 from api.request_ids import RequestIdMiddleware
 from api.routers import (
     accounts,
@@ -96,6 +97,8 @@ def create_app(
         version="0.1.0",
         description="Pool an organization's machines and run Prefect flows on them.",
         lifespan=lifespan,
+        # Job tokens are refused everywhere but the few routes that name what for.
+        dependencies=[Depends(refuse_job_tokens)],
     )
     app.state.settings = settings
     app.state.db = db

@@ -6,10 +6,11 @@ exist for them (404), exactly like another organization's. Writing (new versions
 access, delete): the creator and admins.
 
 A flow running on a machine acts through a **job token** (`flows.job_tokens`): a bearer
-token scoped to one job, acting as the job's user with that user's current rights, and
-only for the job's own inputs, outputs and metadata. So access is checked again at the
-moment the data is fetched on the machine, not only at submission. The catalog sees that
-job as a `JobScope`; it never reads the jobs table itself (flows sits above datasets).
+token scoped to one job: it reads the job's pinned inputs and writes its outputs, with
+the job user's current rights on top (so access is checked again at the moment the data
+is fetched on the machine, not only at submission), and nothing else. The catalog sees
+that job as a `JobScope`; it never reads the jobs table itself (flows sits above
+datasets).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from datasets.models import VISIBILITY_ORG, Dataset, DatasetAccess
 from orgs.context import OrgContext
 from orgs.models import Organization, User
 from policies import access
-from policies.access import DatasetFacts, Scope, Viewer
+from policies.access import CredentialRule, DatasetFacts, Scope, Viewer
 from policies.errors import NotFound
 
 
@@ -37,6 +38,9 @@ class JobScope:
     # The dataset version ids pinned at submission (`Job.inputs`); those recorded since in
     # `job_inputs` count too (see `catalog.plan_download`).
     pinned: frozenset[str] = frozenset()
+    # The dataset names the job declared as its outputs; None: it declared none, so it
+    # may write any dataset its user may write.
+    outputs: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,24 @@ def require_write(ctx: OrgContext, dataset: Dataset) -> None:
     """Creator or admin; everyone else who can see the dataset gets 403."""
     access.require(
         can_write(ctx, dataset), access.write_dataset_permission(ctx.viewer, facts(dataset))
+    )
+
+
+def can_read_input_version(
+    caller: Caller, version_id: uuid.UUID, pinned: frozenset[uuid.UUID]
+) -> bool:
+    """`policies.access.can_read_input_version`: a job token reads only `pinned`, its
+    job's input versions; members any version of a dataset they can read."""
+    return access.can_read_input_version(caller.viewer, version_id, pinned)
+
+
+def require_output(caller: Caller, name: str) -> None:
+    """Creating or uploading to dataset `name`: a job token only writes the outputs its
+    job declared (403 `job_output_undeclared`); members are not limited here."""
+    declared = caller.job.outputs if caller.job is not None else None
+    access.require_rule(
+        access.can_write_output(caller.viewer, name, declared),
+        CredentialRule.job_output_undeclared,
     )
 
 

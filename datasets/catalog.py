@@ -126,6 +126,25 @@ def _latest(session: Session, dataset_id: uuid.UUID) -> DatasetVersion | None:
     ).first()
 
 
+def _job_output(
+    session: Session, dataset_id: uuid.UUID, job_id: uuid.UUID
+) -> DatasetVersion | None:
+    """The version of this dataset the job already produced, if any (one at most)."""
+    return session.scalars(
+        select(DatasetVersion)
+        .where(DatasetVersion.dataset_id == dataset_id, DatasetVersion.produced_by_job_id == job_id)
+        .limit(1)
+    ).first()
+
+
+def _output_written(name: str) -> Conflict:
+    return Conflict(
+        f"This job already wrote its output '{name}'; a job writes each output once "
+        "(lineage is write-once).",
+        code="output_written",
+    )
+
+
 def find_version(session: Session, dataset: Dataset, version: int | None) -> DatasetVersion:
     """Version `version` (None = the latest live one); tombstones are found too."""
     if version is None:
@@ -472,15 +491,24 @@ def plan_upload(
     here (TooLarge), before its first byte is read.
 
     `producer`: the job this is an output of, as `flows.job_data.output_job` checked it
-    (the job token's own job, or one of the caller's jobs in this org)."""
+    (the job token's own job). A job writes each output once: a second version of the
+    same dataset from the same job is refused (409 `output_written`)."""
     dataset = find_dataset(session, caller.ctx, name)
     require_write(caller.ctx, dataset)
+    access.require_output(caller, dataset.name)
     if expected_sha256 is not None:
         expected_sha256 = expected_sha256.strip().lower()
         if not wire.is_sha256(expected_sha256):
             raise Invalid(
                 "X-Content-SHA256 is 64 hexadecimal characters.", field="X-Content-SHA256"
             )
+    if producer is not None:
+        # Refused before any byte moves when the announced checksum shows it is not a
+        # retry of the same output; `commit_upload` decides for certain, under the
+        # dataset's lock.
+        earlier = _job_output(session, dataset.id, producer.id)
+        if earlier is not None and expected_sha256 not in (None, earlier.sha256):
+            raise _output_written(dataset.name)
     filename = validate_filename(filename or name)
     org_quota = quota.quota_of(session, caller.org)
     if content_length is not None and kind == KIND_FILE:
@@ -577,7 +605,8 @@ def commit_upload(
 
     Re-uploading exactly the latest version's content (same checksum, kind, file name and
     producing job) returns that version instead of adding a copy, so a retried upload
-    whose answer was lost is harmless.
+    whose answer was lost is harmless. Any other second output of the same job to the
+    same dataset is refused (409 `output_written`).
     """
     dataset = session.scalars(
         select(Dataset).where(Dataset.id == plan.dataset_id).with_for_update()
@@ -597,6 +626,8 @@ def commit_upload(
     ):
         session.commit()
         return latest, False
+    if plan.job_id is not None and _job_output(session, dataset.id, plan.job_id) is not None:
+        raise _output_written(dataset.name)  # lineage is write-once
     # Locked in checksum order, as `_purge_batch` does: no two transactions can wait on
     # each other's blobs (a deadlock on PostgreSQL).
     sizes = {f.sha256: f.size for f in received.files}
@@ -673,14 +704,11 @@ def plan_download(
     row = find_version(session, dataset, version)
     if caller.job is not None:
         # Pinned at submission (job.inputs), or recorded since (job_inputs).
-        pinned = set(caller.job.pinned)
-        pinned |= {
-            str(v)
-            for v in session.scalars(
-                select(JobInput.version_id).where(JobInput.job_id == caller.job.id)
-            )
-        }
-        if str(row.id) not in pinned:
+        pinned = {uuid.UUID(v) for v in caller.job.pinned}
+        pinned.update(
+            session.scalars(select(JobInput.version_id).where(JobInput.job_id == caller.job.id))
+        )
+        if not access.can_read_input_version(caller, row.id, frozenset(pinned)):
             raise dataset_not_found(name)
     if row.tombstoned_at is not None:
         raise NotFound(

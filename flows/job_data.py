@@ -1,12 +1,13 @@
 """A job's datasets: the inputs it reads (pinned at submission, resolved again at claim with
-the job user's access checked now, linked to the job for lineage) and the job an upload
-is an output of. The catalog itself (`datasets.catalog`) knows jobs only by id.
+the job user's access checked now, linked to the job for lineage), the outputs it
+declared, and the job an upload is an output of. The catalog itself (`datasets.catalog`)
+knows jobs only by id.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -15,18 +16,49 @@ from sqlalchemy.orm import Session
 from datasets.access import Caller, JobScope, can_read, dataset_not_found
 from datasets.catalog import find_dataset, find_version, parse_input, pinned_entry
 from datasets.models import Dataset, DatasetVersion, JobInput
-from flows.job_tokens import job_scope
+from datasets.names import validate_name
 from flows.models import Job
 from orgs.context import OrgContext, member_context
 from orgs.models import Organization, User
 from policies import access
-from policies.access import JobFacts
-from policies.errors import Conflict, NotFound
+from policies.access import CredentialRule, JobFacts
+from policies.errors import Conflict, Invalid, NotFound
+
+# In `Job.job_metadata`: the dataset names a job declared as its outputs at submission.
+OUTPUTS_KEY = "outputs"
+MAX_OUTPUTS = 50
+
+
+def validate_outputs(names: Sequence[str]) -> list[str]:
+    """Declared output names: valid dataset names, each once, at most MAX_OUTPUTS."""
+    if len(names) > MAX_OUTPUTS:
+        raise Invalid(f"A job declares at most {MAX_OUTPUTS} outputs.", field="outputs")
+    checked = [validate_name(n, field="outputs") for n in names]
+    if len(set(checked)) != len(checked):
+        raise Invalid("Each output is declared once.", field="outputs")
+    return checked
+
+
+def declared_outputs(job: Job) -> frozenset[str] | None:
+    """The outputs the job declared, or None when it declared none (any may be written)."""
+    names = (job.job_metadata or {}).get(OUTPUTS_KEY)
+    return frozenset(str(n) for n in names) if names else None
+
+
+def job_scope(job: Job) -> JobScope:
+    """The job as the dataset catalog sees it: its id, pinned inputs, declared outputs."""
+    pinned = frozenset(
+        str(e["version_id"])
+        for e in job.inputs or []
+        if isinstance(e, Mapping) and e.get("version_id")
+    )
+    return JobScope(id=job.id, pinned=pinned, outputs=declared_outputs(job))
 
 
 def output_job(session: Session, caller: Caller, job_id: uuid.UUID | None) -> JobScope | None:
-    """The job an upload is an output of: the job token's own job, or (user tokens) one
-    of the caller's jobs in this org named by `job`. For `catalog.plan_upload`."""
+    """The job an upload is an output of: always the job token's own job, never one named
+    by a member (`policies.access.can_write_lineage`: 404 for a job they cannot see, 403
+    for one they can). For `catalog.plan_upload`."""
     if caller.job is not None:
         if job_id is not None and job_id != caller.job.id:
             raise NotFound("No such job for this token.", code="job_not_found")
@@ -34,8 +66,11 @@ def output_job(session: Session, caller: Caller, job_id: uuid.UUID | None) -> Jo
     if job_id is None:
         return None
     job = session.get(Job, job_id)
-    if job is None or not access.can_attach_job_outputs(caller.viewer, JobFacts.of(job)):
-        raise NotFound(f"No job {job_id} of yours in this organization.", code="job_not_found")
+    if job is None or not access.can_view_job(caller.viewer, JobFacts.of(job)):
+        raise NotFound(f"No job {job_id} in this organization.", code="job_not_found")
+    access.require_rule(
+        access.can_write_lineage(caller.viewer, JobFacts.of(job)), CredentialRule.lineage_job_only
+    )
     return job_scope(job)
 
 

@@ -1,22 +1,31 @@
-"""Job tokens (`cs_j_...`): a bearer token scoped to one job, handed to its flow on the
-machine. It acts as the job's user with that user's current rights, and only for the
-job's own inputs, outputs and metadata (see `datasets.access`). Only the SHA-256 of the
-secret is stored.
+"""Job tokens (`cs_j_...`): the credential a job's flow gets on the machine.
+
+Minted per job at claim and scoped to that job alone: it reads the job's pinned inputs,
+writes the job's outputs (only the declared ones, when the job declared any) and the
+job's own metadata and run record, and nothing else (every route refuses it unless it
+names a `policies.access.JobTokenUse`; see `api.job_credentials`). The job's user's
+current role and dataset access still apply on top, so a member who lost access cuts
+their running jobs off too.
+
+It dies with the job: the ledger revokes it on every terminal transition
+(`Effect.revoke_credentials`), a token of a job that has ended is refused even if a row
+survived, and it expires at the job's runtime limit plus `CSHARE_JOB_TOKEN_GRACE_S`.
+Only the SHA-256 of the secret is stored.
 """
 
 from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from datasets.access import Caller, JobScope
+from datasets.access import Caller
 from datasets.models import JobToken
-from flows.models import Job
+from flows.job_data import job_scope
+from flows.models import FINAL_STATES, Job
 from orgs.context import member_context
 from orgs.db import utcnow
 from orgs.models import Organization, User
@@ -24,37 +33,29 @@ from orgs.security import hash_token
 from policies.errors import NotFound
 
 JOB_TOKEN_PREFIX = "cs_j_"  # noqa: S105  (a prefix, not a secret)
-# Beyond the job's own runtime limit, for materialising inputs and uploading outputs.
-JOB_TOKEN_GRACE = timedelta(hours=1)
 
 
-def job_scope(job: Job) -> JobScope:
-    """The job as the dataset catalog sees it: its id and its pinned input versions."""
-    pinned = frozenset(str(e.get("version_id")) for e in job.inputs or [] if isinstance(e, Mapping))
-    return JobScope(id=job.id, pinned=pinned)
+def issue_job_token(session: Session, job: Job, *, grace_s: float) -> str:
+    """A fresh token for `job`'s flow (shown once; only its hash is stored). No commit.
 
-
-def issue_job_token(session: Session, job: Job) -> str:
-    """A fresh token for `job`'s flow (shown once; only its hash is stored).
-
-    For the claim code: call it when the machine claims the job and pass the token to
-    the flow run as `CSHARE_JOB_TOKEN`. It expires after the job's runtime limit plus
-    `JOB_TOKEN_GRACE`; `revoke_job_tokens` ends it earlier (when the job finishes).
+    For the claim: the machine hands it to the flow run as `CSHARE_JOB_TOKEN`. It
+    expires `grace_s` (`Settings.job_token_grace_s`) after the job's runtime limit;
+    `revoke_job_tokens` ends it when the job ends.
     """
     token = JOB_TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(
         JobToken(
             token_hash=hash_token(token),
             job_id=job.id,
-            expires_at=utcnow() + timedelta(seconds=job.max_runtime_s) + JOB_TOKEN_GRACE,
+            expires_at=utcnow() + timedelta(seconds=job.max_runtime_s + grace_s),
         )
     )
     return token
 
 
 def revoke_job_tokens(session: Session, job_id: uuid.UUID) -> None:
-    for row in session.scalars(select(JobToken).where(JobToken.job_id == job_id)):
-        session.delete(row)
+    """Every token of the job (the ledger's `revoke_credentials` effect). No commit."""
+    session.execute(delete(JobToken).where(JobToken.job_id == job_id))
 
 
 def is_job_token(token: str) -> bool:
@@ -62,17 +63,21 @@ def is_job_token(token: str) -> bool:
 
 
 def job_for_token(session: Session, token: str) -> Job | None:
-    """The job behind a live job token; None when the token is unknown or expired."""
+    """The job behind a live job token; None when the token is unknown, revoked or
+    expired, or its job has ended (even if a token row survived the revocation)."""
     row = session.get(JobToken, hash_token(token))
     if row is None or row.expires_at <= utcnow():
         return None
-    return session.get(Job, row.job_id)
+    job = session.get(Job, row.job_id)
+    if job is None or job.state in FINAL_STATES:
+        return None
+    return job
 
 
 def job_caller(session: Session, org_slug: str, token: str) -> Caller | None:
     """The caller behind a job token for organization `org_slug`, or None when the token
-    is unknown or expired. 404 when the job belongs to another org or its user is no
-    longer a member (a job cannot act for someone who left)."""
+    is not live (`job_for_token`). 404 when the job belongs to another org or its user
+    is no longer a member (a job cannot act for someone who left)."""
     job = job_for_token(session, token)
     if job is None:
         return None

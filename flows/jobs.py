@@ -43,7 +43,7 @@ from flows.gateway import (
     StateType,
     run_tags,
 )
-from flows.job_data import link_job_inputs
+from flows.job_data import OUTPUTS_KEY, link_job_inputs, validate_outputs
 from flows.models import (
     ALL_STATES,
     CANCELLING,
@@ -158,6 +158,8 @@ class SubmitSpec:
     memory_mb: int | None = None
     max_runtime_s: int | None = None
     inputs: Sequence[Mapping[str, Any]] = ()
+    # Dataset names the job will write (its token may write only these); empty: any.
+    outputs: Sequence[str] = ()
     priority: int = 0
     tags: Sequence[str] = ()
     idempotency_key: str | None = None
@@ -185,6 +187,7 @@ class _Prepared:
     parameters: dict[str, Any]
     tags: list[str]
     inputs: list[dict[str, Any]]
+    outputs: list[str]
 
 
 def _pin_inputs(
@@ -223,6 +226,7 @@ def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
         merged = {**(dep.parameters or {}), **spec.parameters}
         validate_parameters(dep.parameter_schema or {}, merged, flow=f"deployment '{dep.name}'")
     tags = validate_tags(spec.tags)
+    outputs = validate_outputs(spec.outputs)
     unreadable: list[str] = []
     inputs = _pin_inputs(session, ctx, spec.inputs, unreadable)
     request = JobRequest(
@@ -232,7 +236,7 @@ def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
         deployment_known=dep is not None,
         inputs_readable=not unreadable,
     )
-    return _Prepared(dep, request, dict(spec.parameters), tags, inputs)
+    return _Prepared(dep, request, dict(spec.parameters), tags, inputs, outputs)
 
 
 def explain_submission(ctx: OrgContext, session: Session, spec: SubmitSpec) -> Explanation:
@@ -329,7 +333,8 @@ def submit(
         tags=prep.tags,
         inputs=prep.inputs,
         job_metadata={
-            REQUESTED_KEY: {"memory_mb": spec.memory_mb, "max_runtime_s": spec.max_runtime_s}
+            REQUESTED_KEY: {"memory_mb": spec.memory_mb, "max_runtime_s": spec.max_runtime_s},
+            **({OUTPUTS_KEY: prep.outputs} if prep.outputs else {}),
         },
         idempotency_key=spec.idempotency_key,
     ).job

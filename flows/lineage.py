@@ -24,13 +24,14 @@ from sqlalchemy.orm import Session
 
 from datasets.access import can_read
 from datasets.models import Dataset, DatasetVersion, JobInput, JobLineage
+from flows.job_data import declared_outputs
 from flows.models import Deployment, Job
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Machine, User
 from policies import access
 from policies.access import JobFacts
-from policies.errors import Invalid
+from policies.errors import Conflict, Invalid
 
 MAX_NODES = 500
 MAX_DEPTH = 50
@@ -88,6 +89,46 @@ def record_job_lineage(
         row.resources_used = dict(resources_used)
     row.updated_at = utcnow()
     return row
+
+
+def record_job_run(
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    code: Mapping[str, Any] | None = None,
+    image: str | None = None,
+    machine: Mapping[str, Any] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    resources_used: Mapping[str, Any] | None = None,
+) -> JobLineage:
+    """What the machine reports about a run, each field written once: the same value
+    again is a no-op (a retried report), another value 409 `lineage_written`. No commit."""
+    reported: dict[str, Any] = {
+        "code": code,
+        "image": image,
+        "machine": machine,
+        "parameters": parameters,
+        "resources_used": resources_used,
+    }
+    row = session.get(JobLineage, job_id)
+    for name, value in reported.items():
+        stored = getattr(row, name) if row is not None else None
+        if value is None or not stored or stored == value:
+            continue
+        raise Conflict(
+            f"The job's {name.replace('_', ' ')} is already recorded; a run's lineage is "
+            "written once and never changed.",
+            code="lineage_written",
+        )
+    return record_job_lineage(
+        session,
+        job_id,
+        code=code,
+        image=image,
+        machine=machine,
+        parameters=parameters,
+        resources_used=resources_used,
+    )
 
 
 def check_record_size(session: Session, job_id: uuid.UUID) -> None:
@@ -213,6 +254,7 @@ def rerun_spec(session: Session, job: Job) -> dict[str, Any]:
         "machine_type": job.machine_type,
         "resources": {"memory_mb": job.memory_mb, "max_runtime_s": job.max_runtime_s},
         "inputs": inputs,
+        "outputs": sorted(declared_outputs(job) or ()),
         "tags": list(job.tags or []),
         "code": dict(row.code) if row and row.code else {},
     }
@@ -460,6 +502,7 @@ __all__ = [
     "jobs_using",
     "merge_job_metadata",
     "record_job_lineage",
+    "record_job_run",
     "rerun_spec",
     "version_graph",
 ]

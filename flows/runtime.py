@@ -14,9 +14,14 @@ over HTTP with what the agent puts in the flow's environment, and shares only th
 stdlib-only wire format (`datasets.wire`) with the server:
 
 - `CSHARE_API_URL`, `CSHARE_ORG`: the API and the organization (slug);
-- `CSHARE_JOB_ID` and `CSHARE_JOB_TOKEN`: this job, and a token scoped to it (its
-  inputs, outputs and metadata, with the job user's current rights). Without a job
-  token, `CSHARE_TOKEN` (a member's own token) is used, to try a flow by hand;
+- `CSHARE_JOB_ID` and `CSHARE_JOB_TOKEN`: this job, and the job's own credential. It
+  reads only the job's pinned inputs, writes only its outputs (the names declared at
+  submission, if any; each once: a second `save_output` to the same dataset is refused
+  with 409) and its own metadata, with the job user's current rights on top; every
+  other API call refuses it (403). It is revoked when the job ends and expires at the
+  runtime limit plus `CSHARE_JOB_TOKEN_GRACE_S`. Without a job token, `CSHARE_TOKEN` (a
+  member's own token) is used to try a flow by hand: it uploads plain versions (not
+  outputs of any job), and `log_metadata` is skipped (only a job writes its lineage);
 - `CSHARE_INPUTS_DIR`: where the agent materialised the inputs, with an index
   (`.cshare-inputs.json`) from input name to path.
 
@@ -95,10 +100,13 @@ def input_path(name: str) -> Path:
 
 
 class _Api:
-    def __init__(self, url: str, token: str, org: str, job_id: str | None) -> None:
+    def __init__(
+        self, url: str, token: str, org: str, job_id: str | None, *, job_token: bool
+    ) -> None:
         self.url = url.rstrip("/").removesuffix(API_PREFIX)
         self.org = org
         self.job_id = job_id
+        self.job_token = job_token
         self.http = httpx.Client(
             base_url=self.url + API_PREFIX,
             timeout=TIMEOUT,
@@ -114,7 +122,8 @@ class _Api:
 
 def _api(purpose: str) -> _Api | None:
     url, org = _env("CSHARE_API_URL"), _env("CSHARE_ORG")
-    token = _env("CSHARE_JOB_TOKEN") or _env("CSHARE_TOKEN")
+    job_token = _env("CSHARE_JOB_TOKEN")
+    token = job_token or _env("CSHARE_TOKEN")
     if url is None or org is None or token is None:
         log.warning(
             "%s skipped: not running as a Compute Share job "
@@ -122,7 +131,7 @@ def _api(purpose: str) -> _Api | None:
             purpose,
         )
         return None
-    return _Api(url, token, org, _env("CSHARE_JOB_ID"))
+    return _Api(url, token, org, _env("CSHARE_JOB_ID"), job_token=job_token is not None)
 
 
 def _retry(
@@ -163,9 +172,9 @@ def save_output(
     create: bool = True,
 ) -> dict[str, Any] | None:
     """Upload `path` (a file, or a directory as a whole) as a new version of `dataset`,
-    recorded as produced by this job. Creates the dataset first when `create` and it
-    does not exist. Returns the version (`{"dataset", "version", "sha256", ...}`), or
-    None when not running as a job.
+    recorded as produced by this job (once per dataset and job). Creates the dataset
+    first when `create` and it does not exist. Returns the version (`{"dataset",
+    "version", "sha256", ...}`), or None when not running as a job.
 
     The upload streams from disk and announces its checksum; the server stores it
     only if every byte arrived intact. Retried on connection failures.
@@ -177,8 +186,9 @@ def save_output(
     if api is None:
         return None
     with api:
-        if create and not _exists(api, dataset):
-            # 409: created meanwhile by someone else (a parallel job): just as good.
+        if create:
+            # 409: it exists (or was created meanwhile by a parallel job): just as good.
+            # (No lookup first: a job token may not read datasets other than its inputs.)
             _retry(
                 f"creating dataset {dataset}",
                 lambda: api.http.post(f"/orgs/{_seg(api.org)}/datasets", json={"name": dataset}),
@@ -187,8 +197,8 @@ def save_output(
         params: dict[str, str] = {"filename": source.resolve().name or dataset}
         if description:
             params["description"] = description
-        if api.job_id:
-            params["job"] = api.job_id
+        if api.job_id and api.job_token:
+            params["job"] = api.job_id  # implied by the job token; stated for the log
         if source.is_dir():
             files = wire.walk_directory(source)
             sha = wire.manifest_sha256(wire.directory_manifest(files))
@@ -221,13 +231,6 @@ def save_output(
         return version
 
 
-def _exists(api: _Api, dataset: str) -> bool:
-    url = f"/orgs/{_seg(api.org)}/datasets/{_seg(dataset)}"
-    return _retry(
-        f"looking up dataset {dataset}", lambda: api.http.get(url), accept=(404,)
-    ).is_success
-
-
 # ----------------------------------------------------------------------------- metadata
 
 
@@ -238,8 +241,9 @@ def log_metadata(values: Mapping[str, Any]) -> dict[str, Any] | None:
     api = _api("log_metadata")
     if api is None:
         return None
-    if api.job_id is None:
-        log.warning("log_metadata skipped: CSHARE_JOB_ID is not set")
+    if api.job_id is None or not api.job_token:
+        # Only the job's own token writes its record (a member's token is refused).
+        log.warning("log_metadata skipped: CSHARE_JOB_ID and CSHARE_JOB_TOKEN are not both set")
         return None
     payload = json.loads(json.dumps(dict(values), default=str))
     with api:

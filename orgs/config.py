@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     def store_allowlist(self) -> Allowlist:
         return Allowlist.parse(self.store_endpoint_allowlist)
 
+    # A job token lives for the job's runtime limit plus this (inputs are fetched before
+    # the clock starts, outputs uploaded after); the job's end revokes it earlier.
+    job_token_grace_s: float = Field(default=600.0, ge=0, le=86_400)
+
     @field_validator("log_format", mode="before")
     @classmethod
     def _format_any_case(cls, value: object) -> object:

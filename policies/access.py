@@ -10,7 +10,9 @@ Outcomes the callers turn into errors:
 - not visible (`can_view_*` / `can_read_dataset` is False) -> 404, the row does not
   exist for this viewer, exactly like another organization's;
 - visible but not allowed -> 403 with `denial(permission)`, where `permission` is the
-  one the `*_permission` function names (e.g. `jobs:cancel-all` for someone else's job).
+  one the `*_permission` function names (e.g. `jobs:cancel-all` for someone else's job);
+- a job token outside its job, or a member writing lineage -> 403 with
+  `rule_denial(rule)` and the `CredentialRule` as the error code (`require_rule`).
 
 The rights themselves come from `policies.permissions` (role -> permissions); this
 module only adds ownership: "-own" permissions cover the viewer's own rows, "-all"
@@ -28,24 +30,31 @@ from policies.errors import Forbidden
 from policies.permissions import Permission, Role, allows, denial
 
 __all__ = [
+    "CredentialRule",
     "DatasetFacts",
     "JobFacts",
+    "JobTokenUse",
     "MachineFacts",
     "Scope",
     "Viewer",
-    "can_attach_job_outputs",
     "can_cancel_job",
     "can_manage_machine",
     "can_read_dataset",
+    "can_read_input_version",
     "can_view_job",
     "can_view_machine",
     "can_write_dataset",
+    "can_write_lineage",
+    "can_write_output",
     "cancel_job_permission",
     "dataset_read_scope",
+    "job_token_allows",
     "job_view_scope",
     "machine_view_scope",
     "manage_machine_permission",
     "require",
+    "require_rule",
+    "rule_denial",
     "write_dataset_permission",
 ]
 
@@ -63,7 +72,8 @@ class Viewer:
     """Someone looking at one organization.
 
     `role` is None for a non-member. `job_id` is set when they act through a job token:
-    the token sees that one job and no other (the user's role still decides datasets).
+    the token sees that one job and no other, reads only its pinned inputs and writes
+    only its outputs and record (the user's current role and access still apply on top).
     """
 
     user_id: uuid.UUID
@@ -175,14 +185,11 @@ def can_cancel_job(viewer: Viewer, job: JobFacts) -> bool:
     return can_view_job(viewer, job) and viewer.holds(cancel_job_permission(viewer, job))
 
 
-def can_attach_job_outputs(viewer: Viewer, job: JobFacts) -> bool:
-    """Record a dataset version as a job's output: the job's token, or the job's own user
-    (not admins: an output claims the run produced it)."""
-    if job.org_id != viewer.org_id or viewer.role is None:
-        return False
-    if viewer.job_id is not None:
-        return job.id == viewer.job_id
-    return job.user_id == viewer.user_id
+def can_write_lineage(viewer: Viewer, job: JobFacts) -> bool:
+    """Attach outputs to a job, or write its metadata or run record: the job's own token
+    only. Members never do, not even the job's user or an admin: lineage claims what
+    the run read, ran and produced, and only the run knows that."""
+    return job.org_id == viewer.org_id and viewer.role is not None and viewer.job_id == job.id
 
 
 # ----------------------------------------------------------------------- machines
@@ -242,3 +249,68 @@ def can_write_dataset(viewer: Viewer, dataset: DatasetFacts) -> bool:
     return can_read_dataset(viewer, dataset) and viewer.holds(
         write_dataset_permission(viewer, dataset)
     )
+
+
+# ----------------------------------------------------------------------- job credentials
+
+
+class JobTokenUse(StrEnum):
+    """What a job token (`cs_j_...`) is for. A route opens itself to job tokens by naming
+    one of these; every other route refuses them (`job_token_allows`)."""
+
+    read_inputs = "read-inputs"  # its job's pinned input versions: list, download
+    write_outputs = "write-outputs"  # create and upload the datasets it writes, as outputs
+    write_record = "write-record"  # its own metadata and run record (code, machine, ...)
+
+
+class CredentialRule(StrEnum):
+    """Refusals about credentials and lineage; the value is the error code."""
+
+    job_token_scope = "job_token_scope"  # noqa: S105  (an error code, not a secret)
+    job_output_undeclared = "job_output_undeclared"
+    lineage_job_only = "lineage_job_only"
+
+
+_RULE_SENTENCES: dict[CredentialRule, str] = {
+    CredentialRule.job_token_scope: (
+        "A job token only reads its job's inputs, writes its outputs and records its own "
+        "metadata; use a member's token for anything else."
+    ),
+    CredentialRule.job_output_undeclared: (
+        "This job writes only the outputs it declared at submission; this dataset is not "
+        "one of them."
+    ),
+    CredentialRule.lineage_job_only: (
+        "A job's lineage (its outputs, metadata and run record) is written only by the job "
+        "itself, with its job token; members may not attach or change it."
+    ),
+}
+
+
+def rule_denial(rule: CredentialRule) -> str:
+    return _RULE_SENTENCES[rule]
+
+
+def require_rule(allowed: bool, rule: CredentialRule) -> None:
+    """403 with the rule's sentence (and the rule as the error code) unless `allowed`."""
+    if not allowed:
+        raise Forbidden(rule_denial(rule), code=rule.value)
+
+
+def job_token_allows(use: JobTokenUse | None) -> bool:
+    """A job token may call a route only if the route names what for (refused by default)."""
+    return use is not None
+
+
+def can_read_input_version(
+    viewer: Viewer, version_id: uuid.UUID, job_inputs: frozenset[uuid.UUID]
+) -> bool:
+    """On top of `can_read_dataset`: members read every version of a dataset they can
+    read; a job token only the versions pinned as its job's inputs."""
+    return viewer.job_id is None or version_id in job_inputs
+
+
+def can_write_output(viewer: Viewer, dataset_name: str, declared: frozenset[str] | None) -> bool:
+    """On top of the role and creator checks for creating or uploading: a job token
+    writes only the outputs its job declared (any, when it declared none)."""
+    return viewer.job_id is None or declared is None or dataset_name in declared

@@ -70,6 +70,10 @@ def submit(
     input_: Annotated[
         list[str] | None, typer.Option("--input", help="DATASET[@VERSION] read by the job.")
     ] = None,
+    outputs: Annotated[
+        list[str] | None,
+        typer.Option("--output", help="A DATASET the job writes (then only those; repeat)."),
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Extra run tags.")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option("--idempotency-key", help="Resubmitting returns the same job.")
@@ -90,6 +94,7 @@ def submit(
         "priority": priority,
         "tags": list(tag or []),
         "inputs": parse_inputs(input_),
+        "outputs": list(outputs or []),
         "resources": {"memory_mb": memory, "max_runtime_s": runtime},
     }
     if machine_type:

@@ -12,27 +12,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import timedelta
-from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flows import job_tokens
 from flows.gateway import work_pool_name
-from flows.models import FINAL_STATES
 from orgs import accounts, security
 from orgs import machines as registry
 from orgs.context import member_context
-from orgs.db import utcnow
 from orgs.models import Membership, Organization, User
 from policies.access import Scope, job_view_scope
 from policies.errors import Forbidden, Unauthenticated
 from policies.prefect_rules import Actor, Principal
-
-# A job's flow process ships its last log lines and events just after its final state,
-# which the ledger may learn first; its token keeps working that much longer.
-ENDED_JOB_GRACE: Final = timedelta(seconds=60)
 
 
 def credential_from_header(value: str | None) -> str | None:
@@ -94,12 +86,9 @@ def authenticate(session: Session, credential: str | None, org_slug: str | None)
             pool=work_pool_name(org.slug, machine.machine_type),
         )
     if job_tokens.is_job_token(credential):
+        # Live only while its job is: the ledger revokes it at the job's end.
         job = job_tokens.job_for_token(session, credential)
-        if job is None or (
-            job.state in FINAL_STATES
-            and job.ended_at is not None
-            and utcnow() - job.ended_at > ENDED_JOB_GRACE
-        ):
+        if job is None:
             raise Unauthenticated(
                 "The job token is unknown, expired, or its job has ended.", code="bad_token"
             )

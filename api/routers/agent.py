@@ -191,6 +191,7 @@ def claim(
     machine: CurrentMachine,
     session: SessionDep,
     gateway: GatewayDep,
+    settings: SettingsDep,
 ) -> ClaimOut | JSONResponse:
     result = claims.claim(session, gateway, machine, body.flow_run_id, running=body.running)
     if result.decision == "run":
@@ -198,9 +199,10 @@ def claim(
         job = session.get(Job, result.job_id)
         org = session.get(Organization, machine.org_id)
         assert job is not None and org is not None
-        # A fresh token per claim (a repeated claim gets its own); it expires with the
-        # job's runtime limit and is the flow's identity towards datasets.
-        job_token = job_tokens.issue_job_token(session, job)
+        # A fresh token per claim (a repeated claim gets its own), scoped to this job:
+        # the flow's identity towards its inputs, outputs and record. The job's end
+        # revokes it; it expires at the runtime limit plus CSHARE_JOB_TOKEN_GRACE_S.
+        job_token = job_tokens.issue_job_token(session, job, grace_s=settings.job_token_grace_s)
         session.commit()
         return ClaimOut(
             flow_run_id=result.flow_run_id,

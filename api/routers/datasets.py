@@ -30,51 +30,49 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from api.deps import Credentials, Requires, SessionDep, SettingsDep, get_auth
+from api.deps import Requires, SessionDep, SettingsDep, get_org_context
+from api.job_credentials import JobAware
 from api.schemas import ErrorOut, Page, PublicUserOut
 from datasets import catalog, stores, wire
-from datasets.access import Caller
+from datasets.access import Caller, require_output
 from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
 from flows import job_data, lineage
-from flows.job_tokens import is_job_token, job_caller
 from flows.models import Job
-from orgs.context import member_context
+from orgs.context import OrgContext
 from orgs.db import Database
 from orgs.models import User
 from policies import access
-from policies.access import JobFacts
-from policies.errors import Invalid, NotFound, Unauthenticated
+from policies.access import JobFacts, JobTokenUse
+from policies.errors import Invalid, NotFound
 from policies.permissions import Permission
 
 router = APIRouter(tags=["datasets"])
 
 
-class JobAware(Requires):
-    """`Requires(permission)` that also accepts a job token (`cs_j_...`), acting as the
-    job's user with that user's current role and access, for the job-scoped routes a
-    flow calls from its machine (inputs, outputs, metadata)."""
+class MemberCaller(Requires):
+    """`Requires(permission)` as the catalog's `Caller` (a member's token only)."""
 
-    def __call__(  # type: ignore[override]
-        self,
-        session: SessionDep,
-        credentials: Credentials,
-        org: Annotated[str, Path(max_length=64)],
+    async def __call__(  # type: ignore[override]
+        self, ctx: Annotated[OrgContext, Depends(get_org_context)]
     ) -> Caller:
-        if credentials is not None and is_job_token(credentials.credentials):
-            caller = job_caller(session, org, credentials.credentials)
-            if caller is None:
-                raise Unauthenticated("The job token is unknown or expired.", code="bad_token")
-        else:
-            user, _ = get_auth(session, credentials)
-            caller = Caller(member_context(session, org, user))
-        caller.ctx.require(self.permission)
-        return caller
+        ctx.require(self.permission)
+        return Caller(ctx)
 
 
-DatasetsRead = Annotated[Caller, Depends(JobAware(Permission.datasets_read))]
-DatasetsCreate = Annotated[Caller, Depends(JobAware(Permission.datasets_create))]
-StorageConfigure = Annotated[Caller, Depends(JobAware(Permission.storage_configure))]
-JobInputsView = Annotated[Caller, Depends(JobAware(Permission.jobs_view_own))]
+# A job token reads its inputs and writes its outputs here, and nothing else
+# (api.job_credentials); every other dataset route is for members only.
+DatasetsRead = Annotated[Caller, Depends(MemberCaller(Permission.datasets_read))]
+DatasetsCreate = Annotated[Caller, Depends(MemberCaller(Permission.datasets_create))]
+StorageConfigure = Annotated[Caller, Depends(MemberCaller(Permission.storage_configure))]
+InputRead = Annotated[
+    Caller, Depends(JobAware(Permission.datasets_read, use=JobTokenUse.read_inputs))
+]
+OutputCreate = Annotated[
+    Caller, Depends(JobAware(Permission.datasets_create, use=JobTokenUse.write_outputs))
+]
+JobInputsView = Annotated[
+    Caller, Depends(JobAware(Permission.jobs_view_own, use=JobTokenUse.read_inputs))
+]
 NameParam = Annotated[str, Path(description="The dataset's name.")]
 JobId = Annotated[uuid.UUID, Path(alias="id", description="The job id.")]
 
@@ -394,7 +392,9 @@ def job_in_org(session: Session, caller: Caller, job_id: uuid.UUID) -> Job:
 
 
 @router.post("/orgs/{org}/datasets", status_code=status.HTTP_201_CREATED)
-def create_dataset(body: DatasetIn, caller: DatasetsCreate, session: SessionDep) -> DatasetOut:
+def create_dataset(body: DatasetIn, caller: OutputCreate, session: SessionDep) -> DatasetOut:
+    """A new dataset (members; or a job's token, for an output it declared)."""
+    require_output(caller, body.name)
     dataset = catalog.create_dataset(
         caller.ctx,
         session,
@@ -486,7 +486,7 @@ async def upload_version(
     name: NameParam,
     request: Request,
     response: Response,
-    caller: DatasetsCreate,
+    caller: OutputCreate,
     session: SessionDep,
     settings: SettingsDep,
     filename: Annotated[
@@ -494,7 +494,12 @@ async def upload_version(
     ] = None,
     description: Annotated[str | None, Query(max_length=10_000)] = None,
     job: Annotated[
-        uuid.UUID | None, Query(description="Your job that produced this (lineage).")
+        uuid.UUID | None,
+        Query(
+            description="The job that produced this (lineage): only with that job's own "
+            "token, which marks its uploads as its outputs anyway; a member's token is "
+            "refused (403 lineage_job_only)."
+        ),
     ] = None,
     x_content_sha256: Annotated[
         str | None,
@@ -507,7 +512,8 @@ async def upload_version(
     ] = None,
 ) -> VersionOut:
     """Upload a new version (streamed). It becomes visible only once every byte is stored
-    and every checksum verified."""
+    and every checksum verified. With a job token it is that job's output: only an output
+    the job declared, and once per dataset (409 `output_written`)."""
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     kind = KIND_DIRECTORY if media in (wire.TAR_MEDIA_TYPE, "application/tar") else KIND_FILE
     producer = await run_in_threadpool(job_data.output_job, session, caller, job)
@@ -557,7 +563,7 @@ DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
 def download_version(
     name: NameParam,
     version: Annotated[str, Path(max_length=20, description="A number, or 'latest'.")],
-    caller: DatasetsRead,
+    caller: InputRead,
     session: SessionDep,
     settings: SettingsDep,
 ) -> StreamingResponse:

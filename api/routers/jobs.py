@@ -45,6 +45,12 @@ class JobIn(BaseModel):
     machine_type: str | None = Field(None, max_length=32)
     resources: ResourcesIn = Field(default_factory=ResourcesIn)
     inputs: list[dict[str, Any]] = Field(default_factory=list, max_length=50)
+    outputs: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Dataset names the job writes; its job token may write only these "
+        "(none: any dataset the submitter may write).",
+    )
     priority: int = Field(0, ge=jobs.MIN_PRIORITY, le=jobs.MAX_PRIORITY)
     tags: list[str] = Field(default_factory=list, max_length=50)
     idempotency_key: str | None = Field(
@@ -59,6 +65,7 @@ class JobIn(BaseModel):
             memory_mb=self.resources.memory_mb,
             max_runtime_s=self.resources.max_runtime_s,
             inputs=self.inputs,
+            outputs=self.outputs,
             priority=self.priority,
             tags=self.tags,
             idempotency_key=self.idempotency_key,

@@ -1,5 +1,10 @@
 """Lineage: the graph around a dataset version or a job, a job's full record, and the
-metadata a flow logs about itself (`flows.runtime.log_metadata`)."""
+metadata a flow logs about itself (`flows.runtime.log_metadata`).
+
+Reading is for members. Writing a job's record (metadata, how and where it ran) is for
+the job's own token only (`JobOnly`): members, owners and admins included, never write
+lineage. The run record is write-once: a field, once reported, is never replaced.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,27 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from api.deps import Requires, SessionDep
-from api.routers.datasets import JobAware, JobId, job_in_org
+from api.job_credentials import JobOnly
+from api.routers.datasets import JobId, MemberCaller, job_in_org
 from datasets import catalog
 from datasets.access import Caller
 from flows import lineage
+from flows.models import Job
 from orgs.context import OrgContext
+from policies import access
+from policies.access import CredentialRule, JobFacts, JobTokenUse
 from policies.permissions import Permission
 
 router = APIRouter(tags=["lineage"])
 
 LineageRead = Annotated[OrgContext, Depends(Requires(Permission.datasets_read))]
-JobView = Annotated[Caller, Depends(JobAware(Permission.jobs_view_own))]
+JobView = Annotated[Caller, Depends(MemberCaller(Permission.jobs_view_own))]
+JobRecordWrite = Annotated[
+    Caller, Depends(JobOnly(Permission.jobs_view_own, use=JobTokenUse.write_record))
+]
 Depth = Annotated[int, Query(ge=0, le=lineage.MAX_DEPTH, description="Hops each way.")]
 
 
@@ -56,7 +69,8 @@ class MetadataIn(BaseModel):
 
 
 class RunRecordIn(BaseModel):
-    """What the machine knows about a run; the fields given replace the stored ones."""
+    """What the machine knows about a run. Each field is recorded once: sending it again
+    with the same value is fine, with another value 409 `lineage_written`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -74,6 +88,15 @@ class RunRecordIn(BaseModel):
 class MetadataOut(BaseModel):
     job_id: uuid.UUID
     metadata: dict[str, Any]
+
+
+def writable_job(session: Session, caller: Caller, job_id: uuid.UUID) -> Job:
+    """The job whose lineage the caller writes: its own token's job, else 404/403."""
+    job = job_in_org(session, caller, job_id)
+    access.require_rule(
+        access.can_write_lineage(caller.viewer, JobFacts.of(job)), CredentialRule.lineage_job_only
+    )
+    return job
 
 
 @router.get("/orgs/{org}/lineage")
@@ -110,12 +133,12 @@ def job_lineage(
 
 @router.post("/orgs/{org}/jobs/{id}/lineage")
 def record_job_run(
-    job_id: JobId, body: RunRecordIn, caller: JobView, session: SessionDep
+    job_id: JobId, body: RunRecordIn, caller: JobRecordWrite, session: SessionDep
 ) -> dict[str, Any]:
-    """Record how and where the job ran (the agent, with the job token): code version,
-    image, machine, parameters as run, resources used. Returns the job's record."""
-    job = job_in_org(session, caller, job_id)
-    lineage.record_job_lineage(
+    """Record how and where the job ran (the job's own token only): code version, image,
+    machine, parameters as run, resources used. Write-once. Returns the job's record."""
+    job = writable_job(session, caller, job_id)
+    lineage.record_job_run(
         session,
         job.id,
         code=body.code,
@@ -131,11 +154,11 @@ def record_job_run(
 
 @router.post("/orgs/{org}/jobs/{id}/metadata")
 def log_job_metadata(
-    job_id: JobId, body: MetadataIn, caller: JobView, session: SessionDep
+    job_id: JobId, body: MetadataIn, caller: JobRecordWrite, session: SessionDep
 ) -> MetadataOut:
-    """Merge metrics and metadata into the job's record: the flow itself (job token),
-    the job's owner, or an admin."""
-    job = job_in_org(session, caller, job_id)
+    """Merge metrics and metadata into the job's record: the flow itself, with its job
+    token, while the job runs (the token dies with the job)."""
+    job = writable_job(session, caller, job_id)
     merged = lineage.merge_job_metadata(session, job, body.values)
     session.commit()
     return MetadataOut(job_id=job.id, metadata=merged)

@@ -181,7 +181,10 @@ def rerun_job(request: Request, page: PageJobsSubmit, job_id: JobId) -> Response
     if not spec.get("deployment"):
         raise Invalid("The job's deployment no longer exists.", field="deployment")
     body = job_routes.JobIn.model_validate(
-        {k: spec[k] for k in ("deployment", "parameters", "machine_type", "resources", "inputs")}
+        {
+            k: spec[k]
+            for k in ("deployment", "parameters", "machine_type", "resources", "inputs", "outputs")
+        }
         | {"tags": spec.get("tags", []), "priority": job.priority}
     )
     try:

@@ -98,8 +98,17 @@ def temp_files() -> list[Path]:
     return sorted(tmp.glob("*")) if tmp.exists() else []
 
 
-def make_job(db: Database, slug: str, user_id: str, inputs: list[Any] | None = None) -> Job:
-    """A job row straight into the ledger (no Prefect): what lineage and inputs need."""
+def make_job(
+    db: Database,
+    slug: str,
+    user_id: str,
+    inputs: list[Any] | None = None,
+    *,
+    state: str = "completed",
+    outputs: list[str] | None = None,
+) -> Job:
+    """A job row straight into the ledger (no Prefect): what lineage and inputs need.
+    `state="running"` for a job whose token is used (a token of an ended job is dead)."""
     with db.transaction() as s:
         org = s.scalars(select(Organization).where(Organization.slug == slug)).one()
         job = Job(
@@ -107,16 +116,40 @@ def make_job(db: Database, slug: str, user_id: str, inputs: list[Any] | None = N
             org_id=org.id,
             user_id=uuid.UUID(user_id),
             machine_type="cpu",
-            state="completed",
+            state=state,
             memory_mb=512,
             max_runtime_s=600,
             inputs=list(inputs or []),
             parameters={"lr": 0.1},
+            job_metadata={job_data.OUTPUTS_KEY: outputs} if outputs else {},
         )
         s.add(job)
         s.flush()
         job_data.resolve_inputs(s, job)  # pins "NAME[@V]" and records them, as a claim would
     return job
+
+
+def job_token(db: Database, job: Job, *, grace_s: float = 600) -> str:
+    """The token the claim would hand the job's flow."""
+    with db.transaction() as s:
+        fresh = s.get(Job, job.id)
+        assert fresh is not None
+        return job_tokens.issue_job_token(s, fresh, grace_s=grace_s)
+
+
+def as_job(token: str, **headers: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+def upload_as_job(
+    api: ApiClient, world: World, token: str, name: str, data: bytes, **kw: Any
+) -> httpx.Response:
+    """Upload as the job's flow does (`flows.runtime.save_output`): an output of the job."""
+    headers = as_job(token, **{"Content-Type": "application/octet-stream", **kw.pop("headers", {})})
+    response: httpx.Response = api.client.post(
+        f"/api/v1{ds(world, name)}/versions", headers=headers, content=data, **kw
+    )
+    return response
 
 
 # --------------------------------------------------------------------------- round trip
@@ -560,12 +593,9 @@ def test_job_token_reaches_only_its_inputs(api: ApiClient, world: World) -> None
     create(api, world, world.alice, "not-an-input")
     upload(api, world, world.alice, "input-a", b"aaa")
     upload(api, world, world.alice, "not-an-input", b"zzz")
-    job = make_job(api.db, world.slug, world.alice.id, inputs=["input-a"])
-    with api.db.transaction() as s:
-        fresh = s.get(Job, job.id)
-        assert fresh is not None
-        token = job_tokens.issue_job_token(s, fresh)
-    bearer = {"Authorization": f"Bearer {token}"}
+    job = make_job(api.db, world.slug, world.alice.id, inputs=["input-a"], state="running")
+    token = job_token(api.db, job)
+    bearer = as_job(token)
     r = api.client.get(f"/api/v1/orgs/{world.slug}/jobs/{job.id}/inputs", headers=bearer)
     assert r.status_code == 200, r.text
     [item] = r.json()["items"]
@@ -578,11 +608,7 @@ def test_job_token_reaches_only_its_inputs(api: ApiClient, world: World) -> None
     assert other.status_code == 404
     # Outputs and metadata, marked as this job's.
     create(api, world, world.alice, "results")
-    r = api.client.post(
-        f"/api/v1{ds(world, 'results')}/versions",
-        headers={**bearer, "Content-Type": "application/octet-stream"},
-        content=b"result",
-    )
+    r = upload_as_job(api, world, token, "results", b"result")
     assert r.status_code == 201 and r.json()["produced_by_job_id"] == str(job.id)
     r = api.client.post(
         f"/api/v1/orgs/{world.slug}/jobs/{job.id}/metadata",
@@ -590,8 +616,10 @@ def test_job_token_reaches_only_its_inputs(api: ApiClient, world: World) -> None
         json={"values": {"accuracy": 0.9}},
     )
     assert r.status_code == 200 and r.json()["metadata"] == {"accuracy": 0.9}
-    # A job token is not a user token anywhere else.
-    assert api.client.get(f"/api/v1/orgs/{world.slug}/audit", headers=bearer).status_code == 401
+    # A job token is not a user token anywhere else (tests/integration/
+    # test_job_credentials.py walks every route).
+    r = api.client.get(f"/api/v1/orgs/{world.slug}/audit", headers=bearer)
+    assert r.status_code == 403 and r.json()["error"] == "job_token_scope"
     # Access is checked again at fetch time: restricting the input cuts the job off.
     api.put(f"{ds(world, 'input-a')}/access", world.owner, json={"visibility": "restricted"})
     with api.db.transaction() as s:

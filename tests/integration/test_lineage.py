@@ -1,7 +1,8 @@
 """Lineage through the API (SQLite and PostgreSQL) and the CLI.
 
 A chain `raw@1 -> job 1 -> clean@1 -> job 2 -> model@1` is recorded the way jobs record
-it (pinned inputs, outputs uploaded for the job), then read back from every point:
+it (pinned inputs, outputs uploaded with the job's own token), then read back from every
+point:
 the graph's nodes and edges, the job record, hidden nodes for datasets the caller may
 not read, and the CLI's tree and DOT.
 """
@@ -25,17 +26,20 @@ from agents import materialize
 from api.app import create_app
 from api.cli.main import app as cli_app
 from datasets import codeversion
-from flows import job_tokens, lineage
+from flows import lineage
 from flows.models import Job
 from orgs.config import get_settings
 from orgs.db import Database
 from tests.integration.test_datasets import (
     World,
+    as_job,
     create,
     ds,
+    job_token,
     make_job,
     tar_of,
     upload,
+    upload_as_job,
     world,
 )
 from tests.support import ApiClient, serve_in_thread
@@ -54,12 +58,15 @@ def build_chain(api: ApiClient, w: World) -> Chain:
     create(api, w, w.alice, "clean")
     create(api, w, w.alice, "model")
     assert upload(api, w, w.alice, "raw", b"raw rows").status_code == 201
-    job1 = make_job(api.db, w.slug, w.alice.id, inputs=[{"dataset": "raw", "version": 1}])
-    # The job's outputs: uploaded for the job (here with the owner's token and ?job=).
-    r = upload(api, w, w.alice, "clean", b"clean rows", params={"job": str(job1.id)})
+    job1 = make_job(
+        api.db, w.slug, w.alice.id, inputs=[{"dataset": "raw", "version": 1}], state="running"
+    )
+    # The job's outputs: uploaded by the job itself, with its token (only it may).
+    r = upload_as_job(api, w, job_token(api.db, job1), "clean", b"clean rows")
     assert r.status_code == 201 and r.json()["produced_by_job_id"] == str(job1.id)
-    job2 = make_job(api.db, w.slug, w.alice.id, inputs=["clean@1", "weights=raw"])
-    upload(api, w, w.alice, "model", b"the model", params={"job": str(job2.id)})
+    job2 = make_job(api.db, w.slug, w.alice.id, inputs=["clean@1", "weights=raw"], state="running")
+    r = upload_as_job(api, w, job_token(api.db, job2), "model", b"the model")
+    assert r.status_code == 201, r.text
     with api.db.transaction() as s:
         lineage.record_job_lineage(
             s,
@@ -172,16 +179,18 @@ def test_unreadable_versions_are_hidden(api: ApiClient, world: World) -> None:
 
 
 def test_metadata_is_merged(api: ApiClient, world: World) -> None:
-    job = make_job(api.db, world.slug, world.alice.id)
-    url = f"/orgs/{world.slug}/jobs/{job.id}/metadata"
-    assert (
-        api.post(url, world.alice, json={"values": {"loss": 0.5, "note": "a"}}).status_code == 200
-    )
-    r = api.post(url, world.alice, json={"values": {"loss": 0.25}})
+    job = make_job(api.db, world.slug, world.alice.id, state="running")
+    url = f"/api/v1/orgs/{world.slug}/jobs/{job.id}/metadata"
+    flow = as_job(job_token(api.db, job))  # only the job itself writes its metadata
+    r = api.client.post(url, headers=flow, json={"values": {"loss": 0.5, "note": "a"}})
+    assert r.status_code == 200, r.text
+    r = api.client.post(url, headers=flow, json={"values": {"loss": 0.25}})
     assert r.json()["metadata"] == {"loss": 0.25, "note": "a"}
-    assert api.post(url, world.bob, json={"values": {"x": 1}}).status_code == 404
+    for member in (world.alice, world.bob, world.owner):  # its user and the owner too
+        r = api.client.post(url, headers=member.headers, json={"values": {"x": 1}})
+        assert r.status_code == 403 and r.json()["error"] == "lineage_job_only", r.text
     too_big = {"values": {"blob": "x" * (lineage.MAX_METADATA_BYTES + 1)}}
-    assert api.post(url, world.alice, json=too_big).status_code == 422
+    assert api.client.post(url, headers=flow, json=too_big).status_code == 422
     record = api.get(f"/orgs/{world.slug}/jobs/{job.id}/lineage", world.alice).json()["job"]
     assert record["metadata"] == {"loss": 0.25, "note": "a"}
 
@@ -241,9 +250,10 @@ def test_cli_datasets_and_lineage(served: str, sqlite_database: Database, tmp_pa
         assert (got_dir / "sub" / "two.txt").read_text() == "two"
         assert not list(tmp_path.glob(".*.part"))
 
-        job = make_job(sqlite_database, slug, alice.id, inputs=["raw@1"])
+        job = make_job(sqlite_database, slug, alice.id, inputs=["raw@1"], state="running")
         create(api, w, alice, "summary")
-        upload(api, w, alice, "summary", b"sum", params={"job": str(job.id)})
+        r = upload_as_job(api, w, job_token(sqlite_database, job), "summary", b"sum")
+        assert r.status_code == 201, r.text
         tree = cli("lineage", "summary").stdout
         assert "summary@1" in tree and "raw@1" in tree and "came from" in tree
         dot = cli("lineage", "--job", str(job.id), "--dot").stdout
@@ -309,11 +319,10 @@ def test_job_inputs_read_only_outputs_and_lineage_without_the_agent(
             content=tar_of({"a.txt": b"cat", "sub/b.txt": b"dog"}),
             headers={"Content-Type": "application/x-tar"},
         )
-        job = make_job(sqlite_database, slug, alice.id, inputs=["images", "labels@1"])
-        with sqlite_database.transaction() as s:
-            fresh = s.get(Job, job.id)
-            assert fresh is not None
-            token = job_tokens.issue_job_token(s, fresh)
+        job = make_job(
+            sqlite_database, slug, alice.id, inputs=["images", "labels@1"], state="running"
+        )
+        token = job_token(sqlite_database, job)
         cache = tmp_path / "cache"
         job_dir = tmp_path / "job1"
         job_dir.mkdir()
@@ -352,11 +361,10 @@ def test_job_inputs_read_only_outputs_and_lineage_without_the_agent(
         }
 
         # A second job on this machine: both inputs come from the cache, verified.
-        job2 = make_job(sqlite_database, slug, alice.id, inputs=["images@1", "labels@1"])
-        with sqlite_database.transaction() as s:
-            fresh = s.get(Job, job2.id)
-            assert fresh is not None
-            token2 = job_tokens.issue_job_token(s, fresh)
+        job2 = make_job(
+            sqlite_database, slug, alice.id, inputs=["images@1", "labels@1"], state="running"
+        )
+        token2 = job_token(sqlite_database, job2)
         job2_dir = tmp_path / "job2"
         job2_dir.mkdir()
         again = materialize.materialize_job(base, slug, str(job2.id), token2, job2_dir, cache)
@@ -410,11 +418,8 @@ def test_the_machine_reports_code_version_and_resources(
     with serve_in_thread(app) as url, ApiClient.start(sqlite_database) as api:
         alice = api.signup()
         slug = api.create_org(alice)
-        job = make_job(sqlite_database, slug, alice.id)
-        with sqlite_database.transaction() as s:
-            fresh = s.get(Job, job.id)
-            assert fresh is not None
-            token = job_tokens.issue_job_token(s, fresh)
+        job = make_job(sqlite_database, slug, alice.id, state="running")
+        token = job_token(sqlite_database, job)
         materialize.report_run(
             url,
             slug,

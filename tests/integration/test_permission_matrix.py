@@ -6,7 +6,8 @@ Nothing here lists routes by hand except the few public ones: the cases come fro
 `policies.permissions.ROLE_PERMISSIONS`, so a route added later is covered without
 editing this file, and a route that cannot be classified fails:
 
-- an API route with an `{org}` path parameter must depend on exactly one `Requires(...)`;
+- an API route with an `{org}` path parameter must depend on exactly one `Requires(...)`
+  (a `JobOnly(...)` one is for the job's own token: every member token gets 403);
 - any other API route either depends on the signed-in user (`get_auth`/`get_current_user`),
   on a machine token (`get_machine`: every user token gets 401), or is on `PUBLIC_ROUTES`;
 - a console route with `{org}` must depend on exactly one `PageRequires(...)` (the
@@ -22,7 +23,9 @@ and the answer must be:
 
 - anonymous -> 401 on every route that is not public (and everyone on agent routes);
 - non_member (signed in, member of another org) -> 404 on every org route;
-- a member whose role lacks the route's permission -> 403;
+- a member whose role lacks the route's permission -> 403 (every member on `JobOnly`
+  routes: only a job writes its lineage; tests/integration/test_job_credentials.py has
+  the job's side);
 - a role that has it (and everyone on authenticated/public routes) -> not 401/403/404,
   and no server error.
 
@@ -66,6 +69,7 @@ from sqlalchemy.orm import Session
 from api import deps
 from api.app import API_PREFIX, create_app
 from api.deps import Requires
+from api.job_credentials import JobOnly
 from api.web import csrf
 from api.web import session as web_session
 from api.web.app import PagesMount
@@ -114,7 +118,7 @@ PUBLIC_PAGES = frozenset(
 # Depending on this means "a signed-in viewer" (anonymous visitors are sent to /login).
 VIEWER_DEPENDENCIES: tuple[Callable[..., Any], ...] = (web_session.require_viewer,)
 
-Kind = Literal["org", "authenticated", "machine", "public", "invalid"]
+Kind = Literal["org", "job", "authenticated", "machine", "public", "invalid"]
 Surface = Literal["api", "console"]
 _PARAM_RE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
@@ -181,7 +185,7 @@ def classify(path: str, method: str, dependant: Dependant) -> RouteRule:
                     "(api.deps.Requires)."
                 ),
             )
-        return rule("org", rules[0].permission)
+        return rule("job" if isinstance(rules[0], JobOnly) else "org", rules[0].permission)
     if rules:
         return rule(
             "invalid",
@@ -583,6 +587,8 @@ def expected(rule: RouteRule, role: str) -> int | None:
         return None
     if role == "non_member":
         return 404
+    if rule.kind == "job":
+        return 403
     assert rule.permission is not None
     return None if rule.permission in ROLE_PERMISSIONS[MEMBER_ROLES[role]] else 403
 
@@ -718,6 +724,8 @@ def expected_page(rule: RouteRule, role: str) -> int | None:
         return None
     if role == "non_member":
         return 404
+    if rule.kind == "job":
+        return 403
     assert rule.permission is not None
     return None if rule.permission in ROLE_PERMISSIONS[MEMBER_ROLES[role]] else 403
 

@@ -86,9 +86,11 @@ CAN_CANCEL_JOB: Table = {
     "own, other org": (F, F, F, F),
     "someone else's, other org": (F, F, F, F),
 }
-CAN_ATTACH_JOB_OUTPUTS: Table = {
-    "own": (T, T, T, F),
-    "someone else's": (F, F, F, F),  # not even admins: an output claims the run made it
+# Outputs, metadata, run record: a member's token never writes lineage, not even the
+# job's own user or the owner (only the job's token does, see the job token tests).
+CAN_WRITE_LINEAGE: Table = {
+    "own": (F, F, F, F),
+    "someone else's": (F, F, F, F),
     "own, other org": (F, F, F, F),
     "someone else's, other org": (F, F, F, F),
 }
@@ -136,7 +138,7 @@ SCOPES: Mapping[str, tuple[Callable[[Viewer], Scope], tuple[Scope, ...]]] = {
 PREDICATES: list[tuple[str, Callable[[Viewer, object], bool], Mapping[str, object], Table]] = [
     ("can_view_job", access.can_view_job, JOBS, CAN_VIEW_JOB),  # type: ignore[list-item]
     ("can_cancel_job", access.can_cancel_job, JOBS, CAN_CANCEL_JOB),  # type: ignore[list-item]
-    ("can_attach_job_outputs", access.can_attach_job_outputs, JOBS, CAN_ATTACH_JOB_OUTPUTS),  # type: ignore[list-item]
+    ("can_write_lineage", access.can_write_lineage, JOBS, CAN_WRITE_LINEAGE),  # type: ignore[list-item]
     ("can_view_machine", access.can_view_machine, MACHINES, CAN_VIEW_MACHINE),  # type: ignore[list-item]
     ("can_manage_machine", access.can_manage_machine, MACHINES, CAN_MANAGE_MACHINE),  # type: ignore[list-item]
     ("can_read_dataset", access.can_read_dataset, DATASETS, CAN_READ_DATASET),  # type: ignore[list-item]
@@ -202,8 +204,9 @@ def test_a_job_token_sees_its_own_job_and_no_other(role: Role) -> None:
     assert not access.can_view_job(v, other_of_mine)
     assert not access.can_view_job(v, theirs)  # even when the user is an admin
     assert access.job_view_scope(v) is Scope.NONE  # a token lists nothing
-    assert access.can_attach_job_outputs(v, mine)
-    assert not access.can_attach_job_outputs(v, other_of_mine)
+    assert access.can_write_lineage(v, mine)
+    assert not access.can_write_lineage(v, other_of_mine)
+    assert not access.can_write_lineage(v, theirs)
     foreign = JobFacts(id=mine.id, org_id=OTHER_ORG, user_id=ME)
     assert not access.can_view_job(v, foreign)
 
@@ -224,6 +227,74 @@ def test_require_raises_the_policy_sentence() -> None:
         access.require(False, Permission.jobs_cancel_all)
     assert raised.value.detail == denial(Permission.jobs_cancel_all)
     assert raised.value.code == "forbidden"
+
+
+# ----------------------------------------------------------------- job credentials
+
+JOB = uuid.uuid4()  # the job the token is for
+INPUT = uuid.uuid4()
+NOT_INPUT = uuid.uuid4()
+DECLARED = frozenset({"model", "report"})
+
+# (case) -> (as a member's token, as the job's token); the user's role and the
+# dataset's access are decided before these, by the tables above.
+JOB_TOKEN_CASES: Mapping[str, tuple[Callable[[Viewer], bool], tuple[bool, bool]]] = {
+    "read a pinned input version": (
+        lambda v: access.can_read_input_version(v, INPUT, frozenset({INPUT})),
+        (T, T),
+    ),
+    "read another version of a readable dataset": (
+        lambda v: access.can_read_input_version(v, NOT_INPUT, frozenset({INPUT})),
+        (T, F),
+    ),
+    "read a version, job pinned nothing": (
+        lambda v: access.can_read_input_version(v, INPUT, frozenset()),
+        (T, F),
+    ),
+    "write a declared output": (lambda v: access.can_write_output(v, "model", DECLARED), (T, T)),
+    "write an undeclared dataset": (
+        lambda v: access.can_write_output(v, "other", DECLARED),
+        (T, F),
+    ),
+    "write any dataset, job declared none": (
+        lambda v: access.can_write_output(v, "other", None),
+        (T, T),
+    ),
+    "write its own job's lineage": (
+        lambda v: access.can_write_lineage(v, JobFacts(JOB, ORG, ME)),
+        (F, T),
+    ),
+    "write another job's lineage (same user)": (
+        lambda v: access.can_write_lineage(v, JobFacts(uuid.uuid4(), ORG, ME)),
+        (F, F),
+    ),
+    "write its job's lineage in another org": (
+        lambda v: access.can_write_lineage(v, JobFacts(JOB, OTHER_ORG, ME)),
+        (F, F),
+    ),
+}
+
+
+@pytest.mark.parametrize("role", [Role.owner, Role.admin, Role.member])
+@pytest.mark.parametrize("case", sorted(JOB_TOKEN_CASES))
+def test_a_job_token_is_scoped_to_its_job(case: str, role: Role) -> None:
+    predicate, (as_member, as_job) = JOB_TOKEN_CASES[case]
+    assert predicate(viewer(role)) is as_member
+    assert predicate(viewer(role, job_id=JOB)) is as_job
+
+
+def test_a_route_takes_a_job_token_only_when_it_says_what_for() -> None:
+    assert not access.job_token_allows(None)  # the default: refused
+    assert all(access.job_token_allows(use) for use in access.JobTokenUse)
+
+
+def test_credential_refusals_name_their_rule() -> None:
+    for rule in access.CredentialRule:
+        access.require_rule(True, rule)
+        with pytest.raises(Forbidden) as raised:
+            access.require_rule(False, rule)
+        assert raised.value.code == rule.value
+        assert raised.value.detail == access.rule_denial(rule) and raised.value.detail
 
 
 def test_facts_are_frozen() -> None:
