@@ -59,12 +59,13 @@ class Settings(BaseSettings):
     # empty: the peer address is the client. Also what uvicorn trusts for the scheme.
     trusted_proxies: str = ""
 
-    # What approved agents are told (see agents/README in the docs: the trade-off).
-    # The Prefect URL machines should use, when it differs from the control plane's.
+    # How agents reach Prefect. Unset (the default): through this server's Prefect proxy
+    # (`<api>/prefect/api`) with their own machine token; Prefect's auth string never
+    # leaves the control plane. Set: agents talk to Prefect at this URL directly (a legacy
+    # mode for a trusted fleet), and get its auth string only with
+    # `agent_share_prefect_auth` (docs/security.md).
     agent_prefect_api_url: str | None = None
-    # Hand the Prefect auth string to approved machines' agents. Off: every agent must
-    # be given PREFECT_API_AUTH_STRING by its operator instead.
-    agent_share_prefect_auth: bool = True
+    agent_share_prefect_auth: bool = False
     # How often agents heartbeat (capped at a third of the org's machines.offline_after_s).
     agent_heartbeat_interval_s: float = 5.0
 
