@@ -188,9 +188,12 @@ class Stack:
         *,
         token: str | None = None,
         org: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """`cshare agent start` as `token`'s holder (default: the member) in `org`."""
+        """`cshare agent start` as `token`'s holder (default: the member) in `org`,
+        with `extra_env` in its environment."""
         env = _clean_env()
+        env.update(extra_env or {})
         env.update(
             CSHARE_API_URL=self.url,
             CSHARE_TOKEN=token or self.member_token,
@@ -331,7 +334,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "PUT",
             f"/orgs/{s.slug}/notifications",
             s.owner,
-            json={"targets": [{"kind": "webhook", "url": hooks.url, "events": ["job.failed"]}]},
+            json={
+                "targets": [
+                    {
+                        "kind": "webhook",
+                        "url": hooks.url,
+                        "secret": "s" * 24,
+                        "events": ["job.failed"],
+                    }
+                ]
+            },
         )
         s.member, s.member_token = s.signup(f"member{uuid.uuid4().hex[:6]}")
         s.invite(s.member)
