@@ -110,7 +110,8 @@ def _ended(stack: Stack, name: str, agent: subprocess.Popen[bytes], code: int, s
     assert returned == code, f"exit {returned}, not {code}:\n{log}"
     assert "Traceback" not in log, log
     last = log.rstrip().splitlines()[-1]
-    assert last.startswith("[cshare agent]") and says in last, log
+    # One line from the agent's own logger (agents/logsetup.py format) says why.
+    assert " cshare.agent " in last and says in last, log
     assert log.count(says) == 1, log
     return log
 
