@@ -42,7 +42,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from agents import config, hardware
+from agents import config, hardware, job_env
 from agents.client import AgentClient, AgentStatus, ApiProblem, MachineGone, register
 
 __all__ = [
@@ -358,17 +358,21 @@ class Agent:
     async def _run_worker(self) -> None:
         # Prefect is imported here, once the machine may work: an agent waiting for
         # approval stays light.
-        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
         from prefect.settings.context import temporary_settings
 
         from agents.worker import WORKER_TYPE, ControlPlane, CshareWorker
 
         status, creds = self.status, self._creds
         assert status is not None and status.prefect is not None and creds is not None
-        auth = status.prefect.auth_string or os.environ.get("PREFECT_API_AUTH_STRING")
         updates: dict[Any, Any] = {PREFECT_API_URL: status.prefect.api_url}
-        if auth:
-            updates[PREFECT_API_AUTH_STRING] = auth
+        if job_env.is_proxy_url(status.prefect.api_url):
+            # Compute Share's Prefect proxy: the machine token is the agent's credential.
+            updates[PREFECT_API_KEY] = creds.machine_token
+        else:  # the legacy direct mode: Prefect's own auth string
+            auth = status.prefect.auth_string or os.environ.get("PREFECT_API_AUTH_STRING")
+            if auth:
+                updates[PREFECT_API_AUTH_STRING] = auth
         with temporary_settings(updates=updates):
             worker = CshareWorker(
                 work_pool_name=status.work_pool,

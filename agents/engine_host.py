@@ -16,8 +16,13 @@ and signal, same exit codes. When the run's environment asks for Prefect setting
 than those imported with (or for a custom command), it `exec`s the cold command instead
 after applying the limits, so correctness never depends on the warm path.
 
-The process is its own process-group leader (the worker starts it in a new session),
-so stopping it stops everything the flow started; and it dies with the agent.
+Its parent is the job's reaper (agents.reaper), the leader of the job's process group:
+stopping the group stops everything the flow started, and the reaper kills the group
+when the agent dies. This process dies with the reaper (`PR_SET_PDEATHSIG`).
+
+It starts with the part of a job's environment common to all runs (agents.job_env, no
+job's credential); the run's own Prefect key and home (`PER_RUN_SETTINGS`) are read
+when the run starts, so they do not force a cold start.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import runpy
 import shlex
 import signal
 import sys
+import tempfile
 import warnings
 from typing import Any
 
@@ -57,10 +63,19 @@ _WARM_MODULES = (
 )
 
 
+# Settings Prefect reads through its settings context only (refreshed for the run),
+# never at import: a run's own values need no cold start.
+PER_RUN_SETTINGS = frozenset({"PREFECT_API_KEY", "PREFECT_HOME"})
+
+
 def _settings_env(env: dict[str, str]) -> dict[str, str]:
     # PREFECT_X is read when Prefect is imported; PREFECT__X (two underscores) is
     # per-run plumbing read at run time (run id, control channel).
-    return {k: v for k, v in env.items() if k.startswith("PREFECT_") and k[7:8] != "_"}
+    return {
+        k: v
+        for k, v in env.items()
+        if k.startswith("PREFECT_") and k[7:8] != "_" and k not in PER_RUN_SETTINGS
+    }
 
 
 def _warm_up() -> None:
@@ -106,6 +121,10 @@ def run(spec: dict[str, Any], startup_env: dict[str, str]) -> None:
         _exec_cold(spec, env)
     os.environ.clear()
     os.environ.update(env)
+    tempfile.tempdir = None  # the run's TMPDIR, not the one seen at start-up
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()  # the run's PER_RUN_SETTINGS
     for entry in reversed(env.get("PYTHONPATH", "").split(os.pathsep)):
         if entry and entry not in sys.path:
             sys.path.insert(0, entry)

@@ -10,8 +10,10 @@ before Prefect is, so it must stay cheap and import nothing of ours or Prefect's
   `RLIMIT_AS` would also count address space merely reserved (thread stacks, malloc
   arenas), which fails a Prefect engine long before it uses its memory; it is only the
   fallback where `RLIMIT_DATA` is missing.
-- **Lifetime**: the process dies with the agent (`PR_SET_PDEATHSIG`), so a killed agent
-  never leaves orphans running a job the control plane has declared crashed.
+- **Lifetime**: the process dies with its parent (`PR_SET_PDEATHSIG`): the job's reaper
+  (agents.reaper), which kills the job's whole process group and cgroup when the agent
+  dies, so a killed agent never leaves orphans running a job the control plane has
+  declared crashed.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class MemoryLimit:
     cgroup: str | None = None  # the run's cgroup directory, for the cgroup method
 
 
-def die_with_parent(parent_pid: int | None = None) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere).
+def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `sig` (SIGKILL) to this process when its parent dies (no-op
+    elsewhere). Linux sends it when the parent *thread* that forked us exits.
 
     `parent_pid`: the parent we expect; if it already died before the request took
     effect (we were re-parented), exit now instead of running as an orphan.
@@ -60,7 +63,7 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
         return
     if parent_pid and os.getppid() != parent_pid:
@@ -168,6 +171,15 @@ class CgroupV2:
             if key == "oom_kill" and value.strip().isdigit():
                 return int(value) > 0
         return False
+
+    @staticmethod
+    def kill(cgroup: str) -> bool:
+        """SIGKILL every process in the cgroup (`cgroup.kill`, Linux 5.14+)."""
+        try:
+            (Path(cgroup) / "cgroup.kill").write_text("1")
+        except OSError:
+            return False
+        return True
 
     @staticmethod
     def remove(cgroup: str) -> None:

@@ -58,7 +58,6 @@ from prefect.runner._process_manager import ProcessHandle, create_isolated_termi
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, get_current_settings
 from prefect.settings.context import temporary_settings
 from prefect.states import Cancelled, Crashed, Failed
-from prefect.utilities.processutils import sanitize_subprocess_env
 from prefect.utilities.services import (
     critical_service_loop,
     start_client_metrics_server,
@@ -69,13 +68,17 @@ from prefect.workers.process import (
     ProcessWorker,
     ProcessWorkerResult,
 )
+from pydantic import PrivateAttr
 
 from agents import config as agent_config
-from agents import limits, materialize
+from agents import job_env, limits, materialize
 from agents.client import AgentClient, ApiProblem, ClaimAnswer, MachineGone
+from agents.job_groups import JobGroups
 
 if TYPE_CHECKING:
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import Flow as APIFlow
+    from prefect.client.schemas.objects import FlowRun, WorkPool
+    from prefect.client.schemas.responses import DeploymentResponse
     from prefect.runner._control_channel import ControlChannel
 
 __all__ = ["ControlPlane", "CshareWorker", "WarmPool"]
@@ -131,19 +134,35 @@ class WarmPool:
         self._ready: list[anyio.abc.Process] = []
         self._wanted = anyio.Event()
         self._closed = False
+        self._home: tempfile.TemporaryDirectory[str] | None = None
 
-    @staticmethod
-    async def spawn() -> anyio.abc.Process:
-        env = dict(os.environ)
-        env.update(get_current_settings().to_environment_variables(exclude_unset=True))
+    def _startup_env(self) -> dict[str, str]:
+        """What every job's environment has in common (agents.job_env), with an empty
+        home of the pool's own: no job's credential, nothing else of the agent's."""
+        if self._home is None:
+            self._home = tempfile.TemporaryDirectory(prefix="cshare-warm-")
+        home = Path(self._home.name)
+        env = job_env.machine_env(os.environ, os.environ.get("CSHARE_JOB_ENV_PASSTHROUGH", ""))
+        env.update(HOME=str(home), TMPDIR=str(home))
+        env.update(
+            job_env.engine_env(
+                _prefect_settings(),
+                dirs=job_env.JobDirs(home, home, home / "prefect"),
+                share_auth=job_env.share_auth_in_legacy_mode(),
+            )
+        )
+        return env
+
+    async def spawn(self) -> anyio.abc.Process:
+        env = self._startup_env()
         env["CSHARE_HOST_PARENT"] = str(os.getpid())
-        clean = {k: v for k, v in sanitize_subprocess_env(env).items() if v is not None}
         return await anyio.open_process(
-            [sys.executable, "-m", "agents.engine_host"],
+            # The job's reaper (agents.reaper), which starts the engine host.
+            [sys.executable, "-m", "agents.reaper"],
             stdin=subprocess.PIPE,
             stdout=None,  # inherit: the run's output goes where the worker's goes
             stderr=None,
-            env=clean,
+            env=env,
             # Its own process group: stopping the run stops everything it started.
             start_new_session=True,
         )
@@ -185,6 +204,53 @@ class WarmPool:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
+        if self._home is not None:
+            self._home.cleanup()
+            self._home = None
+
+
+def _prefect_settings() -> dict[str, str]:
+    # The agent's Prefect settings as environment variables (its context: the Prefect
+    # URL and credential the agent was given); agents.job_env picks what a job gets.
+    settings = get_current_settings().to_environment_variables(exclude_unset=True)
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _job_dirs(
+    working_dir: Path | None,
+) -> tuple[tempfile.TemporaryDirectory[str], job_env.JobDirs]:
+    """A job's own directories (agents.job_env), private and removed with the job; the
+    working directory is the deployment's when it sets one (relative: to the agent's)."""
+    private = tempfile.TemporaryDirectory(prefix="cshare-job-", ignore_cleanup_errors=True)
+    root = Path(private.name)
+    dirs = job_env.JobDirs(
+        Path(working_dir or root / "work").absolute(), root / "tmp", root / "prefect"
+    )
+    for path in (dirs.work, dirs.tmp, dirs.prefect_home):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return private, dirs
+
+
+class CshareJobConfiguration(ProcessJobConfiguration):
+    """The process worker's job configuration, remembering the deployment's own `env`
+    job variable: Prefect merges the worker's whole environment and settings into
+    `env`, and a job gets only its own variables (agents.job_env)."""
+
+    _job_variables_env: dict[str, str | None] = PrivateAttr(default_factory=dict)
+
+    def prepare_for_flow_run(
+        self,
+        flow_run: FlowRun,
+        deployment: DeploymentResponse | None = None,
+        flow: APIFlow | None = None,
+        work_pool: WorkPool | None = None,
+        worker_name: str | None = None,
+        worker_id: uuid.UUID | None = None,
+    ) -> None:
+        self._job_variables_env = dict(self.env) if isinstance(self.env, dict) else {}
+        super().prepare_for_flow_run(
+            flow_run, deployment, flow, work_pool, worker_name, worker_id=worker_id
+        )
 
 
 # ----------------------------------------------------------------- run starter
@@ -197,8 +263,11 @@ class _GatedStarter:
         self,
         *,
         pool: WarmPool,
-        env: dict[str, str | None],
-        cwd: Path,
+        job_variables: dict[str, str | None],
+        plumbing: dict[str, str],
+        job: dict[str, str],
+        dirs: job_env.JobDirs,
+        groups: JobGroups | None,
         command: str | None,
         stream_output: bool,
         memory: limits.MemoryLimit | None,
@@ -208,8 +277,11 @@ class _GatedStarter:
     ) -> None:
         self._pool = pool
         self._on_timeout = on_timeout
-        self._env = env
-        self._cwd = cwd
+        self._job_variables = job_variables
+        self._plumbing = plumbing
+        self.job = job  # the job's CSHARE_* variables (the inputs add theirs)
+        self._dirs = dirs
+        self._groups = groups
         self._command = command
         self._stream_output = stream_output
         self._memory = memory
@@ -218,21 +290,30 @@ class _GatedStarter:
         self.timed_out = False
 
     def _run_env(self, flow_run: FlowRun, control_env: dict[str, str]) -> dict[str, str]:
-        # The same assembly as Prefect's EngineCommandStarter.
-        env: dict[str, str | None] = dict(os.environ)
-        env.update(self._env)
-        env.update(get_current_settings().to_environment_variables(exclude_unset=True))
-        env.update(
-            {
+        """An allowlist (agents.job_env), never the agent's environment."""
+        job = dict(self.job, CSHARE_MAX_RUNTIME_S=str(self._max_runtime_s))
+        if self._memory is not None:
+            job["CSHARE_MEMORY_MB"] = str(self._memory.memory_mb)
+        return job_env.job_env(
+            machine=job_env.machine_env(
+                os.environ, os.environ.get("CSHARE_JOB_ENV_PASSTHROUGH", "")
+            ),
+            job_variables=self._job_variables,
+            engine=job_env.engine_env(
+                _prefect_settings(),
+                dirs=self._dirs,
+                job_token=job.get("CSHARE_JOB_TOKEN"),
+                share_auth=job_env.share_auth_in_legacy_mode(),
+            ),
+            run={
+                **self._plumbing,
                 "PREFECT__FLOW_RUN_ID": str(flow_run.id),
                 "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
                 **control_env,
-            }
+            },
+            job=job,
+            dirs=self._dirs,
         )
-        if self._memory is not None:
-            env["CSHARE_MEMORY_MB"] = str(self._memory.memory_mb)
-        env["CSHARE_MAX_RUNTIME_S"] = str(self._max_runtime_s)
-        return {k: v for k, v in sanitize_subprocess_env(env).items() if v is not None}
 
     async def start(
         self,
@@ -253,7 +334,7 @@ class _GatedStarter:
             process = await self._pool.take()
             spec = {
                 "env": self._run_env(flow_run, control_env),
-                "cwd": str(self._cwd),
+                "cwd": str(self._dirs.work),
                 "command": self._command,
                 "stream_output": self._stream_output,
                 "memory": {"memory_mb": self._memory.memory_mb, "cgroup": self._memory.cgroup}
@@ -272,16 +353,32 @@ class _GatedStarter:
             if registered and not handed_off and self._control_channel is not None:
                 self._control_channel.unregister(flow_run.id)
             raise
-        with anyio.move_on_after(self._max_runtime_s) as watchdog:
-            await process.wait()
-        if watchdog.cancelled_caught:
-            self.timed_out = True
-            if self._on_timeout is not None:
-                # The ledger hears of the kill before the engine can report its own end
-                # (Crashed on SIGTERM): the job's final state is the limit's.
-                with contextlib.suppress(Exception):
-                    await self._on_timeout()
-            await self._stop(process)
+        record = flow_run.id.hex
+        if self._groups is not None:
+            # Killed at the next start if the agent dies without its reaper doing it.
+            cgroup = self._memory.cgroup if self._memory is not None else None
+            with contextlib.suppress(OSError):
+                self._groups.record(record, process.pid, cgroup)
+        try:
+            with anyio.move_on_after(self._max_runtime_s) as watchdog:
+                await process.wait()
+            if watchdog.cancelled_caught:
+                self.timed_out = True
+                if self._on_timeout is not None:
+                    # The ledger hears of the kill before the engine can report its own
+                    # end (Crashed on SIGTERM): the job's final state is the limit's.
+                    with contextlib.suppress(Exception):
+                        await self._on_timeout()
+                await self._stop(process)
+        finally:
+            if process.returncode is None:  # cancelled while it runs: the job ends here
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            if self._memory is not None and self._memory.cgroup:
+                limits.CgroupV2.kill(self._memory.cgroup)  # what left the process group
+            if self._groups is not None:
+                with contextlib.suppress(OSError):
+                    self._groups.forget(record)
 
     @staticmethod
     async def _stop(process: anyio.abc.Process) -> None:
@@ -300,6 +397,7 @@ class _GatedStarter:
 class CshareWorker(ProcessWorker):
     # The job configuration and its variables are the process worker's.
     type = WORKER_TYPE
+    job_configuration = CshareJobConfiguration
     _description = (
         "Compute Share's worker: Prefect's process worker that claims every run from the "
         "Compute Share control plane first and enforces the job's runtime and memory limits."
@@ -354,6 +452,7 @@ class CshareWorker(ProcessWorker):
         self._running: set[uuid.UUID] = set()
         self._not_before: dict[uuid.UUID, float] = {}
         self._cgroups: limits.CgroupV2 | None = None
+        self._groups: JobGroups | None = None
         self._api: AgentClient | None = None
         self._executor_ctx: FlowRunExecutorContext | None = None
         self._background: anyio.abc.TaskGroup | None = None
@@ -428,6 +527,21 @@ class CshareWorker(ProcessWorker):
     # process supervision they use goes.
 
     async def __aenter__(self) -> CshareWorker:
+        self._groups = JobGroups.for_worker(
+            agent_config.state_dir(), self._control.api_url, self._work_pool_name, self.name
+        )
+        # Before any work: what a killed agent of this identity left running dies.
+        try:
+            killed = self._groups.kill_leftovers()
+        except OSError as exc:
+            log.warning("could not check for leftover jobs in %s: %s", self._groups.path, exc)
+        else:
+            if killed:
+                log.warning(
+                    "Killed the processes of %d job(s) a previous agent left running: %s",
+                    len(killed),
+                    ", ".join(killed),
+                )
         self._api = AgentClient(self._control.api_url, self._control.machine_token)
         if os.environ.get("CSHARE_MEMORY_METHOD", "auto") != "rlimit":
             cgroups = limits.CgroupV2()
@@ -601,18 +715,23 @@ class CshareWorker(ProcessWorker):
             raise RuntimeError(f"Flow run {flow_run.id} was not claimed; it will not run here.")
         assert self._executor_ctx is not None
         memory = self._memory_limit(flow_run.id, grant.memory_mb)
-        env = dict(configuration.env)
+        job: dict[str, str] = {}
         if self._flows_dir:
-            env.setdefault("CSHARE_FLOWS_DIR", self._flows_dir)
+            job["CSHARE_FLOWS_DIR"] = self._flows_dir
         if grant.job_id:
-            env["CSHARE_JOB_ID"] = grant.job_id
+            job["CSHARE_JOB_ID"] = grant.job_id
         if grant.job_token and grant.org:
             # The flow's own identity towards the API (datasets, outputs: flows.runtime).
-            env.update(
+            job.update(
                 CSHARE_API_URL=self._control.api_url,
                 CSHARE_ORG=grant.org,
                 CSHARE_JOB_TOKEN=grant.job_token,
             )
+        job_variables = (
+            dict(configuration._job_variables_env)
+            if isinstance(configuration, CshareJobConfiguration)
+            else {}
+        )
         runtime_reported = False
         max_runtime_s = grant.max_runtime_s
 
@@ -621,28 +740,27 @@ class CshareWorker(ProcessWorker):
             message = limits.runtime_failure_message(max_runtime_s)
             runtime_reported = await self._report_limit_to_ledger(flow_run.id, "runtime", message)
 
+        # The job's own directories (agents.job_env): private, removed with the job.
+        private, dirs = _job_dirs(configuration.working_dir)
         starter = _GatedStarter(
             on_timeout=report_runtime,
             pool=self._warm,
-            env=env,
-            cwd=Path("."),
+            job_variables=job_variables,
+            plumbing={k: v for k, v in configuration.env.items() if v is not None},
+            job=job,
+            dirs=dirs,
+            groups=self._groups,
             command=configuration.command if configuration._command_configured else None,
             stream_output=configuration.stream_output,
             memory=memory,
             max_runtime_s=grant.max_runtime_s,
             control_channel=self._executor_ctx.control_channel,
         )
-        working_dir = (
-            contextlib.nullcontext(str(configuration.working_dir))
-            if configuration.working_dir
-            else tempfile.TemporaryDirectory(suffix="prefect")
-        )
         execution: FlowRunExecutionResult | None = None
         self._running.add(flow_run.id)
         try:
-            with working_dir as cwd, self._inputs(grant, Path(cwd)) as inputs_env:
-                starter._cwd = Path(cwd)  # relative: to the worker's directory, as the host's
-                starter._env.update(await inputs_env())
+            with private, self._inputs(grant, dirs.work) as inputs_env:
+                starter.job.update(await inputs_env())
                 if self._closing:
                     # The agent is stopping and abort_all has ended this run already:
                     # start nothing (an exception as readiness: Prefect records no PID).

@@ -25,3 +25,40 @@ def hog(mb: int = 500) -> int:
 def sleeper(seconds: float = 60) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@flow
+def env_dump(out: str) -> None:
+    """Writes what the job can see of its environment to `out` (a JSON file): its
+    variables, its working directory, and the environment its process (a warm process)
+    and its parent (the job's reaper) were started with."""
+    import json
+    from pathlib import Path
+
+    def started_with(pid: int) -> dict[str, str]:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        pairs = (item.decode(errors="replace").partition("=") for item in raw if item)
+        return {k: v for k, _, v in pairs}
+
+    Path(out).write_text(
+        json.dumps(
+            {
+                "env": dict(os.environ),
+                "cwd": os.getcwd(),
+                "started_with": started_with(os.getpid()),
+                "parent_started_with": started_with(os.getppid()),
+            }
+        )
+    )
+
+
+@flow
+def spawner(pid_file: str, seconds: float = 600) -> None:
+    """Starts a grandchild (`sleep 1000`), writes both pids to `pid_file`, then sleeps."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    child = subprocess.Popen(["sleep", "1000"])
+    Path(pid_file).write_text(json.dumps({"flow": os.getpid(), "child": child.pid}))
+    time.sleep(seconds)

@@ -45,11 +45,16 @@ def _log(stack: Stack, name: str) -> str:
 
 
 def _start_approved(
-    stack: Stack, name: str, *, token: str | None = None, org: str | None = None
+    stack: Stack,
+    name: str,
+    *,
+    token: str | None = None,
+    org: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """An agent on a new `cpu` machine with one slot, approved and online."""
     slug = org or stack.slug
-    agent = stack.start_agent(name, "cpu", 1, token=token, org=slug)
+    agent = stack.start_agent(name, "cpu", 1, token=token, org=slug, extra_env=extra_env)
     owner = stack.owner if org is None else stack.member
 
     def registered() -> dict[str, Any] | None:

@@ -188,9 +188,12 @@ class Stack:
         *,
         token: str | None = None,
         org: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """`cshare agent start` as `token`'s holder (default: the member) in `org`."""
+        """`cshare agent start` as `token`'s holder (default: the member) in `org`,
+        with `extra_env` in its environment."""
         env = _clean_env()
+        env.update(extra_env or {})
         env.update(
             CSHARE_API_URL=self.url,
             CSHARE_TOKEN=token or self.member_token,
