@@ -365,10 +365,14 @@ class Agent:
 
         status, creds = self.status, self._creds
         assert status is not None and status.prefect is not None and creds is not None
-        updates: dict[Any, Any] = {PREFECT_API_URL: status.prefect.api_url}
-        if job_env.is_proxy_url(status.prefect.api_url):
-            # Compute Share's Prefect proxy: the machine token is the agent's credential.
+        # No URL from the control plane: its own Prefect proxy, where this API is.
+        prefect_url = status.prefect.api_url or f"{self.options.api_url.rstrip('/')}/prefect/api"
+        updates: dict[Any, Any] = {PREFECT_API_URL: prefect_url}
+        if job_env.is_proxy_url(prefect_url):
+            # Compute Share's Prefect proxy: the machine token is the agent's credential
+            # (as the key, and as the auth string Prefect's websocket clients send).
             updates[PREFECT_API_KEY] = creds.machine_token
+            updates[PREFECT_API_AUTH_STRING] = creds.machine_token
         else:  # the legacy direct mode: Prefect's own auth string
             auth = status.prefect.auth_string or os.environ.get("PREFECT_API_AUTH_STRING")
             if auth:
@@ -382,8 +386,10 @@ class Agent:
                 # the agent started is found within seconds, not Prefect's default 30.
                 heartbeat_interval_seconds=5,
                 # The control plane owns its pools (it creates them with its configured
-                # type when deployments register); ours only where that type is ours.
-                create_pool_if_not_found=status.work_pool_type == WORKER_TYPE,
+                # type when deployments register, and when an approved agent asks);
+                # ours only where that type is ours, talking to Prefect directly.
+                create_pool_if_not_found=status.work_pool_type == WORKER_TYPE
+                and not job_env.is_proxy_url(prefect_url),
                 control=ControlPlane(self.options.api_url, creds.machine_token),
                 poll_interval_s=self.options.poll_interval_s,
                 warm_processes=self.options.warm_processes,

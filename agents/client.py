@@ -44,7 +44,7 @@ class MachineGone(ApiProblem):
 
 @dataclass(frozen=True, slots=True)
 class PrefectAccess:
-    api_url: str
+    api_url: str | None  # None: the control plane's Prefect proxy (<api>/prefect/api)
     auth_string: str | None
 
 
@@ -80,7 +80,7 @@ class AgentStatus:
             work_pool_type=str(data.get("work_pool_type") or ""),
             heartbeat_interval_s=float(data["heartbeat_interval_s"]),
             offline_after_s=int(data["offline_after_s"]),
-            prefect=PrefectAccess(str(prefect["api_url"]), prefect.get("auth_string"))
+            prefect=PrefectAccess(prefect.get("api_url"), prefect.get("auth_string"))
             if prefect
             else None,
         )

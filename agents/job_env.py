@@ -22,10 +22,10 @@ mode, Prefect's auth string. Nothing reaches the job unless a row below names it
     PREFECT_API_KEY                   the job token: the job's only Prefect credential
                                       (the proxy <api>/prefect/.../api takes it for the
                                       job's own run)
-    PREFECT_API_AUTH_STRING           legacy direct mode only (the Prefect URL is Prefect
-                                      itself, which knows no other credential) and while
-                                      CSHARE_JOB_SHARE_PREFECT_AUTH is true (the default
-                                      there); never through the proxy
+    PREFECT_API_AUTH_STRING           through the proxy: the job token again (Prefect's
+                                      websocket clients send only this); legacy direct
+                                      mode only while CSHARE_JOB_SHARE_PREFECT_AUTH is
+                                      true (the default there)
     PREFECT__*                        per run: run id, control channel, attribution
     CSHARE_JOB_ID, CSHARE_ORG,        the job's (the runtime helpers, flows.runtime)
       CSHARE_API_URL, CSHARE_JOB_TOKEN, CSHARE_INPUTS_DIR, CSHARE_MAX_RUNTIME_S,
@@ -158,10 +158,15 @@ def engine_env(
         if k in PREFECT_NAMES or k.startswith(PREFECT_PREFIXES)
     }
     auth = prefect_settings.get("PREFECT_API_AUTH_STRING")
-    if auth and share_auth and not is_proxy_url(env.get("PREFECT_API_URL")):
+    proxied = is_proxy_url(env.get("PREFECT_API_URL"))
+    if auth and share_auth and not proxied:
         env["PREFECT_API_AUTH_STRING"] = auth
     if job_token:
         env["PREFECT_API_KEY"] = job_token
+        if proxied:
+            # Prefect's websocket clients (events, logs) send only the auth string: through
+            # the proxy that is the job token too, never the agent's credential.
+            env["PREFECT_API_AUTH_STRING"] = job_token
     if dirs is not None:
         env["PREFECT_HOME"] = str(dirs.prefect_home)
     return env

@@ -5,16 +5,14 @@
 - `POST /agent/claims {flow_run_id}`: may I run this? 200 `run` with the limits, or
   409 `hold`/`skip`, or 403 `reject`, each with the reason (see flows.claims).
 
-Prefect credentials: OSS Prefect has one shared secret (PREFECT_SERVER_API_AUTH_STRING),
-and a worker cannot poll a pool without it. An approved machine's agent receives the
-Prefect URL and that secret here, and only here (`agent_share_prefect_auth`, on by
-default). It never reaches members through any user route, and pending or rejected
-machines never get it. The trade-off: a machine owner can read it from their agent and
-use the Prefect API directly. That cannot make anything run on a member's machine
-without a claim (every worker of ours asks this API first), but it does expose the
-Prefect API; organizations that do not accept this set
-`CSHARE_AGENT_SHARE_PREFECT_AUTH=false` and give each agent PREFECT_API_AUTH_STRING
-out of band (or put Prefect behind their own authenticating proxy).
+Prefect access: by default an approved machine's agent is told to use this server's
+Prefect proxy (`prefect.api_url` null: `<api>/prefect/api`) with its own machine token,
+which may only read its org's pool for its type and act on the runs it claimed
+(docs/security.md). Prefect's auth string never leaves the control plane. The control
+plane creates the machine's work pool here, so agents never create pools. Only when an
+operator sets `CSHARE_AGENT_PREFECT_API_URL` do agents talk to Prefect directly (a legacy
+mode for a trusted fleet), and then receive the auth string only with
+`CSHARE_AGENT_SHARE_PREFECT_AUTH=true`.
 """
 
 from __future__ import annotations
@@ -33,7 +31,8 @@ from api.errors import error_body
 from api.routers.deployments import GatewayDep
 from api.schemas import ErrorOut
 from flows import claims, job_tokens
-from flows.gateway import work_pool_name
+from flows.deployments import ensure_org_pool
+from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import Job
 from orgs import machines
 from orgs.config import Settings
@@ -48,9 +47,13 @@ router = APIRouter(prefix="/agent", tags=["agent"])
 
 
 class PrefectOut(BaseModel):
-    api_url: str
+    api_url: str | None = Field(
+        None,
+        description="Prefect's URL for agents; null: this server's Prefect proxy at "
+        "<api>/prefect/api, with the machine token as the credential.",
+    )
     auth_string: str | None = Field(
-        description="Prefect's shared secret; null when agents must bring their own."
+        None, description="Prefect's shared secret (legacy direct mode only); else null."
     )
 
 
@@ -126,12 +129,14 @@ def _status(session: Session, settings: Settings, machine: Machine) -> AgentStat
             f": {machine.status_reason}" if machine.status_reason else "."
         )
     prefect = None
-    if approved:
+    if approved and settings.agent_prefect_api_url:  # legacy: straight to Prefect
         auth = settings.prefect_auth_string if settings.agent_share_prefect_auth else None
         prefect = PrefectOut(
-            api_url=settings.agent_prefect_api_url or settings.prefect_api_url,
+            api_url=settings.agent_prefect_api_url,
             auth_string=auth.get_secret_value() if auth is not None else None,
         )
+    elif approved:
+        prefect = PrefectOut()  # through the proxy
     return AgentStatusOut(
         machine_id=machine.id,
         name=machine.name,
@@ -150,9 +155,35 @@ def _status(session: Session, settings: Settings, machine: Machine) -> AgentStat
     )
 
 
+# Pools this process has made sure of, by (org id, machine type): an approved agent's
+# first call creates its pool; later calls cost nothing.
+_pools_ensured: set[tuple[uuid.UUID, str]] = set()
+
+
+def _ensure_pool(
+    out: AgentStatusOut,
+    session: Session,
+    machine: Machine,
+    settings: Settings,
+    gateway: PrefectGateway,
+) -> None:
+    key = (machine.org_id, machine.machine_type)
+    if not out.approved or key in _pools_ensured:
+        return
+    org = session.get(Organization, machine.org_id)
+    session.commit()  # no transaction held while Prefect answers
+    if org is not None:
+        ensure_org_pool(gateway, org, machine.machine_type, settings.work_pool_type)
+        _pools_ensured.add(key)
+
+
 @router.get("/me")
-def me(machine: CurrentMachine, session: SessionDep, settings: SettingsDep) -> AgentStatusOut:
-    return _status(session, settings, machine)
+def me(
+    machine: CurrentMachine, session: SessionDep, settings: SettingsDep, gateway: GatewayDep
+) -> AgentStatusOut:
+    out = _status(session, settings, machine)
+    _ensure_pool(out, session, machine, settings, gateway)
+    return out
 
 
 @router.post("/heartbeat")
@@ -167,6 +198,7 @@ def heartbeat(
     out = _status(session, settings, machine)
     session.commit()
     if out.approved:
+        _ensure_pool(out, session, machine, settings, gateway)  # approved since last time
         try:
             claims.reconcile_heartbeat(session, gateway, machine, set(body.running))
         except Exception:  # the sweep catches what this misses; the heartbeat counts
