@@ -313,3 +313,26 @@ def test_cli_round_trip(make_cli: Any, tmp_path: Path, sqlite_database: Any) -> 
     assert [s["name"] for s in alice.json("secret", "list")["items"]] == ["DEPLOY_KEY"]
     for shown in outputs:
         assert value not in shown and file_value.strip() not in shown
+
+
+def test_console_page_is_write_only(api: ApiClient, org: Org) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.web import csrf
+    from api.web import session as web_session
+
+    value = _value()
+    browser = TestClient(api.client.app, raise_server_exceptions=False, follow_redirects=False)
+    browser.cookies.set(web_session.SESSION_COOKIE, org.admin.token)
+    form = {csrf.CSRF_FIELD: csrf.token_for_session(org.admin.token)}
+    url = f"/orgs/{org.slug}/secrets"
+
+    r = browser.post(url, data={**form, "name": "WEB_TOKEN", "value": value})
+    assert r.status_code == 303, r.text
+    r = browser.post(url, data={**form, "name": "lower-case", "value": value})
+    assert r.status_code == 422 and "A-Z" in r.text and value not in r.text
+    page = browser.get(url)
+    assert page.status_code == 200 and "WEB_TOKEN" in page.text and value not in page.text
+    r = browser.post(f"{url}/WEB_TOKEN/delete", data=form)
+    assert r.status_code == 303
+    assert org.names() == []
