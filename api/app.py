@@ -23,6 +23,7 @@ from api.routers import (
     operations,
     organizations,
     overview,
+    secrets,
 )
 from api.routers import deployments as deployment_routes
 from api.routers import jobs as job_routes
@@ -118,6 +119,7 @@ def create_app(
         organizations,
         invitations,
         settings_routes,
+        secrets,
         audit,
         overview,
         machines,

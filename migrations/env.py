@@ -8,8 +8,9 @@ from sqlalchemy import create_engine
 import datasets.models  # noqa: F401
 import flows.models  # noqa: F401  (every module that defines tables is imported here)
 import orgs.login_throttle
-import orgs.models  # noqa: F401
+import orgs.models
 import orgs.notifications as _notification_tables  # noqa: F401
+import orgs.secrets  # noqa: F401
 from orgs.db import Base, normalize_url
 
 target_metadata = Base.metadata

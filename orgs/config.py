@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     archive_max_bytes: int = Field(default=10 << 30, ge=1)
     archive_max_files: int = Field(default=100_000, ge=1)
 
+    # Org secrets (orgs.secrets) are encrypted with this key: urlsafe-base64 32-byte
+    # Fernet keys, comma-separated; the first encrypts, all decrypt (rotation: put the new
+    # key first, run `cshare db rotate-secrets`, drop the old one). Unset: a key file made
+    # 0600 under `home/secrets/` on first use (one server only; replicas share this).
+    secrets_key: SecretStr | None = None
+
     # Organizations' own S3 stores (datasets.endpoints). Their endpoint must be https://
     # to a public address unless allowed here: comma-separated host patterns and
     # networks, like `minio.internal,*.example.com,10.0.0.0/8`. Checked on every

@@ -62,6 +62,8 @@ class Permission(StrEnum):
     datasets_create = "datasets:create"
     datasets_manage_all = "datasets:manage-all"
     storage_configure = "storage:configure"
+    # org secrets (write-only: nobody reads a value back through the API)
+    secrets_manage = "secrets:manage"
 
 
 _MEMBER: frozenset[Permission] = frozenset(
@@ -100,6 +102,7 @@ _ADMIN: frozenset[Permission] = _MEMBER | {
     Permission.schedules_manage_all,
     Permission.datasets_manage_all,
     Permission.storage_configure,
+    Permission.secrets_manage,
 }
 _OWNER: frozenset[Permission] = _ADMIN | {
     Permission.org_delete,
@@ -131,6 +134,7 @@ _DENIAL: dict[Permission, str] = {
     Permission.schedules_manage_all: "Only admins and owners may change other members' schedules.",
     Permission.datasets_manage_all: "Only the dataset's creator or an admin may change it.",
     Permission.storage_configure: "Only admins and owners may configure the data store.",
+    Permission.secrets_manage: "Only admins and owners may manage the organization's secrets.",
 }
 
 

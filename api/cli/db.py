@@ -47,3 +47,33 @@ def upgrade(
         output.print_json({"database": shown, "revision": current})
     else:
         output.say(f"Database {shown} is at revision {current}.")
+
+
+@app.command("rotate-secrets")
+def rotate_secrets(json_: JsonOpt = False) -> None:
+    """Re-encrypt every org secret with the first key of CSHARE_SECRETS_KEY.
+
+    Put the new key first (`CSHARE_SECRETS_KEY=new,old`), run this, then drop the old key.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from orgs import secrets
+    from orgs.config import get_settings
+    from orgs.db import Database
+    from policies.errors import DomainError
+
+    settings = get_settings()
+    db = Database(settings.resolved_database_url())
+    try:
+        with db.session(write=True) as session:
+            count = secrets.rotate_all(session, settings)
+    except DomainError as exc:
+        raise CliError(f"Nothing was changed: {exc.detail}") from None
+    except SQLAlchemyError as exc:
+        raise CliError(f"Rotating the secrets failed: {type(exc).__name__}.") from None
+    finally:
+        db.dispose()
+    if json_:
+        output.print_json({"reencrypted": count})
+    else:
+        output.say(f"Re-encrypted {count} secret(s) with the first key.")

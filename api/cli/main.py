@@ -18,6 +18,7 @@ from api.cli import jobs as job_cmds
 from api.cli import lineage as lineage_cmds
 from api.cli import overview as overview_cmds
 from api.cli import schedules as schedule_cmds
+from api.cli import secrets as secret_cmds
 from api.cli import stack as stack_cmds
 from api.cli.options import LogFormatOpt
 
@@ -59,6 +60,7 @@ app.command("deploy")(deploy_cmd.deploy)
 app.add_typer(job_cmds.app, name="job")
 app.add_typer(schedule_cmds.app, name="schedule")
 app.add_typer(dataset_cmds.app, name="dataset")
+app.add_typer(secret_cmds.app, name="secret")
 app.command("lineage")(lineage_cmds.lineage)
 orgs.app.command("overview")(overview_cmds.org_overview)
 app.command("usage")(overview_cmds.usage)

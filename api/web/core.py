@@ -70,6 +70,8 @@ NOTICES: Mapping[str, str] = {
     "dataset_deleted": "Dataset deleted.",
     "access": "Access settings saved.",
     "saved": "Settings saved.",
+    "secret_set": "Secret saved. Its value is not shown again.",
+    "secret_deleted": "Secret deleted.",
     "notifications": "Notification targets saved.",
     "test_sent": "Test notification queued for every target.",
     "signed_out": "You are signed out.",
@@ -194,6 +196,8 @@ def _nav(page: OrgPage) -> Nav:
     ]
     if page.can(Permission.settings_update):
         links.append(("settings", "Settings", page.url("/settings")))
+    if page.can(Permission.secrets_manage):
+        links.append(("secrets", "Secrets", page.url("/secrets")))
     if page.can(Permission.audit_view):
         links.append(("audit", "Audit log", page.url("/audit")))
     if org_ui_access(page.ctx.viewer):

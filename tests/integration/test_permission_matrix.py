@@ -74,8 +74,9 @@ from api.web import csrf
 from api.web import session as web_session
 from api.web.app import PagesMount
 from api.web.core import OrgPage, PageRequires, org_page
-from orgs import accounts, organizations
+from orgs import accounts, organizations, secrets
 from orgs.config import get_settings
+from orgs.context import member_context
 from orgs.db import Database
 from orgs.models import Invitation, Membership, Organization, User
 from policies.permissions import ROLE_PERMISSIONS, Permission, Role
@@ -478,6 +479,16 @@ def _schedule(w: World, role: str) -> str:
     return str(_created(r, "a schedule")["id"])
 
 
+def _secret(w: World, role: str) -> str:
+    """A secret set by the owner (through the service: members may not set one)."""
+    name = f"MATRIX_{uuid.uuid4().hex[:8].upper()}"
+    with w.api.db.session() as s:
+        owner = w.user(s, w.people["owner"])
+        ctx = member_context(s, w.org_slug, owner)
+        secrets.set_secret(ctx, s, name, "matrix-value", settings=get_settings())
+    return name
+
+
 # Path parameter -> example value for (world, role). Keyed "{param}", or "segment/{param}"
 # where the parameter's meaning depends on the segment before it (`{id}`, `{name}`).
 PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
@@ -494,6 +505,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "deployments/{name}": _deployment,
     "jobs/{id}": _job,
     "schedules/{id}": _schedule,
+    "secrets/{name}": _secret,
     # The console's parameter names.
     "{machine_id}": _machine,
     "{job_id}": _job,
@@ -541,6 +553,7 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
         "cron": "*/15 * * * *",
     },
     "PATCH /orgs/{org}/schedules/{id}": lambda w, role: {"active": False},
+    "PUT /orgs/{org}/secrets/{name}": lambda w, role: {"value": "matrix-value"},
 }
 
 
@@ -668,6 +681,9 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
         {"kind": "webhook", "url": "http://127.0.0.1:9/matrix", "secret": "s" * 16}
     ),
     "POST /orgs/{org}/settings/delete": lambda w, role: PageBody({"confirm": w.org_name}),
+    "POST /orgs/{org}/secrets": lambda w, role: PageBody(
+        {"name": f"MATRIX_{uuid.uuid4().hex[:8].upper()}", "value": "matrix-value"}
+    ),
 }
 
 # (console route, role) -> the status it must get instead of 200/201/303, and why.
