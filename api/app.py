@@ -22,6 +22,7 @@ from api.routers import (
     operations,
     organizations,
     overview,
+    projects,
 )
 from api.routers import deployments as deployment_routes
 from api.routers import jobs as job_routes
@@ -120,6 +121,7 @@ def create_app(
         machines,
         agent,
         deployment_routes,
+        projects,
         job_routes,
         schedule_routes,
         datasets,
