@@ -27,7 +27,15 @@ from starlette.types import Scope
 
 from agents.logsetup import request_id
 from api.errors import error_body, status_for
-from api.web import csrf, routes_account, routes_data, routes_jobs, routes_org, routes_settings
+from api.web import (
+    csrf,
+    routes_account,
+    routes_data,
+    routes_jobs,
+    routes_org,
+    routes_projects,
+    routes_settings,
+)
 from api.web.core import STATIC, render
 from api.web.session import SignInRequired
 from policies.errors import DomainError, Unauthenticated
@@ -146,7 +154,14 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
     pages.state.rate_limits = parent.state.rate_limits
     pages.state.trusted_proxies = parent.state.trusted_proxies
     pages.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (routes_account, routes_org, routes_data, routes_jobs, routes_settings):
+    for module in (
+        routes_account,
+        routes_org,
+        routes_data,
+        routes_jobs,
+        routes_projects,
+        routes_settings,
+    ):
         pages.include_router(module.router)
     _install_errors(pages)
     return pages
