@@ -23,6 +23,7 @@ from api.routers import (
     operations,
     organizations,
     overview,
+    projects,
     secrets,
 )
 from api.routers import deployments as deployment_routes
@@ -125,6 +126,7 @@ def create_app(
         machines,
         agent,
         deployment_routes,
+        projects,
         job_routes,
         schedule_routes,
         datasets,

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from flows import ledger
 from flows.gateway import PrefectGateway, work_pool_name
-from flows.models import ACTIVE_STATES, HELD, Deployment, Job, Schedule
+from flows.models import ACTIVE_STATES, HELD, Deployment, Job, Project, Schedule
 from orgs import audit, settings_doc
 from orgs.context import OrgContext
 from orgs.db import utcnow
@@ -38,6 +38,7 @@ from policies.permissions import Permission
 
 __all__ = [
     "DeploymentSpec",
+    "active_job_counts",
     "delete_deployment",
     "get_deployment",
     "list_deployments",
@@ -216,12 +217,13 @@ def _validate_spec(org: Organization, spec: DeploymentSpec) -> DeploymentSpec:
 # ------------------------------------------------------------------------ reads
 
 
-def list_deployments(session: Session, org: Organization) -> list[Deployment]:
-    return list(
-        session.scalars(
-            select(Deployment).where(Deployment.org_id == org.id).order_by(Deployment.name)
-        )
-    )
+def list_deployments(
+    session: Session, org: Organization, *, project: Project | None = None
+) -> list[Deployment]:
+    stmt = select(Deployment).where(Deployment.org_id == org.id)
+    if project is not None:
+        stmt = stmt.where(Deployment.project_id == project.id)
+    return list(session.scalars(stmt.order_by(Deployment.name)))
 
 
 def get_deployment(session: Session, org: Organization, name: str) -> Deployment:
@@ -244,6 +246,7 @@ def _snapshot(dep: Deployment) -> dict[str, Any]:
         "name": dep.name,
         "entrypoint": dep.entrypoint,
         "machine_type": dep.machine_type,
+        "project": dep.project.name if dep.project is not None else None,
         "path": dep.path,
         "flow_name": dep.flow_name,
         "tags": list(dep.tags or []),
@@ -260,12 +263,15 @@ def register(
     gateway: PrefectGateway,
     spec: DeploymentSpec,
     *,
+    project: Project,
     pool_type: str = "process",
     schedules_backend: str = "control-plane",
 ) -> tuple[Deployment, bool]:
-    """Create or update the deployment `spec.name`; returns it and whether it is new.
+    """Create or update the deployment `spec.name` in `project`; returns it and whether
+    it is new (`flows.projects.resolve_for_deployment` picks the project).
 
-    Members register; only the creator or an admin may change an existing one.
+    Members register (into any project of the org); only the creator or an admin may
+    change an existing one, or move it to another project.
     """
     ctx.require(Permission.deployments_register)
     org, slug = ctx.org, ctx.org.slug
@@ -313,6 +319,8 @@ def register(
     if dep is None:
         dep = Deployment(org_id=org.id, name=spec.name, created_by=ctx.user.id)
         session.add(dep)
+    dep.project_id = project.id
+    dep.project = project
     dep.flow_name = flow_name
     dep.entrypoint = spec.entrypoint
     dep.path = spec.path
@@ -402,6 +410,19 @@ def delete_deployment(
     )
     session.delete(dep)
     session.commit()
+
+
+def active_job_counts(session: Session, deployment_ids: Sequence[uuid.UUID]) -> dict[str, int]:
+    """Deployment name -> number of its jobs holding a slot, for those that have any."""
+    if not deployment_ids:
+        return {}
+    rows = session.execute(
+        select(Deployment.name, func.count())
+        .join(Job, Job.deployment_id == Deployment.id)
+        .where(Deployment.id.in_(deployment_ids), Job.state.in_(tuple(ACTIVE_STATES)))
+        .group_by(Deployment.name)
+    ).all()
+    return {name: int(n) for name, n in rows}
 
 
 def _refuse_if_active(session: Session, dep: Deployment) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid, text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from orgs.db import Base, UTCDateTime, utcnow
 from orgs.models import BigId, JSONType, new_id
@@ -35,6 +35,27 @@ FINAL_STATES = frozenset({COMPLETED, FAILED, CRASHED, CANCELLED, REJECTED})
 ALL_STATES = ACTIVE_STATES | QUEUED_STATES | FINAL_STATES
 
 
+class Project(Base):
+    """A group of an organization's deployments (later: its Git repository and store).
+
+    Every org has a `default` project (made by migration 0019, else on first use);
+    `created_by` None means nobody's own: only admins manage it.
+    """
+
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    git_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Deployment(Base):
     """A flow entrypoint registered with an organization (one Prefect deployment)."""
 
@@ -43,6 +64,9 @@ class Deployment(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    project_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="SET NULL"), nullable=True, index=True
+    )
     name: Mapped[str] = mapped_column(String(64))
     flow_name: Mapped[str] = mapped_column(String(128))
     entrypoint: Mapped[str] = mapped_column(String(512))
@@ -59,6 +83,8 @@ class Deployment(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Loaded with the row: every listing shows the project's name.
+    project: Mapped[Project | None] = relationship(lazy="joined")
 
 
 _HELD_OR_WAITED = "state = 'held' OR released_at > created_at"

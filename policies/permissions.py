@@ -50,6 +50,8 @@ class Permission(StrEnum):
     deployments_view = "deployments:view"
     deployments_register = "deployments:register"
     deployments_manage_all = "deployments:manage-all"
+    projects_create = "projects:create"
+    projects_manage_all = "projects:manage-all"
     jobs_submit = "jobs:submit"
     jobs_view_own = "jobs:view-own"
     jobs_view_all = "jobs:view-all"
@@ -79,6 +81,7 @@ _MEMBER: frozenset[Permission] = frozenset(
         Permission.machines_manage_own,
         Permission.deployments_view,
         Permission.deployments_register,
+        Permission.projects_create,
         Permission.jobs_submit,
         Permission.jobs_view_own,
         Permission.jobs_cancel_own,
@@ -97,6 +100,7 @@ _ADMIN: frozenset[Permission] = _MEMBER | {
     Permission.machines_manage_all,
     Permission.machines_approve,
     Permission.deployments_manage_all,
+    Permission.projects_manage_all,
     Permission.jobs_view_all,
     Permission.jobs_cancel_all,
     Permission.schedules_manage_all,
@@ -129,6 +133,7 @@ _DENIAL: dict[Permission, str] = {
     Permission.machines_manage_all: "Only admins and owners may manage other members' machines.",
     Permission.machines_approve: "Only admins and owners may approve or reject machines.",
     Permission.deployments_manage_all: "Only admins may change other members' deployments.",
+    Permission.projects_manage_all: "Only the project's creator or an admin may change it.",
     Permission.jobs_view_all: "Only admins and owners may view other members' jobs.",
     Permission.jobs_cancel_all: "Only admins and owners may cancel other members' jobs.",
     Permission.schedules_manage_all: "Only admins and owners may change other members' schedules.",

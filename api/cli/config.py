@@ -1,9 +1,11 @@
-"""The CLI's config file: server URL, token and current organization.
+"""The CLI's config file: server URL, token, current organization and current project.
 
 Default path `~/.config/cshare/config.toml` (or `$XDG_CONFIG_HOME/cshare/config.toml`);
 `CSHARE_CONFIG` moves it, and a path ending in `.json` is read and written as JSON.
 `CSHARE_API_URL`, `CSHARE_TOKEN` and `CSHARE_ORG` override the file but are never written
-into it. The file holds a secret, so it is written 0600 (its folder 0700), atomically.
+into it. The current project is kept as `org/project`: it applies only while that org
+is the one a command acts on. The file holds a secret, so it is written 0600 (its folder
+0700), atomically.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from urllib.parse import urlsplit
 from api.cli.output import CliError, UsageProblem
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-KEYS = ("api_url", "token", "org")
+KEYS = ("api_url", "token", "org", "project")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Config:
     api_url: str | None = None
     token: str | None = None
     org: str | None = None
+    project: str | None = None  # "org/project"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Effective:
     token: str | None
     org: str | None
     path: Path
+    project: str | None = None  # "org/project", from the file only
     api_url_from_env: bool = False
     token_from_env: bool = False
     org_from_env: bool = False
@@ -126,6 +130,7 @@ def effective() -> Effective:
         token=env_token or file.token,
         org=env_org or file.org,
         path=path,
+        project=file.project,
         api_url_from_env=env_url is not None,
         token_from_env=env_token is not None,
         org_from_env=env_org is not None,
@@ -153,3 +158,11 @@ def _to_toml(values: dict[str, str]) -> str:
     lines = ["# cshare CLI configuration (holds a secret token: keep it private)"]
     lines += [f"{key} = {_toml_string(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def current_project(cfg: Effective, org: str) -> str | None:
+    """The project chosen with `cshare project use` for `org`, if any."""
+    if cfg.project is None or "/" not in cfg.project:
+        return None
+    project_org, name = cfg.project.split("/", 1)
+    return name if project_org == org and name else None

@@ -110,6 +110,15 @@ def deploy(
             "else $CSHARE_FLOWS_DIR on each machine).",
         ),
     ] = None,
+    project: Annotated[
+        str | None,
+        typer.Option(
+            "--project",
+            help="The project to register into (default: the current project, see "
+            "`cshare project use`; else the org's 'default' project).",
+            show_default=False,
+        ),
+    ] = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -133,6 +142,7 @@ def deploy(
 
     cfg = config.effective()
     slug = require_org(cfg, org)
+    project = project or config.current_project(cfg, slug)
     results: list[dict[str, Any]] = []
     with connect(cfg) as client:
         for p in planned:
@@ -148,6 +158,8 @@ def deploy(
                 "parameter_schema": schema,
                 "job_variables": p.job_variables,
             }
+            if project is not None:
+                body["project"] = project
             if path is not None:
                 body["path"] = path
             elif p.pull_steps is not None:
@@ -157,10 +169,11 @@ def deploy(
         output.print_json({"items": results, "total": len(results)})
         return
     output.table(
-        ["NAME", "FLOW", "ENTRYPOINT", "POOL", "PREFECT"],
+        ["NAME", "PROJECT", "FLOW", "ENTRYPOINT", "POOL", "PREFECT"],
         (
             [
                 r.get("name"),
+                r.get("project"),
                 r.get("flow_name"),
                 r.get("entrypoint"),
                 r.get("work_pool"),

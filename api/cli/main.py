@@ -17,6 +17,7 @@ from api.cli import deploy as deploy_cmd
 from api.cli import jobs as job_cmds
 from api.cli import lineage as lineage_cmds
 from api.cli import overview as overview_cmds
+from api.cli import projects as project_cmds
 from api.cli import schedules as schedule_cmds
 from api.cli import secrets as secret_cmds
 from api.cli import stack as stack_cmds
@@ -57,6 +58,7 @@ app.add_typer(agent.app, name="agent")
 app.command("audit")(audit.audit)
 app.add_typer(db.app, name="db")
 app.command("deploy")(deploy_cmd.deploy)
+app.add_typer(project_cmds.app, name="project")
 app.add_typer(job_cmds.app, name="job")
 app.add_typer(schedule_cmds.app, name="schedule")
 app.add_typer(dataset_cmds.app, name="dataset")

@@ -6,11 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from api.deps import Requires, SessionDep, SettingsDep
-from flows import deployments
+from flows import deployments, projects
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import Deployment
 from orgs.context import OrgContext
@@ -41,6 +41,12 @@ class DeploymentIn(BaseModel):
         examples=["flows/library/train.py:train"],
     )
     machine_type: str = Field("cpu", max_length=32)
+    project: str | None = Field(
+        None,
+        max_length=64,
+        description="The project to register it in (default: the one it is in, else the "
+        "org's 'default' project).",
+    )
     path: str | None = Field(
         None, max_length=1024, description="Working directory of the code on the machines."
     )
@@ -64,6 +70,7 @@ class DeploymentOut(BaseModel):
     entrypoint: str
     path: str | None
     machine_type: str
+    project: str | None
     description: str
     tags: list[str]
     parameters: dict[str, Any]
@@ -90,6 +97,7 @@ def deployment_out(dep: Deployment, org_slug: str) -> DeploymentOut:
         entrypoint=dep.entrypoint,
         path=dep.path,
         machine_type=dep.machine_type,
+        project=dep.project.name if dep.project is not None else None,
         description=dep.description,
         tags=list(dep.tags or []),
         parameters=dict(dep.parameters or {}),
@@ -105,8 +113,13 @@ def deployment_out(dep: Deployment, org_slug: str) -> DeploymentOut:
 
 
 @router.get("/orgs/{org}/deployments")
-def list_deployments(ctx: DeploymentsView, session: SessionDep) -> DeploymentList:
-    found = deployments.list_deployments(session, ctx.org)
+def list_deployments(
+    ctx: DeploymentsView,
+    session: SessionDep,
+    project: Annotated[str | None, Query(max_length=64, description="Only this project's.")] = None,
+) -> DeploymentList:
+    in_project = projects.get_project(session, ctx.org, project) if project else None
+    found = deployments.list_deployments(session, ctx.org, project=in_project)
     items = [deployment_out(d, ctx.org.slug) for d in found]
     return DeploymentList(items=items, total=len(items))
 
@@ -138,11 +151,13 @@ def register_deployment(
         job_variables=body.job_variables,
         pull_steps=body.pull_steps,
     )
+    project = projects.resolve_for_deployment(session, ctx.org, body.project, deployment=body.name)
     dep, created = deployments.register(
         ctx,
         session,
         gateway,
         spec,
+        project=project,
         pool_type=settings.work_pool_type,
         schedules_backend=settings.schedules_backend,
     )

@@ -33,6 +33,7 @@ from api.web import (
     routes_data,
     routes_jobs,
     routes_org,
+    routes_projects,
     routes_secrets,
     routes_settings,
 )
@@ -159,6 +160,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_org,
         routes_data,
         routes_jobs,
+        routes_projects,
         routes_settings,
         routes_secrets,
     ):

@@ -68,6 +68,7 @@ NOTICES: Mapping[str, str] = {
     "rerun": "Submitted again as a new job.",
     "dataset_created": "Dataset created. Upload its first version below.",
     "dataset_deleted": "Dataset deleted.",
+    "project_created": "Project created. Deploy into it with `cshare deploy --project`.",
     "access": "Access settings saved.",
     "saved": "Settings saved.",
     "secret_set": "Secret saved. Its value is not shown again.",
@@ -191,6 +192,7 @@ def _nav(page: OrgPage) -> Nav:
         ("dashboard", "Dashboard", page.url()),
         ("members", "Members", page.url("/members")),
         ("machines", "Machines", page.url("/machines")),
+        ("projects", "Projects", page.url("/projects")),
         ("jobs", "Jobs", page.url("/jobs")),
         ("datasets", "Datasets", page.url("/datasets")),
     ]

@@ -464,6 +464,13 @@ def _deployment(w: World, role: str | None = None) -> str:
     return name
 
 
+def _project(w: World, role: str) -> str:
+    """A project created by the caller (members manage their own)."""
+    name = _unique("proj").lower()
+    r = w.api.post(f"/orgs/{w.org_slug}/projects", w.acting(role), json={"name": name})
+    return str(_created(r, "a project")["name"])
+
+
 def _job(w: World, role: str) -> str:
     """A job submitted by the caller (jobs:*-own rules let members see their own)."""
     r = w.api.post(f"/orgs/{w.org_slug}/jobs", w.acting(role), json={"deployment": _deployment(w)})
@@ -503,6 +510,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "datasets/{name}": _dataset,
     "versions/{version}": _dataset_version,
     "deployments/{name}": _deployment,
+    "projects/{name}": _project,
     "jobs/{id}": _job,
     "schedules/{id}": _schedule,
     "secrets/{name}": _secret,
@@ -546,6 +554,11 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
         "entrypoint": "flows/library/train.py:train",
         "machine_type": "cpu",
     },
+    "POST /orgs/{org}/projects": lambda w, role: {
+        "name": _unique("proj").lower(),
+        "git_url": "git@github.com:team/matrix.git",
+    },
+    "PATCH /orgs/{org}/projects/{name}": lambda w, role: {"description": "Matrix."},
     "POST /orgs/{org}/jobs": lambda w, role: {"deployment": _deployment(w)},
     "POST /orgs/{org}/jobs/explain": lambda w, role: {"deployment": _deployment(w)},
     "POST /orgs/{org}/schedules": lambda w, role: {
@@ -661,6 +674,7 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
     "POST /orgs/{org}/members/{user_id}/role": lambda w, role: PageBody({"role": "member"}),
     "POST /orgs/{org}/machines/{machine_id}/reject": lambda w, role: PageBody({"reason": "no"}),
     "POST /orgs/{org}/datasets": lambda w, role: PageBody({"name": _unique("ds")}),
+    "POST /orgs/{org}/projects": lambda w, role: PageBody({"name": _unique("proj").lower()}),
     "POST /orgs/{org}/datasets/{name}/versions": lambda w, role: PageBody(
         content=b"console bytes",
         headers={"Content-Type": "application/octet-stream", "Accept": "application/json"},
