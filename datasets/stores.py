@@ -24,7 +24,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import select
@@ -35,7 +35,7 @@ from datasets.local import LocalStorage
 from datasets.models import DataStore
 from datasets.s3 import S3Keys, S3Storage
 from datasets.storage import Storage, StorageError
-from orgs import audit
+from orgs import audit, secret_box
 from orgs.config import Settings
 from orgs.context import OrgContext
 from policies.errors import Forbidden, Invalid, NotFound
@@ -68,7 +68,7 @@ def _backend(
 ) -> Storage:
     """A backend per configuration, built once per process (S3 clients are costly to
     make and thread-safe to share). `store`: an organization's store (guarded)."""
-    keys = _keys(store.credentials) if store is not None else None
+    keys = _keys(settings, store.credentials) if store is not None else None
     key = json.dumps(
         [
             kind,
@@ -99,9 +99,18 @@ def _fingerprint(keys: S3Keys | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _keys(credentials: dict[str, Any] | None) -> S3Keys | None:
+# Stored keys are sealed with the server's secrets key (orgs.secret_box, as org secrets
+# are): `{"sealed": <token>}` holds the JSON of the keys, never readable in the database.
+SEALED: Final = "sealed"
+
+
+def _keys(settings: Settings, credentials: dict[str, Any] | None) -> S3Keys | None:
     if not credentials:
         return None
+    if SEALED in credentials:
+        credentials = json.loads(
+            secret_box.decrypt(settings, credentials[SEALED], label="of the org's data store")
+        )
     return S3Keys(
         credentials["access_key_id"],
         credentials["secret_access_key"],
@@ -324,7 +333,7 @@ def describe(session: Session, settings: Settings, org_id: uuid.UUID) -> dict[st
             "created_at": None,
             "access_key_id": None,
         }
-    keys = _keys(store.credentials)
+    keys = _keys(settings, store.credentials)
     return {
         "kind": store.kind,
         "id": store.id,
@@ -378,7 +387,7 @@ def configure(
                 org_id=ctx.org.id,
                 kind=kind,
                 config=config,
-                credentials=_credentials(keys),
+                credentials=_credentials(settings, keys),
                 active=True,
                 created_by=ctx.user.id,
             )
@@ -398,13 +407,24 @@ def configure(
     session.commit()
 
 
-def _credentials(keys: S3Keys | None) -> dict[str, Any] | None:
+def _credentials(settings: Settings, keys: S3Keys | None) -> dict[str, Any] | None:
     if keys is None:
         return None
     stored = {"access_key_id": keys.access_key_id, "secret_access_key": keys.secret_access_key}
     if keys.session_token:
         stored["session_token"] = keys.session_token
-    return stored
+    return {SEALED: secret_box.encrypt(settings, json.dumps(stored))}
+
+
+def reseal_credentials(session: Session, settings: Settings) -> int:
+    """Every stored store key sealed again with the first secrets key (rotation, with
+    `orgs.secrets.rotate_all`); no commit. Returns how many."""
+    count = 0
+    for store in session.scalars(select(DataStore).where(DataStore.credentials.is_not(None))):
+        keys = _keys(settings, store.credentials)
+        store.credentials = _credentials(settings, keys)
+        count += 1
+    return count
 
 
 def _audited(described: dict[str, Any]) -> dict[str, Any]:

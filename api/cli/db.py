@@ -51,12 +51,14 @@ def upgrade(
 
 @app.command("rotate-secrets")
 def rotate_secrets(json_: JsonOpt = False) -> None:
-    """Re-encrypt every org secret with the first key of CSHARE_SECRETS_KEY.
+    """Re-encrypt every org secret (and data store key) with the first key of
+    CSHARE_SECRETS_KEY.
 
     Put the new key first (`CSHARE_SECRETS_KEY=new,old`), run this, then drop the old key.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    from datasets import stores as datastores
     from orgs import secrets
     from orgs.config import get_settings
     from orgs.db import Database
@@ -66,7 +68,8 @@ def rotate_secrets(json_: JsonOpt = False) -> None:
     db = Database(settings.resolved_database_url())
     try:
         with db.session(write=True) as session:
-            count = secrets.rotate_all(session, settings)
+            stores = datastores.reseal_credentials(session, settings)  # committed below
+            count = secrets.rotate_all(session, settings) + stores
     except DomainError as exc:
         raise CliError(f"Nothing was changed: {exc.detail}") from None
     except SQLAlchemyError as exc:

@@ -370,6 +370,10 @@ def test_org_stores_never_use_the_servers_credentials(
     audit = api.get(f"/orgs/{world.slug}/audit", world.owner)
     for text in (r.text, shown.text, audit.text):
         assert ORG_SECRET not in text and ORG_TOKEN not in text
+    # At rest: sealed with the server's secrets key, not readable in the database.
+    with api.db.session(write=False) as s:
+        raw = [str(c) for c in s.scalars(select(DataStore.credentials)) if c]
+    assert raw and all(ORG_SECRET not in c and ORG_KEY not in c for c in raw), raw
 
 
 # --------------------------------------------------------------------------- quota
