@@ -18,14 +18,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_
+from sqlalchemy import ColumnElement, exists, or_
 from sqlalchemy.orm import Session
 
 from datasets.models import VISIBILITY_ORG, Dataset, DatasetAccess
 from orgs.context import OrgContext
 from orgs.models import Organization, User
+from orgs.scopes import scope_clause
 from policies import access
-from policies.access import CredentialRule, DatasetFacts, Scope, Viewer
+from policies.access import CredentialRule, DatasetFacts, Viewer
 from policies.errors import NotFound
 
 
@@ -94,17 +95,13 @@ def readable_clause(ctx: OrgContext) -> ColumnElement[bool]:
     """`policies.access.dataset_read_scope` as SQL: the one WHERE clause of dataset lists
     (OWN spelled out as `can_read_dataset` says for members)."""
     viewer = ctx.viewer
-    scope = access.dataset_read_scope(viewer)
-    in_org = Dataset.org_id == viewer.org_id
-    if scope is Scope.ALL:
-        return in_org
-    if scope is Scope.NONE:
-        return false()
     granted = exists().where(
         DatasetAccess.dataset_id == Dataset.id, DatasetAccess.user_id == viewer.user_id
     )
-    return and_(
-        in_org,
+    return scope_clause(
+        access.dataset_read_scope(viewer),
+        Dataset.org_id,
+        viewer.org_id,
         or_(Dataset.visibility == VISIBILITY_ORG, Dataset.created_by == viewer.user_id, granted),
     )
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, false, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -58,6 +58,7 @@ from orgs import metrics
 from orgs.context import OrgContext
 from orgs.db import Database, utcnow
 from orgs.models import Organization, User
+from orgs.scopes import scope_clause
 from policies import access
 from policies.access import JobFacts, Scope, Viewer
 from policies.admission import (
@@ -520,12 +521,9 @@ def _visible(ctx: OrgContext, job: Job | None) -> Job:
 
 def visible_jobs(viewer: Viewer) -> ColumnElement[bool]:
     """`policies.access.job_view_scope` as SQL: the one WHERE clause of job lists."""
-    scope = access.job_view_scope(viewer)
-    if scope is Scope.ALL:
-        return Job.org_id == viewer.org_id
-    if scope is Scope.OWN:
-        return and_(Job.org_id == viewer.org_id, Job.user_id == viewer.user_id)
-    return false()
+    return scope_clause(
+        access.job_view_scope(viewer), Job.org_id, viewer.org_id, Job.user_id == viewer.user_id
+    )
 
 
 def get_job(ctx: OrgContext, session: Session, job_id: uuid.UUID) -> Job:

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, false, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,8 +30,9 @@ from orgs import audit, security, settings_doc
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Machine, Organization, RetiredMachineToken, User
+from orgs.scopes import scope_clause
 from policies import access
-from policies.access import MachineFacts, Scope, Viewer
+from policies.access import MachineFacts, Viewer
 from policies.errors import Conflict, Invalid, LimitExceeded, NotFound, Unauthenticated
 from policies.names import refuse_bidi
 from policies.permissions import Permission
@@ -328,12 +329,12 @@ def _name_taken(name: str) -> Conflict:
 
 def visible_machines(viewer: Viewer) -> ColumnElement[bool]:
     """`policies.access.machine_view_scope` as SQL: the one WHERE clause of machine lists."""
-    scope = access.machine_view_scope(viewer)
-    if scope is Scope.ALL:
-        return Machine.org_id == viewer.org_id
-    if scope is Scope.OWN:
-        return and_(Machine.org_id == viewer.org_id, Machine.owner_id == viewer.user_id)
-    return false()
+    return scope_clause(
+        access.machine_view_scope(viewer),
+        Machine.org_id,
+        viewer.org_id,
+        Machine.owner_id == viewer.user_id,
+    )
 
 
 def list_machines(
