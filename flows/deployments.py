@@ -286,7 +286,7 @@ def register(
     )
     session.commit()  # end the read transaction before talking to Prefect
 
-    pool = ensure_org_pool(gateway, org, spec.machine_type, pool_type)
+    pool = ensure_org_pool(gateway, slug, org.name, spec.machine_type, pool_type)
     flow_name = spec.flow_name or default_flow_name(spec.entrypoint)
     prefect_id = gateway.ensure_deployment(
         name=prefect_deployment_name(slug, spec.name),
@@ -440,17 +440,17 @@ def _refuse_if_active(session: Session, dep: Deployment) -> None:
 
 
 def ensure_org_pool(
-    gateway: PrefectGateway, org: Organization, machine_type: str, pool_type: str
+    gateway: PrefectGateway, org_slug: str, org_name: str, machine_type: str, pool_type: str
 ) -> str:
     """The org's work pool for `machine_type` in Prefect (created or brought up to date);
     its name. The control plane owns the pools: agents never create them."""
-    pool = work_pool_name(org.slug, machine_type)
+    pool = work_pool_name(org_slug, machine_type)
     gateway.ensure_work_pool(
         pool,
         type=pool_type,
         description=(
             f"Compute Share: machines of type '{machine_type}' of the organization "
-            f"'{org.name}' ({org.slug})."
+            f"'{org_name}' ({org_slug})."
         ),
     )
     return pool

@@ -18,6 +18,7 @@ mode for a trusted fleet), and then receive the auth string only with
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -39,7 +40,7 @@ from orgs.config import Settings
 from orgs.db import utcnow
 from orgs.machines import MachineStatus
 from orgs.models import Machine, Organization
-from policies.errors import NotFound
+from policies.errors import DomainError, NotFound
 
 log = logging.getLogger("cshare.api.agent")
 
@@ -155,9 +156,10 @@ def _status(session: Session, settings: Settings, machine: Machine) -> AgentStat
     )
 
 
-# Pools this process has made sure of, by (org id, machine type): an approved agent's
-# first call creates its pool; later calls cost nothing.
+# Pools this process has made sure of (or is making sure of), by (org id, machine type):
+# an approved agent's call creates its pool once; later calls cost nothing.
 _pools_ensured: set[tuple[uuid.UUID, str]] = set()
+_pools_lock = threading.Lock()
 
 
 def _ensure_pool(
@@ -167,19 +169,37 @@ def _ensure_pool(
     settings: Settings,
     gateway: PrefectGateway,
 ) -> None:
+    """The machine's pool exists in Prefect, made on a thread of its own: an agent's call
+    never waits on Prefect. The agent's worker re-reads its pool every few seconds."""
     key = (machine.org_id, machine.machine_type)
-    if not out.approved or key in _pools_ensured:
-        return
     org = session.get(Organization, machine.org_id)
-    session.commit()  # no transaction held while Prefect answers
-    if org is not None:
-        ensure_org_pool(gateway, org, machine.machine_type, settings.work_pool_type)
+    if not out.approved or org is None:
+        return
+    with _pools_lock:
+        if key in _pools_ensured:
+            return
         _pools_ensured.add(key)
+
+    # Plain values: the thread outlives this request's session.
+    slug, name, machine_type = org.slug, org.name, machine.machine_type
+
+    def ensure() -> None:
+        try:
+            ensure_org_pool(gateway, slug, name, machine_type, settings.work_pool_type)
+        except DomainError as exc:  # Prefect down: the next heartbeat tries again
+            log.warning("work pool %s not ensured yet: %s", out.work_pool, exc.detail)
+            with _pools_lock:
+                _pools_ensured.discard(key)
+
+    threading.Thread(target=ensure, name="cshare-ensure-pool", daemon=True).start()
 
 
 @router.get("/me")
 def me(
-    machine: CurrentMachine, session: SessionDep, settings: SettingsDep, gateway: GatewayDep
+    machine: CurrentMachine,
+    session: SessionDep,
+    settings: SettingsDep,
+    gateway: GatewayDep,
 ) -> AgentStatusOut:
     out = _status(session, settings, machine)
     _ensure_pool(out, session, machine, settings, gateway)
@@ -198,7 +218,7 @@ def heartbeat(
     out = _status(session, settings, machine)
     session.commit()
     if out.approved:
-        _ensure_pool(out, session, machine, settings, gateway)  # approved since last time
+        _ensure_pool(out, session, machine, settings, gateway)
         try:
             claims.reconcile_heartbeat(session, gateway, machine, set(body.running))
         except Exception:  # the sweep catches what this misses; the heartbeat counts

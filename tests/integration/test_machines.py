@@ -231,7 +231,8 @@ def test_agent_routes_take_only_machine_tokens(api: ApiClient) -> None:
             assert r.status_code == 401, (headers, path, r.text)
     me = api.client.get("/api/v1/agent/me", headers=_agent(token)).json()
     assert me["approved"] is True and me["work_pool"] == f"{slug}-cpu"
-    assert me["prefect"]["api_url"]  # approved machines learn where Prefect is
+    # Approved machines reach Prefect through the server's proxy, with no Prefect secret.
+    assert me["prefect"] == {"api_url": None, "auth_string": None}
 
 
 def test_heartbeats_make_a_machine_online_then_offline(api: ApiClient) -> None:
