@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -100,8 +101,11 @@ def test_a_jobs_environment_holds_nothing_of_the_agents(stack: Stack, tmp_path: 
         assert "CSHARE_TEST_AGENT_SECRET" not in seen and "AWS_SECRET_ACCESS_KEY" not in seen
         for what, value in secrets.items():
             assert not any(value in v for v in seen.values()), f"{what} in {where}"
+        assert stack.prefect.auth_string not in seen.values(), where  # Prefect's secret
         if is_proxy_url(env["PREFECT_API_URL"]):
-            assert "PREFECT_API_AUTH_STRING" not in seen, where
+            # Through the proxy (the default): the job token is the job's only Prefect
+            # credential, as the key and as the auth string websocket clients send.
+            assert seen.get("PREFECT_API_AUTH_STRING") in (None, env["CSHARE_JOB_TOKEN"])
         else:
             # The legacy direct mode (this stack: the agent talks to Prefect itself):
             # the engine needs Prefect's auth string, shared by the documented default
@@ -174,8 +178,10 @@ def test_a_restarted_agent_kills_recorded_leftovers_before_taking_work(stack: St
             lambda: "started!" in (text := log_path.read_bytes()[before:].decode()) and text,
             60,
         )
-        assert "left running: leftover" in started, started
-        assert started.index("left running: leftover") < started.index("started!")
+        # (Jobs an earlier test's agent left behind may be named too.)
+        killed = re.search(r"a previous agent left running: ([^\n]*)", started)
+        assert killed is not None and "leftover" in killed.group(1).split(", "), started
+        assert killed.start() < started.index("started!")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(leftover.pid, signal.SIGKILL)

@@ -67,8 +67,8 @@ def _env(settings: dict[str, str], share_auth: bool = True, **kw: dict[str, str]
 
 def _no_secret(env: dict[str, str]) -> None:
     for name, value in SECRETS.items():
-        if name in ("PREFECT_API_KEY",):
-            assert env.get(name) != value
+        if name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"):
+            assert env.get(name) != value  # the job's own credential, never the agent's
             continue
         assert name not in env, name
         assert not any(value in v for v in env.values()), name
@@ -77,8 +77,9 @@ def _no_secret(env: dict[str, str]) -> None:
 def test_an_agent_full_of_secrets_gives_its_job_none_through_the_proxy() -> None:
     env = _env(PROXY)
     _no_secret(env)
-    assert "PREFECT_API_AUTH_STRING" not in env
-    assert env["PREFECT_API_KEY"] == "job-token-j1"  # the job's only Prefect credential
+    # The job's only Prefect credential, as the key and as the auth string Prefect's
+    # websocket clients send.
+    assert env["PREFECT_API_KEY"] == env["PREFECT_API_AUTH_STRING"] == "job-token-j1"
     assert env["PREFECT_API_URL"] == "https://cs.example/prefect/lab/api"
     assert env["HOME"] == "/jobs/j1/work" and env["TMPDIR"] == "/jobs/j1/tmp"
     assert env["PREFECT_HOME"] == "/jobs/j1/prefect"
@@ -95,7 +96,7 @@ def test_prefects_auth_string_only_in_the_legacy_mode_and_only_if_allowed() -> N
     withheld = _env(DIRECT, share_auth=False)
     _no_secret(withheld)
     assert "PREFECT_API_AUTH_STRING" not in withheld
-    assert "PREFECT_API_AUTH_STRING" not in _env(PROXY, share_auth=True)
+    assert _env(PROXY, share_auth=True)["PREFECT_API_AUTH_STRING"] == "job-token-j1"
 
 
 def test_the_owner_may_pass_more_but_never_a_credential() -> None:
@@ -104,7 +105,8 @@ def test_the_owner_may_pass_more_but_never_a_credential() -> None:
         passthrough={"HTTPS_PROXY": "", "CSHARE_TOKEN": "", "PREFECT_API_AUTH_STRING": ""},
     )
     assert env["HTTPS_PROXY"] == SECRETS["HTTPS_PROXY"]  # the owner's explicit choice
-    assert "CSHARE_TOKEN" not in env and "PREFECT_API_AUTH_STRING" not in env
+    assert "CSHARE_TOKEN" not in env
+    assert env["PREFECT_API_AUTH_STRING"] == "job-token-j1"  # never the agent's
     assert job_env.machine_env({"CSHARE_X": "1", "PREFECT_Y": "2"}, "CSHARE_X,PREFECT_Y") == {}
 
 
