@@ -84,7 +84,8 @@ Decision = Literal["run", "hold", "reject", "skip"]
 # A run claimed this recently may be missing from a heartbeat that was already on its
 # way when the claim landed; only older claims count as lost.
 HEARTBEAT_GRACE: Final = timedelta(seconds=10)
-# How long a revoked machine's agent has to stop its runs before they are crashed.
+# How long a revoked machine's agent has to stop its runs before they are ended
+# `Cancelled` by the control plane (the agent's credential died with the machine).
 REVOKE_GRACE: Final = timedelta(seconds=30)
 SWEEP_BATCH: Final = 100
 
@@ -504,7 +505,8 @@ def sweep_offline_machines(
     - machine offline (no heartbeat within the org's `machines.offline_after_s`): the run
       is crashed in Prefect (nobody is left to report it) and the job ends `crashed`;
     - machine removed, rejected, or its owner left: the run is cancelled in Prefect (the
-      agent, if alive, stops it); if it is still not over after `REVOKE_GRACE`, crashed.
+      agent, if alive, stops it); if it is still not over after `REVOKE_GRACE`, it is
+      forced to `Cancelled` (its agent can no longer tell Prefect).
 
     The ledger takes Prefect's answer (a run that finished just before keeps its real
     outcome), which frees the job's slot. Bounded per call; Prefect is called with no
@@ -534,6 +536,7 @@ def sweep_offline_machines(
     ).all()
     to_crash: dict[uuid.UUID, str] = {}
     to_cancel: dict[uuid.UUID, str] = {}
+    to_force: dict[uuid.UUID, str] = {}
     offline_after: dict[uuid.UUID, int] = {}
     for job, machine, org in rows:
         if job.flow_run_id is None:
@@ -543,13 +546,13 @@ def sweep_offline_machines(
         revoked = machine is None or machine.status != registry.MachineStatus.approved
         if revoked:
             asked = job.cancel_requested_at or now
+            reason = job.reason or "The machine stopped taking work."
             if now - asked >= REVOKE_GRACE:
-                to_crash[job.id] = (
-                    f"{job.reason or 'The machine stopped taking work.'} Its agent did not "
-                    f"stop the run within {int(REVOKE_GRACE.total_seconds())} s."
-                )
+                # Its agent has stopped the process by now (or is gone), and it can no
+                # longer tell Prefect: its credential died with the machine.
+                to_force[job.id] = reason
             else:
-                to_cancel[job.id] = job.reason or "The machine stopped taking work."
+                to_cancel[job.id] = reason
             continue
         limit = offline_after[org.id]
         if registry.health_of(machine, limit, now) is registry.Health.offline:
@@ -569,11 +572,12 @@ def sweep_offline_machines(
             report.crashed.append(job_id)
         except Exception:
             log.warning("could not crash run %s of an offline machine", run_id, exc_info=True)
-    for job_id, reason in to_cancel.items():
+    for job_id, reason in [*to_cancel.items(), *to_force.items()]:
         run_id = jobs[job_id].flow_run_id
         assert run_id is not None
+        cancel = gateway.force_cancel_flow_run if job_id in to_force else gateway.cancel_flow_run
         try:
-            outcomes[job_id] = gateway.cancel_flow_run(run_id, reason).state_type
+            outcomes[job_id] = cancel(run_id, reason).state_type
             report.cancelled.append(job_id)
         except Exception:
             log.warning("could not cancel run %s of a revoked machine", run_id, exc_info=True)

@@ -12,6 +12,7 @@ documents, never with a traceback:
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -113,7 +114,8 @@ def _ended(stack: Stack, name: str, agent: subprocess.Popen[bytes], code: int, s
     # One line from the agent's own logger (agents/logsetup.py format) says why (the
     # worker's refused Prefect calls may quote the server's reason in their warnings).
     assert " cshare.agent " in last and says in last, log
-    assert sum(" cshare.agent " in line and says in line for line in log.splitlines()) == 1, log
+    own = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ +\w+ +cshare\.agent ")
+    assert sum(bool(own.match(line)) and says in line for line in log.splitlines()) == 1, log
     return log
 
 
