@@ -186,8 +186,9 @@ def _ensure_pool(
     def ensure() -> None:
         try:
             ensure_org_pool(gateway, slug, name, machine_type, settings.work_pool_type)
-        except DomainError as exc:  # Prefect down: the next heartbeat tries again
-            log.warning("work pool %s not ensured yet: %s", out.work_pool, exc.detail)
+        except Exception as exc:  # Prefect down, or shutting down: the next call tries again
+            detail = exc.detail if isinstance(exc, DomainError) else type(exc).__name__
+            log.warning("work pool %s not ensured yet: %s", out.work_pool, detail)
             with _pools_lock:
                 _pools_ensured.discard(key)
 
