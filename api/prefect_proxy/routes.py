@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -358,8 +358,7 @@ _BY_TARGET: Final[dict[Target, Handler]] = {
 
 
 async def _scoped_runs(p: PrefectProxy, a: Actor, body: Any, key: str, field: str) -> Any:
-    if not isinstance(body, dict):
-        raise ProxyError(422, "invalid", "The filter must be a JSON object.")
+    body = _filter_object(body)
 
     def work(session: Any) -> Any:
         return scoping.scoped(
@@ -401,57 +400,47 @@ def _runs_scoped(key: str, field: str) -> Handler:
     return handler
 
 
+def _filter_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ProxyError(422, "invalid", "The filter must be a JSON object.")
+    return body
+
+
+async def _filter_within(
+    p: PrefectProxy, r: Request, key: str, field: str, allowed: Collection[str]
+) -> Response:
+    """Forward a `/<key>/filter` call with `<key>.<field>` narrowed to `allowed`."""
+    body = scoping.scoped(
+        _filter_object(await p.read_json(r)),
+        key,
+        field,
+        among=lambda asked: [x for x in asked if x in allowed],
+        default=lambda: sorted(allowed),
+    )
+    return await p.forward_json(r, body)
+
+
 async def _flows_filter(
     p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
 ) -> Response:
-    body = await p.read_json(r)
-    if not isinstance(body, dict):
-        raise ProxyError(422, "invalid", "The filter must be a JSON object.")
     names = set(await p._db(facts.org_flow_names, a.org_id))
-    body = scoping.scoped(
-        body,
-        "flows",
-        "name",
-        among=lambda asked: [n for n in asked if n in names],
-        default=lambda: sorted(names),
-    )
-    return await p.forward_json(r, body)
+    return await _filter_within(p, r, "flows", "name", names)
 
 
 async def _deployments_filter(
     p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
 ) -> Response:
-    body = await p.read_json(r)
-    if not isinstance(body, dict):
-        raise ProxyError(422, "invalid", "The filter must be a JSON object.")
     org_ids = {str(i) for i in await p._db(facts.org_deployment_ids, a.org_id)}
-    body = scoping.scoped(
-        body,
-        "deployments",
-        "id",
-        among=lambda asked: [i for i in asked if i in org_ids],
-        default=lambda: sorted(org_ids),
-    )
-    return await p.forward_json(r, body)
+    return await _filter_within(p, r, "deployments", "id", org_ids)
 
 
 async def _work_pools_filter(
     p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
 ) -> Response:
-    body = await p.read_json(r)
-    if not isinstance(body, dict):
-        raise ProxyError(422, "invalid", "The filter must be a JSON object.")
     pools = await p._db(facts.org_pools, a.org_id)
     if a.principal is Principal.machine:
         pools = frozenset({a.pool}) if a.pool else frozenset()
-    body = scoping.scoped(
-        body,
-        "work_pools",
-        "name",
-        among=lambda asked: [n for n in asked if n in pools],
-        default=lambda: sorted(pools),
-    )
-    return await p.forward_json(r, body)
+    return await _filter_within(p, r, "work_pools", "name", pools)
 
 
 async def _scheduled_runs(
