@@ -5,6 +5,7 @@ with SIGINT and check that no process the stack started is left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as field_
 from pathlib import Path
 from typing import Any
 
@@ -80,37 +84,75 @@ def field(text: str, label: str) -> str:
     return match.group(1)
 
 
-def test_cshare_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
-    missing = _missing_commands()
-    if missing:
-        pytest.skip(f"needs the `cshare {'`, `cshare '.join(missing)}` command(s), not built yet")
+@dataclass
+class RunningUp:
+    """A `cshare up` started by `running_up`, and every process seen under it."""
+
+    home: Path
+    env: dict[str, str]
+    api: str
+    process: subprocess.Popen[bytes]
+    out: Output
+    recorded: dict[int, int | None] = field_(default_factory=dict)
+
+    def record(self) -> None:
+        for pid in descendants(self.process.pid):
+            self.recorded.setdefault(pid, start_time(pid))
+
+    def stop(self, sig: signal.Signals) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)  # by the supervisor's PID
+        try:
+            return self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"`cshare up` did not stop on {sig.name}:\n{self.out.text}")
+
+
+@contextlib.contextmanager
+def running_up(tmp_path: Path, stop: signal.Signals) -> Iterator[RunningUp]:
+    """`.venv/bin/cshare up` on a fresh CSHARE_HOME and free ports (the README's first
+    command, last part), nothing in the real home. On leaving the block it is stopped with
+    `stop` and, unless the block failed, must have stopped cleanly: exit 0, "Stopped."
+    printed, no process it started left."""
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CSHARE_", "PREFECT_"))}
+    port = _free_port()
     env.update(
         CSHARE_HOME=str(home),
-        CSHARE_PORT=str(_free_port()),
+        CSHARE_PORT=str(port),
         CSHARE_PREFECT_PORT=str(_free_port()),
         CSHARE_CONFIG=str(tmp_path / "cli" / "config.toml"),
-        HOME=str(tmp_path),  # nothing may land in the real home
+        HOME=str(tmp_path),
         COLUMNS="200",
     )
-    # The README's first command, last part.
-    up = subprocess.Popen(
+    process = subprocess.Popen(
         [str(CSHARE), "up"],
         env=env,
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    out = Output(up.stdout)
-    recorded: dict[int, int | None] = {}
-
-    def record() -> None:
-        for pid in descendants(up.pid):
-            recorded.setdefault(pid, start_time(pid))
-
+    up = RunningUp(home, env, f"http://127.0.0.1:{port}", process, Output(process.stdout))
     try:
-        text = out.wait_for("Press Ctrl-C to stop", START_TIMEOUT_S, up)
+        yield up
+    except BaseException:
+        up.stop(stop)
+        raise
+    code = up.stop(stop)
+    assert code == 0, up.out.text
+    assert "Stopped." in up.out.text
+    left = [pid for pid, started in up.recorded.items() if alive(pid, started)]
+    assert not left, f"processes left behind: {left}"
+
+
+def test_cshare_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
+    missing = _missing_commands()
+    if missing:
+        pytest.skip(f"needs the `cshare {'`, `cshare '.join(missing)}` command(s), not built yet")
+    with running_up(tmp_path, signal.SIGINT) as up:
+        home, env, out, record = up.home, up.env, up.out, up.record
+        text = out.wait_for("Press Ctrl-C to stop", START_TIMEOUT_S, up.process)
         record()
         docs, prefect_ui = field(text, "API docs"), field(text, "Prefect UI")
         email, password = field(text, "Admin"), field(text, "Password")
@@ -158,17 +200,5 @@ def test_cshare_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
             )
             state = job.get("state")
         record()
-        assert recorded, "the stack started no child process?"
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-        try:
-            code = up.wait(90)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            pytest.fail(f"`cshare up` did not stop on SIGINT:\n{out.text}")
-    assert code == 0, out.text
-    assert "Stopped." in out.text
-    left = [pid for pid, started in recorded.items() if alive(pid, started)]
-    assert not left, f"processes left behind: {left}"
+        assert up.recorded, "the stack started no child process?"
     assert not (home / "stack.pid").exists()

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.cli.up.processes import alive, descendants, start_time
-from tests.e2e.test_up import CSHARE, REPO_ROOT, START_TIMEOUT_S, Output, _free_port
+from api.cli.up.processes import start_time
+from tests.e2e.test_up import CSHARE, REPO_ROOT, START_TIMEOUT_S, Output, running_up
 
 pytestmark = [
     pytest.mark.prefect,
@@ -63,34 +63,9 @@ def _wait_restarted(
 
 
 def test_killed_children_come_back_and_the_stack_keeps_working(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CSHARE_", "PREFECT_"))}
-    port = _free_port()
-    env.update(
-        CSHARE_HOME=str(home),
-        CSHARE_PORT=str(port),
-        CSHARE_PREFECT_PORT=str(_free_port()),
-        CSHARE_CONFIG=str(tmp_path / "cli" / "config.toml"),
-        HOME=str(tmp_path),
-        COLUMNS="200",
-    )
-    api = f"http://127.0.0.1:{port}"
-    up = subprocess.Popen(
-        [str(CSHARE), "up"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    out = Output(up.stdout)
-    recorded: dict[int, int | None] = {}
-
-    def record() -> None:
-        for pid in descendants(up.pid):
-            recorded.setdefault(pid, start_time(pid))
-
-    try:
-        out.wait_for("Press Ctrl-C to stop", START_TIMEOUT_S, up)
+    with running_up(tmp_path, signal.SIGTERM) as up:
+        home, env, api, out, record = up.home, up.env, up.api, up.out, up.record
+        out.wait_for("Press Ctrl-C to stop", START_TIMEOUT_S, up.process)
         record()
         first = _children(env)
         assert {n: c["state"] for n, c in first.items()} == {
@@ -174,20 +149,8 @@ def test_killed_children_come_back_and_the_stack_keeps_working(tmp_path: Path) -
         assert final["agent"]["restarts"] == 0, final
         for child in final.values():
             assert child["pid"] is not None
-            recorded.setdefault(child["pid"], start_time(child["pid"]))
+            up.recorded.setdefault(child["pid"], start_time(child["pid"]))
         client.close()
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)  # by the supervisor's PID
-        try:
-            code = up.wait(90)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            pytest.fail(f"`cshare up` did not stop on SIGTERM:\n{out.text}")
-    assert code == 0, out.text
-    assert "Stopped." in out.text
-    left = [pid for pid, started in recorded.items() if alive(pid, started)]
-    assert not left, f"processes left behind: {left}"
     after = _status(env, "--json")
     assert after.returncode == 1  # not running
     report = json.loads(after.stdout)
