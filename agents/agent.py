@@ -168,12 +168,20 @@ class Agent:
     async def run(self) -> int:
         """Serve until a reason to stop, then end cleanly; the exit status."""
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._watch_signals, signals)
-                group.start_soon(self._serve)
-                await self._stop.wait()
-                await self._wind_down()
-                group.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._watch_signals, signals)
+                    group.start_soon(self._serve)
+                    await self._stop.wait()
+                    await self._wind_down()
+                    group.cancel_scope.cancel()
+            except (Exception, BaseExceptionGroup) as exc:
+                if not self._stop.is_set():
+                    raise
+                # Once the agent stops, its pieces may fail as their credential dies
+                # under them (the worker's client closed, a 401 mid-request): that is
+                # part of ending, not a crash; one line says what it was.
+                log.info("while stopping: %s", _describe(exc))
         say(self._last_words())
         return self._exit_code
 
@@ -343,9 +351,9 @@ class Agent:
                     await self._run_worker()
             except Exception as exc:
                 if not self._stop.is_set():
-                    say(f"The worker stopped ({type(exc).__name__}: {exc}); restarting it.")
+                    say(f"The worker stopped ({_describe(exc)}); restarting it.")
                 else:
-                    log.info("the worker ended with %s: %s", type(exc).__name__, exc)
+                    log.info("the worker ended with %s", _describe(exc))
             else:
                 if not self._stop.is_set():
                     say("The worker stopped; restarting it.")
@@ -401,3 +409,17 @@ class Agent:
                 await worker.start(printer=lambda *a, **_k: say(" ".join(str(x) for x in a)))
             finally:
                 self._worker = None
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one error inside nested exception groups (anyio task groups wrap them)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    exc = _unwrap(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
