@@ -155,6 +155,19 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class JobSubrun(Base):
+    """A subflow run a job's flow created (through the Prefect proxy): it acts with its
+    job's identity, so the job's credential may write it and whoever sees the job sees
+    it. Rows go with their job."""
+
+    __tablename__ = "job_subruns"
+
+    flow_run_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    parent_flow_run_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Schedule(Base):
     """A cron schedule on a deployment, attributed to the member who created it."""
 

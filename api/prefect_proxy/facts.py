@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from flows.gateway import work_pool_name
 from flows.jobs import visible_jobs
-from flows.models import CANCELLING, RUNNING, SCHEDULED, Deployment, Job
+from flows.models import CANCELLING, RUNNING, SCHEDULED, Deployment, Job, JobSubrun
 from orgs import settings_doc
 from orgs.models import Organization
 from policies.prefect_rules import (
@@ -50,7 +50,17 @@ def run_facts(session: Session, run_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID,
     if not ids:
         return {}
     jobs = session.scalars(select(Job).where(Job.flow_run_id.in_(ids)))
-    return {job.flow_run_id: _facts(job) for job in jobs if job.flow_run_id is not None}
+    found = {job.flow_run_id: _facts(job) for job in jobs if job.flow_run_id is not None}
+    rest = [i for i in ids if i not in found]
+    if rest:
+        # A subflow run acts as its job: the same facts.
+        subruns = session.execute(
+            select(JobSubrun.flow_run_id, Job)
+            .join(Job, Job.id == JobSubrun.job_id)
+            .where(JobSubrun.flow_run_id.in_(rest))
+        ).all()
+        found.update((run_id, _facts(job)) for run_id, job in subruns)
+    return found
 
 
 def allowed_runs(
@@ -63,21 +73,30 @@ def allowed_runs(
 
 
 def scope_run_ids(session: Session, actor: Actor) -> list[uuid.UUID]:
-    """The runs a filter with no ids of its own is narrowed to (newest first)."""
-    stmt = select(Job.flow_run_id).where(Job.flow_run_id.is_not(None))
+    """The runs a filter with no ids of its own is narrowed to (newest first): the
+    actor's jobs' runs, then their subflow runs."""
     if actor.principal is Principal.job:
-        stmt = stmt.where(Job.id == actor.job_id)
+        where: tuple[Any, ...] = (Job.id == actor.job_id,)
     elif actor.principal is Principal.machine:
-        stmt = stmt.where(
+        where = (
             Job.org_id == actor.org_id,
             Job.machine_id == actor.machine_id,
             Job.state.in_(_HELD_BY_MACHINE),
         )
     else:
         assert actor.viewer is not None
-        stmt = stmt.where(visible_jobs(actor.viewer))
-    stmt = stmt.order_by(Job.created_at.desc()).limit(SCOPE_LIMIT)
-    return [i for i in session.scalars(stmt) if i is not None]
+        where = (visible_jobs(actor.viewer),)
+    runs = select(Job.flow_run_id).where(Job.flow_run_id.is_not(None), *where)
+    runs = runs.order_by(Job.created_at.desc()).limit(SCOPE_LIMIT)
+    ids = [i for i in session.scalars(runs) if i is not None]
+    subruns = (
+        select(JobSubrun.flow_run_id)
+        .join(Job, Job.id == JobSubrun.job_id)
+        .where(*where)
+        .order_by(JobSubrun.created_at.desc())
+        .limit(SCOPE_LIMIT)
+    )
+    return ids + list(session.scalars(subruns))
 
 
 def org_pools(session: Session, org_id: uuid.UUID) -> frozenset[str]:

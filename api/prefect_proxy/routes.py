@@ -22,6 +22,7 @@ from api.prefect_proxy import actions, browser, facts, scoping
 from api.prefect_proxy.browser import UiCaller
 from api.prefect_proxy.principals import authenticate, credential_from_header
 from api.prefect_proxy.upstream import Upstream, json_back, stream_back
+from flows import subruns
 from flows.gateway import PrefectGateway
 from flows.jobs import AdmissionRejected
 from orgs.db import Database
@@ -526,6 +527,61 @@ async def _create_flow_run(
     return await p.read_run(job.flow_run_id, status=201)
 
 
+# What would route a run to a worker, or run it elsewhere: a subflow runs in its
+# parent's process, never through a pool.
+_SUBFLOW_REFUSED: Final = ("deployment_id", "work_pool_name", "work_queue_name", "job_variables")
+
+
+async def _create_subflow_run(
+    p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
+) -> Response:
+    """`POST /flow_runs/` by a job's flow: a subflow run under one of the job's task
+    runs, recorded under the job (flows.subruns). Anything else is a run Compute Share
+    did not admit, so it is refused."""
+    body = await p.read_json(r)
+    if not isinstance(body, dict):
+        raise ProxyError(422, "invalid", "The body must be a JSON object.")
+    refused = [k for k in _SUBFLOW_REFUSED if body.get(k)]
+    if refused:
+        require(
+            Decision(
+                False,
+                "subflow_only",
+                f"A job may create subflow runs only; {', '.join(refused)} would run it "
+                "elsewhere. Submit a deployment run as a job instead.",
+            )
+        )
+    parent_task = _uuid_or_none(body.get("parent_task_run_id"))
+    if parent_task is None:
+        require(
+            Decision(
+                False,
+                "subflow_only",
+                "A job may create subflow runs only (with a parent_task_run_id of its own).",
+            )
+        )
+    assert parent_task is not None
+    parent_run = await p.task_run_owner(parent_task)
+    if parent_run is None:
+        raise NotFound("No such parent task run.", code="task_run_not_found")
+    found = await p._db(facts.run_facts, [parent_run])
+    parent = found.get(parent_run)
+    require(check_run(a, Verb.write, parent))
+    assert parent is not None
+    status, created = await p.upstream.json("POST", "/flow_runs/", body)
+    run_id = _uuid_or_none(created.get("id")) if isinstance(created, dict) else None
+    if status not in (200, 201) or run_id is None:
+        return json_back(status, created)
+    await run_in_threadpool(
+        subruns.record,
+        p.db,
+        job_id=parent.job_id,
+        flow_run_id=run_id,
+        parent_flow_run_id=parent_run,
+    )
+    return json_back(status, created)
+
+
 async def _post_events(
     p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
 ) -> Response:
@@ -626,5 +682,6 @@ _SPECIAL: Final[dict[str, Handler]] = {
     "POST /work_pools/{name}/get_scheduled_flow_runs": _scheduled_runs,
     "POST /flow_runs/{id}/set_state": _set_state,
     "POST /deployments/{id}/create_flow_run": _create_flow_run,
+    "POST /flow_runs/": _create_subflow_run,
     "POST /events": _post_events,
 }

@@ -9,9 +9,15 @@ from prefect import flow
 
 
 @flow
-def trivial() -> str:
-    """Returns the job id the agent gave the run."""
+def job_id_here() -> str:
     return os.environ.get("CSHARE_JOB_ID", "")
+
+
+@flow
+def trivial() -> str:
+    """Returns the job id the agent gave the run, from a subflow: a subflow run is made
+    through the Prefect proxy with the job's own credential."""
+    return job_id_here()
 
 
 @flow

@@ -448,3 +448,87 @@ def test_events_out_relays_only_runs_in_scope(stack: Stack) -> None:
     assert mine in seen
     assert all(rid == mine for rid in seen)  # nothing about anyone else's runs
     assert mine not in _events_of(stack, org.slug, bob.token, 3)
+
+
+def _task_run(stack: Stack, token: str, flow_run_id: str) -> str:
+    """A task run in `flow_run_id`, made as Prefect's engine makes one."""
+    body = {
+        "flow_run_id": flow_run_id,
+        "name": f"child-{uuid.uuid4().hex[:6]}",
+        "task_key": "child",
+        "dynamic_key": uuid.uuid4().hex,
+        "state": {"type": "PENDING", "name": "Pending"},
+    }
+    r = stack.call("POST", "/task_runs/", token, json=body)
+    assert r.status_code in (200, 201), r.text
+    task_id: str = r.json()["id"]
+    return task_id
+
+
+def test_a_job_makes_subflow_runs_that_act_as_the_job(stack: Stack) -> None:
+    org = _org(stack, concurrent=5)
+    alice, bob = org.add_member(), org.add_member()
+    _, m1 = _machine(org, alice)
+    run1 = org.submit(alice, "train", parameters=EPOCHS).json()["flow_run_id"]
+    run2 = org.submit(bob, "train", parameters=EPOCHS).json()["flow_run_id"]
+    job1, job2 = _claim(org, m1, run1), _claim(org, m1, run2)
+
+    # As the engine does for `@flow` called inside a flow: a tracking task run in the
+    # parent, the child's flow by name, then the child run under that task run.
+    parent_task = _task_run(stack, job1, run1)
+    r = stack.call("POST", "/flows/", job1, json={"name": "child-flow"})
+    assert r.status_code in (200, 201), r.text
+    flow_id = r.json()["id"]
+    child_body = {
+        "flow_id": flow_id,
+        "parent_task_run_id": parent_task,
+        "state": {"type": "PENDING", "name": "Pending"},
+    }
+    r = stack.call("POST", "/flow_runs/", job1, json=child_body)
+    assert r.status_code in (200, 201), r.text
+    child = r.json()["id"]
+
+    # The child acts as the job: its states, task runs, logs, and the engine's reattach
+    # lookup by parent task run.
+    r = stack.call(
+        "POST", f"/flow_runs/{child}/set_state", job1, json={"state": {"type": "RUNNING"}}
+    )
+    assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text
+    _task_run(stack, job1, child)
+    line = {"name": "x", "level": 20, "message": "child", "timestamp": "2030-01-01T00:00:00Z"}
+    assert (
+        stack.call("POST", "/logs/", job1, json=[{**line, "flow_run_id": child}]).status_code == 201
+    )
+    found = stack.call(
+        "POST",
+        "/flow_runs/filter",
+        job1,
+        json={"flow_runs": {"parent_task_run_id": {"any_": [parent_task]}}},
+    )
+    assert [f["id"] for f in found.json()] == [child]
+    # A nested subflow is the same job's too.
+    nested_task = _task_run(stack, job1, child)
+    nested = {**child_body, "parent_task_run_id": nested_task}
+    r = stack.call("POST", "/flow_runs/", job1, json=nested)
+    assert r.status_code in (200, 201), r.text
+
+    # Who sees the job sees the child; nobody else touches it.
+    assert stack.call("GET", f"/flow_runs/{child}", alice.token, org.slug).status_code == 200
+    assert stack.call("GET", f"/flow_runs/{child}", bob.token, org.slug).status_code == 403
+    r = stack.call("POST", f"/flow_runs/{child}/set_state", job2, json=_pending())
+    assert r.status_code == 403 and r.json()["rule"] == "job_own_run"
+    # Another job cannot hang a run under this job's task run.
+    r = stack.call("POST", "/flow_runs/", job2, json=child_body)
+    assert r.status_code == 403 and r.json()["rule"] == "job_own_run", r.text
+
+    # Only subflow runs: no run without a parent of its own, none routed to a pool.
+    r = stack.call("POST", "/flow_runs/", job1, json={"flow_id": flow_id})
+    assert r.status_code == 403 and r.json()["rule"] == "subflow_only", r.text
+    own_task = _task_run(stack, job1, run1)
+    for extra in ({"work_pool_name": f"{org.slug}-cpu"}, {"deployment_id": str(uuid.uuid4())}):
+        body = {**child_body, "parent_task_run_id": own_task, **extra}
+        r = stack.call("POST", "/flow_runs/", job1, json=body)
+        assert r.status_code == 403 and r.json()["rule"] == "subflow_only", r.text
+    # A person's token never makes raw runs (that would skip admission).
+    r = stack.call("POST", "/flow_runs/", alice.token, org.slug, json=child_body)
+    assert r.status_code == 403

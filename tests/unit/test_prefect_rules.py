@@ -129,6 +129,13 @@ ACCESS_CASES = [
     ("POST", "/logs/", MEMBER, False),
     ("POST", "/logs", JOB, True),
     ("POST", "/task_runs/", MACHINE, False),
+    # Raw run creation: a job's subflow runs only (the handler checks the parent).
+    ("POST", "/flow_runs/", JOB, True),
+    ("POST", "/flow_runs", MEMBER, False),
+    ("POST", "/flow_runs/", ADMIN, False),
+    ("POST", "/flow_runs/", MACHINE, False),
+    ("POST", "/flows/", JOB, True),
+    ("POST", "/flows/", MEMBER, False),
     ("POST", "/work_pools/acme-cpu/get_scheduled_flow_runs", MACHINE, True),
     ("POST", "/work_pools/acme-cpu/get_scheduled_flow_runs", ADMIN, False),
     ("GET", "/admin/storage", MEMBER, False),
@@ -150,7 +157,6 @@ def test_endpoint_access(method: str, path: str, actor: Actor, allowed: bool) ->
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/flow_runs/"),  # raw run creation skips admission
         ("GET", "/block_documents/abc"),  # blocks hold secrets
         ("GET", "/variables/name/x"),
         ("DELETE", "/flow_runs/abc"),
