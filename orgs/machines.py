@@ -520,6 +520,26 @@ def authenticate(session: Session, token: str) -> Machine:
     return machine
 
 
+# How long a removed machine's agent is told why its token stopped working; after that
+# it hears "unknown token" like any stale credential (the agent asks within seconds).
+RETIRED_TOKEN_KEEP: Final = timedelta(days=30)
+
+
+def prune_retired_tokens(session: Session, now: datetime) -> int:
+    """Forget retired-token reasons older than RETIRED_TOKEN_KEEP; how many. Commits."""
+    stale = session.scalars(
+        select(RetiredMachineToken.token_hash).where(
+            RetiredMachineToken.retired_at < now - RETIRED_TOKEN_KEEP
+        )
+    ).all()
+    for token_hash in stale:
+        row = session.get(RetiredMachineToken, token_hash)
+        if row is not None:
+            session.delete(row)
+    session.commit()
+    return len(stale)
+
+
 def heartbeat(session: Session, machine: Machine, *, running: int, now: datetime) -> Machine:
     """Record that the agent is alive and how many runs it has. No commit."""
     machine.last_heartbeat_at = now

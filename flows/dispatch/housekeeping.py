@@ -7,7 +7,8 @@ for a while. This service runs `catalog.collect_garbage` every
 `CSHARE_DATASET_GC_INTERVAL_S` (0 turns it off). Several API replicas may run it at
 once: each blob is decided under its row lock, so bytes a live version shares with a
 deleted one (the default store is content-addressed across organizations) stay. It
-also removes upload temp files a killed process left in the local default store.
+also removes upload temp files a killed process left in the local default store, and
+forgets why removed machines' tokens stopped working after 30 days.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import logging
 from datasets import catalog, stores
 from datasets.local import LocalStorage
 from flows.dispatch.service import Service
+from orgs import machines
 from orgs.config import Settings
-from orgs.db import Database
+from orgs.db import Database, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class DatasetGarbageCollector(Service):
         """One pass; returns how many objects were removed."""
         with self.db.session() as session:
             purged = catalog.collect_garbage(session, self.settings)
+        with self.db.session() as session:
+            machines.prune_retired_tokens(session, utcnow())
         if purged:
             log.info("dataset housekeeping removed %d unreferenced objects", purged)
         backend = stores.default_store(self.settings)

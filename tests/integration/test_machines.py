@@ -188,6 +188,15 @@ def test_removing_machines_own_and_others(api: ApiClient) -> None:
     assert "was removed" in r.json()["detail"]
     assert _actions(api, slug).count("machine.removed") == 2
 
+    # The reason is kept for 30 days, then the token is only unknown.
+    with api.db.session() as session:
+        assert registry.prune_retired_tokens(session, utcnow()) == 0
+    with api.db.session() as session:
+        later = utcnow() + registry.RETIRED_TOKEN_KEEP + timedelta(minutes=1)
+        assert registry.prune_retired_tokens(session, later) == 2
+    r = api.client.post("/api/v1/agent/heartbeat", headers=_agent(token), json={"running": []})
+    assert r.status_code == 401 and r.json()["error"] == "bad_machine_token"
+
 
 def test_a_dead_token_says_why_it_died(api: ApiClient) -> None:
     """The agent is told which end it met (agents.agent exits 3 on each), by a stable
