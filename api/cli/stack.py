@@ -39,6 +39,33 @@ def up(
     agent: Annotated[
         bool, typer.Option("--agent/--no-agent", help="Run a local agent for this machine.")
     ] = True,
+    sqlite: Annotated[
+        bool,
+        typer.Option(
+            "--sqlite",
+            help="SQLite files under CSHARE_HOME instead of the embedded PostgreSQL (small "
+            "trials; Prefect stalls on SQLite's write lock under load).",
+        ),
+    ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="CSHARE_DATABASE_URL",
+            help="An external PostgreSQL for Compute Share (default: the embedded one).",
+            show_default=False,
+        ),
+    ] = None,
+    prefect_database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--prefect-database-url",
+            envvar="CSHARE_PREFECT_DATABASE_URL",
+            help="An external database for Prefect (postgresql+asyncpg://...; default: the "
+            "embedded PostgreSQL's `prefect` database).",
+            show_default=False,
+        ),
+    ] = None,
     log_format: LogFormatOpt = None,
     status: Annotated[
         bool,
@@ -49,9 +76,9 @@ def up(
     ] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run the embedded stack on this machine: Prefect, the API with its dispatcher, and a
-    local agent, each restarted if it crashes. Data lives in CSHARE_HOME (default
-    ~/.cshare); Ctrl-C stops everything."""
+    """Run the embedded stack on this machine: PostgreSQL, Prefect, the API with its
+    dispatcher, and a local agent, each restarted if it crashes. Data lives in CSHARE_HOME
+    (default ~/.cshare); Ctrl-C stops everything."""
     from api.cli.up.errors import StackError
     from api.cli.up.stack import Stack, StackOptions
     from orgs.config import Settings
@@ -68,7 +95,9 @@ def up(
         prefect_port=prefect_port,
         demo=demo,
         agent=agent,
-        database_url=settings.database_url,
+        database_url=database_url or settings.database_url,
+        prefect_database_url=prefect_database_url,
+        sqlite=sqlite,
         log_format=chosen,
     )
     try:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.cli.up.postgres import SYSTEM_ROOT, EmbeddedPostgres
 from api.cli.up.processes import alive, descendants, start_time
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -135,15 +137,21 @@ def running_up(tmp_path: Path, stop: signal.Signals) -> Iterator[RunningUp]:
     )
     up = RunningUp(home, env, f"http://127.0.0.1:{port}", process, Output(process.stdout))
     try:
-        yield up
-    except BaseException:
-        up.stop(stop)
-        raise
-    code = up.stop(stop)
-    assert code == 0, up.out.text
-    assert "Stopped." in up.out.text
-    left = [pid for pid, started in up.recorded.items() if alive(pid, started)]
-    assert not left, f"processes left behind: {left}"
+        try:
+            yield up
+        except BaseException:
+            up.stop(stop)
+            raise
+        code = up.stop(stop)
+        assert code == 0, up.out.text
+        assert "Stopped." in up.out.text
+        left = [pid for pid, started in up.recorded.items() if alive(pid, started)]
+        assert not left, f"processes left behind: {left}"
+    finally:
+        # As root the embedded PostgreSQL keeps its cluster outside the temp dir.
+        cluster = EmbeddedPostgres(home).root
+        if cluster.is_relative_to(SYSTEM_ROOT):
+            shutil.rmtree(cluster, ignore_errors=True)
 
 
 def test_cshare_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ def test_killed_children_come_back_and_the_stack_keeps_working(tmp_path: Path) -
         record()
         first = _children(env)
         assert {n: c["state"] for n, c in first.items()} == {
+            "postgres": "running",
             "prefect": "running",
             "api": "running",
             "agent": "running",
@@ -156,6 +157,7 @@ def test_killed_children_come_back_and_the_stack_keeps_working(tmp_path: Path) -
     report = json.loads(after.stdout)
     assert report["state"] == "stopped"
     assert {c["name"]: c["state"] for c in report["children"]} == {
+        "postgres": "stopped",
         "prefect": "stopped",
         "api": "stopped",
         "agent": "stopped",

@@ -4,6 +4,7 @@ agent's token (straight through the services; idempotent)."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ def bootstrap(home: Path, database_url: str | None) -> Bootstrap:
     from orgs.db import Database
     from orgs.models import Membership, Organization, User
 
+    # Each migration's line is noise on the console of `cshare up`.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = Settings(home=home, database_url=database_url)
     db = Database(settings.resolved_database_url())
     state_path = home / "stack.json"

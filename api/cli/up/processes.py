@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httpx
 
@@ -151,19 +152,37 @@ class Child:
         return self.log.tail(lines)
 
 
+def as_user(user: str | None) -> dict[str, Any]:
+    """Popen's arguments to run as `user` with that user's own group only (keeping
+    root's groups would let group bits decide what it may reach)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def spawn(
-    name: str, args: Sequence[str], *, env: dict[str, str], log: ChildLog, cwd: Path
+    name: str,
+    args: Sequence[str],
+    *,
+    env: dict[str, str],
+    log: ChildLog,
+    cwd: Path,
+    user: str | None = None,
 ) -> Child:
     """Start a child in its own session, its output going to `log`. Call it from the
     main thread only: the parent-death signal fires when the spawning thread ends."""
+    # As another user the hop through our interpreter may not even be readable; that
+    # child (the embedded PostgreSQL) is cleaned up at the next start instead.
     process = subprocess.Popen(
-        _with_parent_death_signal(args),
+        list(args) if user else _with_parent_death_signal(args),
         env=env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        **as_user(user),
     )
     assert process.stdout is not None
     log.follow(process.stdout, name)

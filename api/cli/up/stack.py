@@ -22,6 +22,7 @@ from api.cli.up.bootstrap import Bootstrap, bootstrap
 from api.cli.up.demo import DEMO_MACHINE_TYPE, code_dir, run_demo
 from api.cli.up.errors import StackError
 from api.cli.up.home import private_dir, read_or_create_secret
+from api.cli.up.postgres import EmbeddedPostgres
 from api.cli.up.processes import Child, check_port, clean_env, start_time, wait_until
 from api.cli.up.restarts import RestartPolicy
 from api.cli.up.status import StackState, StackStatus, iso, utcnow, write_status
@@ -31,6 +32,7 @@ VENV_BIN: Final = Path(sys.executable).parent
 PREFECT_START_TIMEOUT_S: Final = 180.0  # a first start migrates Prefect's database
 API_START_TIMEOUT_S: Final = 90.0
 AGENT_ONLINE_TIMEOUT_S: Final = 60.0
+POSTGRES_START_TIMEOUT_S: Final = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class StackOptions:
     prefect_port: int = 4200
     demo: bool = False
     agent: bool = True
-    database_url: str | None = None  # default: SQLite under home
+    database_url: str | None = None  # default: the embedded PostgreSQL (api.cli.up.postgres)
+    prefect_database_url: str | None = None  # default: the same server's `prefect` database
+    sqlite: bool = False  # SQLite files under home for both (small trials)
     log_format: str = "text"  # the API's and the agent's (agents/logsetup.py)
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     out: TextIO = field(default=sys.stdout, repr=False)
@@ -71,6 +75,9 @@ class Stack:
         self._stop = threading.Event()
         self._signal: int | None = None
         self._lock_file: TextIO | None = None
+        # Chosen at start (see _choose_databases): Compute Share's and Prefect's.
+        self._database_url: str | None = options.database_url
+        self._prefect_database_url = ""
 
     # -- printing ---------------------------------------------------------------------
 
@@ -148,10 +155,13 @@ class Stack:
             self.home / "secrets" / "prefect-auth", lambda: secrets.token_urlsafe(32)
         )
         self.say(f"Starting Compute Share in {self.home} ...")
+        self._choose_databases()
+        if self._interrupted():
+            return 130
         self._start_prefect(auth)
         if self._interrupted():
             return 130
-        boot = bootstrap(self.home, self.o.database_url)
+        boot = bootstrap(self.home, self._database_url)
         self._start_api(auth)
         if self._interrupted():
             return 130
@@ -231,15 +241,66 @@ class Stack:
     def _log(self, name: str) -> Path:
         return private_dir(self.home / "logs") / f"{name}.log"
 
+    def _choose_databases(self) -> None:
+        """The embedded PostgreSQL for both, unless told otherwise: `--sqlite` (or a
+        home that already holds SQLite data: never left behind silently), or external
+        URLs (`--database-url`, `--prefect-database-url`)."""
+        prefect_sqlite = f"sqlite+aiosqlite:///{private_dir(self.home / 'prefect')}/prefect.db"
+        pg = EmbeddedPostgres(self.home)
+        legacy = (self.home / "cshare.db").exists() and not pg.exists()
+        if self.o.sqlite or (legacy and not self.o.database_url):
+            if legacy and not self.o.sqlite:
+                self.say(
+                    "  This CSHARE_HOME holds SQLite data from an earlier `cshare up`: staying "
+                    "on SQLite (as with --sqlite). The data does not move by itself: for the "
+                    "embedded PostgreSQL, start with a new CSHARE_HOME and register your "
+                    "machines and deployments there (docs/embedded.md)."
+                )
+            self._prefect_database_url = self.o.prefect_database_url or prefect_sqlite
+            return
+        if self.o.database_url and self.o.prefect_database_url:
+            self._prefect_database_url = self.o.prefect_database_url
+            return
+        self._start_postgres(pg)
+        self._database_url = self.o.database_url or pg.url("cshare")
+        # Prefect's own migrations need the pg_trgm extension, which the pgserver wheel
+        # does not ship: Prefect stays on SQLite unless given a PostgreSQL of its own.
+        self._prefect_database_url = self.o.prefect_database_url or prefect_sqlite
+
+    def _start_postgres(self, pg: EmbeddedPostgres) -> Child:
+        pg.prepare()
+        child = self._supervise_child(
+            ChildSpec(
+                "postgres",
+                "PostgreSQL",
+                pg.args(),
+                clean_env(),
+                pg.root,
+                self._log("postgres"),
+                user=pg.user,
+            )
+        )
+        self.say(f"  PostgreSQL (pid {child.pid}) in {pg.data} ...")
+        wait_until(
+            lambda: self._interrupted() or pg.ready(),
+            timeout_s=POSTGRES_START_TIMEOUT_S,
+            child=child,
+            what="PostgreSQL",
+        )
+        if not self._interrupted():
+            pg.ensure_databases()
+        return child
+
     def _start_prefect(self, auth: str) -> Child:
         prefect_home = private_dir(self.home / "prefect")
         env = clean_env()
+        on_sqlite = self._prefect_database_url.startswith("sqlite")
         env.update(
             PREFECT_HOME=str(prefect_home),
-            PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{prefect_home}/prefect.db",
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=self._prefect_database_url,
             PREFECT_SERVER_API_AUTH_STRING=auth,
             # On SQLite the late-runs service fights request handlers for the write lock.
-            PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
+            PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED=str(not on_sqlite).lower(),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_SERVER_API_HOST=self.o.host,
             PREFECT_SERVER_API_PORT=str(self.o.prefect_port),
@@ -279,8 +340,8 @@ class Stack:
             # The embedded stack is the one place the dispatcher must run.
             CSHARE_DISPATCHER_ENABLED="true",
         )
-        if self.o.database_url:
-            env["CSHARE_DATABASE_URL"] = self.o.database_url
+        if self._database_url:
+            env["CSHARE_DATABASE_URL"] = self._database_url
         return env
 
     def _start_api(self, auth: str) -> Child:

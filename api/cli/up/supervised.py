@@ -23,6 +23,7 @@ class ChildSpec:
     env: dict[str, str]
     cwd: Path
     log_path: Path
+    user: str | None = None  # run as this system user (root only: the embedded PostgreSQL)
 
 
 class Supervised:
@@ -49,6 +50,7 @@ class Supervised:
             env=self.spec.env,
             log=self.log,
             cwd=self.spec.cwd,
+            user=self.spec.user,
         )
         self.state = ChildState.RUNNING
         self._started_at = utcnow()
