@@ -179,3 +179,28 @@ def test_options_from_environ() -> None:
     assert opts.args() == ["--find-links", "/w1", "--find-links", "/w2", "--no-index"]
     assert opts.env() == {"UV_INDEX_URL": "https://pypi.example/simple"}
     assert sys.executable  # the default base interpreter
+
+
+def test_concurrent_callers_build_once(tmp_path: Path, wheels: Path) -> None:
+    import threading
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "requirements.txt").write_text("cshare_testdep==1.0\n")
+    cache = tmp_path / "cache"
+    lines: list[str] = []
+    results: list[pyenv.PythonEnv | None] = []
+
+    def call() -> None:
+        results.append(ensure_env(bundle, cache, log=lines.append, options=offline(wheels)))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 3 and len({r.path for r in results if r is not None}) == 1
+    assert sum("Installing" in line for line in lines) == 1  # one uv run, under the lock
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == [
+        results[0].digest if results[0] else ""
+    ]
