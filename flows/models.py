@@ -106,6 +106,8 @@ class Job(Base):
         # index alone, on every submission and release.
         Index("ix_jobs_org_user_state_type", "org_id", "user_id", "state", "machine_type"),
         Index("ix_jobs_org_state_type", "org_id", "state", "machine_type"),
+        # A deployment's concurrency_limit counts its active jobs (migration 0024).
+        Index("ix_jobs_deployment_state", "deployment_id", "state"),
         # Overview and usage views (orgs.usage_views; migrations 0006 and 0007).
         Index("ix_jobs_org_ended", "org_id", "ended_at", "started_at", "machine_type", "user_id"),
         Index("ix_jobs_org_created", "org_id", "created_at"),

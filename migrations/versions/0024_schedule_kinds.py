@@ -5,7 +5,8 @@ Revises: 0020
 
 Columns only (ADD COLUMN, in place on SQLite too): `schedules.kind` (cron | interval |
 rrule) with `interval_s`, `anchor_date`, `rrule`, and `declared` (from a prefect.yaml);
-`deployments.concurrency_limit` and `collision_strategy` (enforced by our admission).
+`deployments.concurrency_limit` and `collision_strategy` (enforced by our admission),
+and the index its count uses (`ix_jobs_deployment_state`).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def upgrade() -> None:
             "collision_strategy", sa.String(length=16), nullable=False, server_default="enqueue"
         ),
     )
+    op.create_index("ix_jobs_deployment_state", "jobs", ["deployment_id", "state"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_deployment_state", table_name="jobs")
     with op.batch_alter_table("deployments") as batch:
         batch.drop_column("collision_strategy")
         batch.drop_column("concurrency_limit")
