@@ -256,3 +256,29 @@ def test_bad_schedule_in_the_file_changes_nothing(
     assert "rrule" in err and "FREQ=SOMETIMES" in err
     api, org = _api
     assert api.get(f"/orgs/{slug}/deployments", org.owner).json()["items"] == []
+
+
+def test_prefect_backend_activates_every_kind_in_prefect(
+    database: Database, prefect_gateway: PrefectGateway
+) -> None:
+    slug = f"pb{uuid.uuid4().hex[:6]}"
+    with jobs_app(database, prefect_gateway, schedules_backend="prefect") as api:
+        org = setup_org(api, slug, limits_doc())
+        dep = org.deploy(
+            "train",
+            schedules=[
+                {"interval_s": 3600, "timezone": "Europe/Paris"},
+                {"rrule": "FREQ=DAILY;BYHOUR=6", "active": False},
+            ],
+        )
+        try:
+            got = {
+                next(k for k in ("interval", "rrule") if k in x["schedule"]): x
+                for x in prefect_schedules(prefect_gateway, dep)
+            }
+            # Prefect's scheduler makes these runs: active there unless paused in the file.
+            assert got["interval"]["active"] is True
+            assert got["interval"]["schedule"]["timezone"] == "Europe/Paris"
+            assert got["rrule"]["active"] is False
+        finally:
+            api.delete(f"/orgs/{slug}/deployments/train", org.owner)
