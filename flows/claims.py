@@ -273,6 +273,7 @@ def _claim_from_ledger(
         exclude_job_id=job.id,
         for_release=True,
         lock=True,
+        deployment_id=job.deployment_id,
     )
     decision = decide(snapshot)
     if isinstance(decision, Accept):
@@ -366,7 +367,15 @@ def _adopt(
             )
         ).first()
     request = JobRequest(machine_type=machine.machine_type, deployment_known=deployment is not None)
-    snapshot = admission_snapshot(session, org, user.id, role, request, lock=True)
+    snapshot = admission_snapshot(
+        session,
+        org,
+        user.id,
+        role,
+        request,
+        lock=True,
+        deployment_id=deployment.id if deployment is not None else None,
+    )
     decision = decide(snapshot)
     if isinstance(decision, Reject):
         return reject(decision.reason, decision.rule)

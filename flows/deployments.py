@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from flows import ledger
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import ACTIVE_STATES, HELD, Deployment, Job, Project, Schedule
+from flows.schedule_kinds import spec_of
 from orgs import audit, settings_doc
 from orgs.context import OrgContext
 from orgs.db import utcnow
@@ -75,6 +76,14 @@ class DeploymentSpec:
     parameter_schema: Mapping[str, Any] = field(default_factory=dict)
     job_variables: Mapping[str, Any] = field(default_factory=dict)
     pull_steps: Sequence[Mapping[str, Any]] | None = None
+    # At most this many jobs of the deployment hold a slot at once (None: no limit);
+    # beyond it a new job is held (`enqueue`) or rejected (`cancel_new`).
+    concurrency_limit: int | None = None
+    collision_strategy: str = "enqueue"
+    version: str | None = None
+
+
+COLLISION_STRATEGIES: Final = ("enqueue", "cancel_new")
 
 
 def prefect_deployment_name(org_slug: str, name: str) -> str:
@@ -199,6 +208,15 @@ def _validate_spec(org: Organization, spec: DeploymentSpec) -> DeploymentSpec:
                 field="parameter_schema",
             ) from None
         validate_parameters(schema, spec.parameters, flow=f"flow '{flow_name}'", complete=False)
+    if spec.concurrency_limit is not None and not 1 <= spec.concurrency_limit <= 10_000:
+        raise Invalid("concurrency_limit must be 1-10000 (or absent).", field="concurrency_limit")
+    if spec.collision_strategy not in COLLISION_STRATEGIES:
+        raise Invalid(
+            f"collision_strategy must be one of {', '.join(COLLISION_STRATEGIES)}.",
+            field="collision_strategy",
+        )
+    if spec.version is not None and not 1 <= len(spec.version) <= 128:
+        raise Invalid("The version must be 1-128 characters.", field="version")
     return DeploymentSpec(
         name=spec.name,
         entrypoint=spec.entrypoint,
@@ -211,6 +229,9 @@ def _validate_spec(org: Organization, spec: DeploymentSpec) -> DeploymentSpec:
         parameter_schema=schema,
         job_variables=dict(spec.job_variables),
         pull_steps=spec.pull_steps,
+        concurrency_limit=spec.concurrency_limit,
+        collision_strategy=spec.collision_strategy,
+        version=spec.version,
     )
 
 
@@ -251,6 +272,8 @@ def _snapshot(dep: Deployment) -> dict[str, Any]:
         "flow_name": dep.flow_name,
         "tags": list(dep.tags or []),
         "parameters": dict(dep.parameters or {}),
+        "concurrency_limit": dep.concurrency_limit,
+        "collision_strategy": dep.collision_strategy,
     }
 
 
@@ -300,14 +323,16 @@ def register(
         tags=[*spec.tags, f"org:{slug}"],
         description=spec.description or None,
         job_variables=spec.job_variables,
+        version=spec.version,
+        # No Prefect concurrency_limit: our admission enforces the limit (held jobs with
+        # a reason); Prefect's would park runs we already admitted, behind our back.
     )
     # Prefect's upsert drops the deployment's schedules; put ours back (same slugs).
     recreated: dict[uuid.UUID, uuid.UUID] = {}
     for sched in schedules:
         recreated[sched.id] = gateway.create_deployment_schedule(
             prefect_id,
-            cron=sched.cron,
-            timezone=sched.timezone,
+            schedule=spec_of(sched).prefect_schedule(),
             active=sched.active and schedules_backend == "prefect",
             parameters=sched.parameters,
             slug=schedule_slug(sched.id),
@@ -330,6 +355,8 @@ def register(
     dep.parameters = dict(spec.parameters)
     dep.parameter_schema = dict(spec.parameter_schema)
     dep.job_variables = dict(spec.job_variables)
+    dep.concurrency_limit = spec.concurrency_limit
+    dep.collision_strategy = spec.collision_strategy
     dep.prefect_deployment_id = prefect_id
     dep.updated_at = utcnow()
     for sched_id, prefect_schedule_id in recreated.items():

@@ -893,17 +893,23 @@ class PrefectGateway:
         self,
         deployment_id: UUID,
         *,
-        cron: str,
+        cron: str | None = None,
         timezone: str = "UTC",
+        schedule: Mapping[str, Any] | None = None,
         active: bool = True,
         parameters: Mapping[str, Any] | None = None,
         slug: str | None = None,
     ) -> UUID:
-        """Add a cron schedule to a deployment; returns the Prefect schedule id.
+        """Add a schedule to a deployment; returns the Prefect schedule id.
 
-        With a `slug` the call is idempotent: an existing schedule of that slug is
-        updated to these values instead of a second one being created.
+        `schedule` is Prefect's schedule object (`{"cron"|"interval"|"rrule": ...,
+        "timezone": ...}`); `cron` + `timezone` is shorthand for a cron one. With a
+        `slug` the call is idempotent: an existing schedule of that slug is updated to
+        these values instead of a second one being created.
         """
+        body_schedule = (
+            dict(schedule) if schedule is not None else {"cron": cron, "timezone": timezone}
+        )
         if slug:
             for existing in self._get(f"/deployments/{deployment_id}/schedules"):
                 if existing.get("slug") == slug:
@@ -913,7 +919,7 @@ class PrefectGateway:
                         f"/deployments/{deployment_id}/schedules/{schedule_id}",
                         json={
                             "active": active,
-                            "schedule": {"cron": cron, "timezone": timezone},
+                            "schedule": body_schedule,
                             "parameters": dict(parameters or {}),
                         },
                     )
@@ -921,7 +927,7 @@ class PrefectGateway:
         body = [
             {
                 "active": active,
-                "schedule": {"cron": cron, "timezone": timezone},
+                "schedule": body_schedule,
                 "parameters": dict(parameters or {}),
                 "slug": slug,
             }

@@ -240,10 +240,16 @@ def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
     return _Prepared(dep, request, dict(spec.parameters), tags, inputs, outputs)
 
 
+def _dep_id(prep: _Prepared) -> uuid.UUID | None:
+    return prep.deployment.id if prep.deployment is not None else None
+
+
 def explain_submission(ctx: OrgContext, session: Session, spec: SubmitSpec) -> Explanation:
     """The decision, the rule and, for a hold, the queue position; creates nothing."""
     prep = _prepare(ctx, session, spec)
-    snapshot = admission_snapshot(session, ctx.org, ctx.user.id, ctx.role, prep.request)
+    snapshot = admission_snapshot(
+        session, ctx.org, ctx.user.id, ctx.role, prep.request, deployment_id=_dep_id(prep)
+    )
     outcomes = explain(snapshot)
     decision = _decide_from(outcomes, snapshot.limits, prep.request)
     resources = effective_resources(snapshot.limits, prep.request)
@@ -295,7 +301,9 @@ def submit(
     """
     prep = _prepare(ctx, session, spec)
     org, user = ctx.org, ctx.user
-    snapshot = admission_snapshot(session, org, user.id, ctx.role, prep.request, lock=True)
+    snapshot = admission_snapshot(
+        session, org, user.id, ctx.role, prep.request, lock=True, deployment_id=_dep_id(prep)
+    )
     if spec.idempotency_key is not None:
         existing = _by_idempotency_key(session, org.id, user.id, spec.idempotency_key)
         if existing is not None:

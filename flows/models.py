@@ -77,6 +77,10 @@ class Deployment(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     parameter_schema: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     job_variables: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # prefect.yaml `concurrency_limit`: enforced by our admission (policies.admission
+    # `deployment_concurrency`), never by Prefect. `enqueue`: hold; `cancel_new`: reject.
+    concurrency_limit: Mapped[int | None] = mapped_column(nullable=True)
+    collision_strategy: Mapped[str] = mapped_column(String(16), default="enqueue")
     prefect_deployment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     created_by: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
@@ -102,6 +106,8 @@ class Job(Base):
         # index alone, on every submission and release.
         Index("ix_jobs_org_user_state_type", "org_id", "user_id", "state", "machine_type"),
         Index("ix_jobs_org_state_type", "org_id", "state", "machine_type"),
+        # A deployment's concurrency_limit counts its active jobs (migration 0024).
+        Index("ix_jobs_deployment_state", "deployment_id", "state"),
         # Overview and usage views (orgs.usage_views; migrations 0006 and 0007).
         Index("ix_jobs_org_ended", "org_id", "ended_at", "started_at", "machine_type", "user_id"),
         Index("ix_jobs_org_created", "org_id", "created_at"),
@@ -169,7 +175,13 @@ class JobSubrun(Base):
 
 
 class Schedule(Base):
-    """A cron schedule on a deployment, attributed to the member who created it."""
+    """A schedule on a deployment, attributed to the member who created it.
+
+    ``kind``: ``cron`` (``cron``), ``interval`` (``interval_s`` from ``anchor_date``) or
+    ``rrule`` (``rrule``), each in ``timezone`` (``cron`` is "" for the other kinds).
+    ``declared``: comes from a prefect.yaml; `cshare deploy` replaces these, never the
+    schedules members made with `cshare schedule create`.
+    """
 
     __tablename__ = "schedules"
 
@@ -181,7 +193,12 @@ class Schedule(Base):
         ForeignKey("deployments.id", ondelete="CASCADE")
     )
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    cron: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), default="cron")
+    cron: Mapped[str] = mapped_column(String(128), default="")
+    interval_s: Mapped[float | None] = mapped_column(nullable=True)
+    anchor_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rrule: Mapped[str | None] = mapped_column(Text, nullable=True)
+    declared: Mapped[bool] = mapped_column(default=False)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     active: Mapped[bool] = mapped_column(default=True)

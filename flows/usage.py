@@ -20,13 +20,14 @@ already serializes every writer, and SQLAlchemy renders no ``FOR UPDATE`` there.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from flows.models import ACTIVE_STATES, HELD, Job
+from flows.models import ACTIVE_STATES, HELD, Deployment, Job
 from orgs import settings_doc
 from orgs.models import Organization
 from policies.admission import AdmissionSnapshot, JobRequest, OrgUsage, UserUsage
@@ -49,12 +50,14 @@ def admission_snapshot(
     exclude_job_id: UUID | None = None,
     for_release: bool = False,
     lock: bool = False,
+    deployment_id: UUID | None = None,
 ) -> AdmissionSnapshot:
     """The snapshot ``policies.admission.decide`` needs, counted from the ledger.
 
     ``user_id`` None (a run with no known submitter) counts no user usage; ``role`` None
     then rejects it anyway. Call with ``lock=True`` inside the write transaction that will
-    act on the decision.
+    act on the decision. ``deployment_id``: the job's deployment, whose
+    ``concurrency_limit`` (if any) goes into the request with its active jobs counted.
     """
     raw_settings: dict[str, Any]
     if lock:
@@ -94,6 +97,25 @@ def admission_snapshot(
             running += n
             running_by_type[machine_type] = running_by_type.get(machine_type, 0) + n
 
+    deployment_running = 0
+    if deployment_id is not None:
+        limit_row = session.execute(
+            select(Deployment.concurrency_limit, Deployment.collision_strategy).where(
+                Deployment.id == deployment_id
+            )
+        ).first()
+        if limit_row is not None and limit_row[0] is not None:
+            request = replace(
+                request,
+                deployment_limit=limit_row[0],
+                collision_strategy="cancel_new" if limit_row[1] == "cancel_new" else "enqueue",
+            )
+            counted = select(func.count()).select_from(Job)
+            counted = counted.where(Job.deployment_id == deployment_id, Job.state.in_(active))
+            if exclude_job_id is not None:
+                counted = counted.where(Job.id != exclude_job_id)
+            deployment_running = int(session.scalar(counted) or 0)
+
     return AdmissionSnapshot(
         role=role,
         limits=limits,
@@ -101,6 +123,7 @@ def admission_snapshot(
         user=UserUsage(running=running, queued=queued, running_by_type=running_by_type),
         org=OrgUsage(running_by_type=org_by_type),
         for_release=for_release,
+        deployment_running=deployment_running,
     )
 
 

@@ -80,6 +80,8 @@ class JobRequest:
     ``memory_mb`` / ``max_runtime_s`` of None mean "the organization maximum".
     ``deployment_known``: the deployment exists in this organization.
     ``inputs_readable``: the submitter may read every input dataset.
+    ``deployment_limit``: the deployment's ``concurrency_limit`` (None: none), with its
+    ``collision_strategy`` (``enqueue``: hold beyond it; ``cancel_new``: reject).
     """
 
     machine_type: str
@@ -87,6 +89,8 @@ class JobRequest:
     max_runtime_s: int | None = None
     deployment_known: bool = True
     inputs_readable: bool = True
+    deployment_limit: int | None = None
+    collision_strategy: Literal["enqueue", "cancel_new"] = "enqueue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,8 @@ class OrgUsage:
 @dataclass(frozen=True, slots=True)
 class AdmissionSnapshot:
     """Everything a decision looks at. ``role`` None: the submitter is not (or no longer)
-    a member. ``for_release``: the job was admitted before (see the module docstring)."""
+    a member. ``for_release``: the job was admitted before (see the module docstring).
+    ``deployment_running``: the deployment's jobs holding a slot, everyone's."""
 
     role: Role | None
     limits: LimitsDocument
@@ -137,6 +142,7 @@ class AdmissionSnapshot:
     user: UserUsage = field(default_factory=UserUsage)
     org: OrgUsage = field(default_factory=OrgUsage)
     for_release: bool = False
+    deployment_running: int = 0
 
 
 # ------------------------------------------------------------------- decisions
@@ -362,6 +368,34 @@ def _type_scale(s: AdmissionSnapshot) -> _Check:
     return _pass(f"The organization has {have} of {cap} '{name}' jobs running.")
 
 
+def _deployment_running(s: AdmissionSnapshot) -> tuple[int, int] | None:
+    cap = s.request.deployment_limit
+    return None if cap is None else (s.deployment_running, cap)
+
+
+def _deployment_busy(s: AdmissionSnapshot) -> _Check:
+    counts = _deployment_running(s)
+    if counts is None or s.request.collision_strategy != "cancel_new":
+        return _Check("skip", "The deployment does not reject jobs beyond a limit.")
+    have, cap = counts
+    if have >= cap:
+        return _fail(
+            f"The deployment has {have} of {cap} jobs running and rejects new ones "
+            "(concurrency_limit, collision_strategy cancel_new)."
+        )
+    return _pass(f"The deployment has {have} of {cap} jobs running.")
+
+
+def _deployment_concurrency(s: AdmissionSnapshot) -> _Check:
+    counts = _deployment_running(s)
+    if counts is None:
+        return _Check("skip", "The deployment has no concurrency limit.")
+    have, cap = counts
+    if have >= cap:
+        return _fail(f"The deployment has {have} of {cap} jobs running (concurrency_limit).")
+    return _pass(f"The deployment has {have} of {cap} jobs running.")
+
+
 # The policy. Order matters: the first failing rule is the one reported, so who/what
 # checks come before resource checks, and every reject rule before any hold rule.
 REJECT_RULES: Final[tuple[Rule, ...]] = (
@@ -372,11 +406,15 @@ REJECT_RULES: Final[tuple[Rule, ...]] = (
     Rule("runtime_within_limit", "reject", _runtime_within_limit),
     Rule("memory_within_limit", "reject", _memory_within_limit),
     Rule("queue_within_limit", "reject", _queue_within_limit, on_release=False),
+    # cancel_new: a job beyond the deployment's limit never queues (as in Prefect);
+    # one already queued for another reason just waits for the slot.
+    Rule("deployment_busy", "reject", _deployment_busy, on_release=False),
 )
 HOLD_RULES: Final[tuple[Rule, ...]] = (
     Rule("user_concurrency", "hold", _user_concurrency),
     Rule("type_quota", "hold", _type_quota),
     Rule("type_scale", "hold", _type_scale),
+    Rule("deployment_concurrency", "hold", _deployment_concurrency),
 )
 POLICY: Final[tuple[Rule, ...]] = REJECT_RULES + HOLD_RULES
 RULE_NAMES: Final[tuple[str, ...]] = tuple(r.name for r in POLICY)

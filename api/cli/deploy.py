@@ -8,62 +8,16 @@ anything reaches Prefect. Loading imports Prefect: only this command pays for it
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from api.cli import config, output
-from api.cli.client import connect, require_org, seg
+from api.cli.client import Client, connect, require_org, seg
 from api.cli.options import JsonOpt, OrgOpt
 from api.cli.output import CliError, UsageProblem
-
-
-@dataclass
-class Planned:
-    """One deployment to register, as read from the file or the command line."""
-
-    name: str
-    entrypoint: str
-    base: Path  # where a relative entrypoint is found on this machine
-    description: str = ""
-    tags: list[str] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    job_variables: dict[str, Any] = field(default_factory=dict)
-    pull_steps: list[dict[str, Any]] | None = None
-
-
-def read_prefect_yaml(path: Path) -> list[Planned]:
-    """The deployments of a prefect.yaml (YAML anchors resolved; templates kept as is:
-    Prefect resolves `{{ ... }}` in pull steps on the machine at run time)."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CliError(f"Cannot read {path}: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("deployments"), list):
-        raise CliError(f"{path} has no 'deployments' list.")
-    top_pull = doc.get("pull") if isinstance(doc.get("pull"), list) else None
-    planned: list[Planned] = []
-    for i, item in enumerate(doc["deployments"]):
-        if not isinstance(item, dict) or not item.get("name") or not item.get("entrypoint"):
-            raise CliError(f"{path}: deployment #{i + 1} needs a name and an entrypoint.")
-        pool: dict[str, Any] = item["work_pool"] if isinstance(item.get("work_pool"), dict) else {}
-        pull = item.get("pull") if isinstance(item.get("pull"), list) else top_pull
-        planned.append(
-            Planned(
-                name=str(item["name"]),
-                entrypoint=str(item["entrypoint"]),
-                base=path.resolve().parent,
-                description=str(item.get("description") or "").strip(),
-                tags=[str(t) for t in item.get("tags") or []],
-                parameters=dict(item.get("parameters") or {}),
-                job_variables=dict(pool.get("job_variables") or {}),
-                pull_steps=[dict(step) for step in pull] if pull else None,
-            )
-        )
-    return planned
+from api.cli.prefect_yaml import Planned, read_prefect_yaml, run_build_steps
 
 
 def load_flow(entrypoint: str, base: Path) -> tuple[str, dict[str, Any]]:
@@ -100,7 +54,12 @@ def deploy(
         typer.Option("--name", help="Only this deployment of the file; for a flow, its name."),
     ] = None,
     machine_type: Annotated[
-        str, typer.Option("--machine-type", help="Machine type the jobs run on.")
+        str,
+        typer.Option(
+            "--machine-type",
+            help="Machine type the jobs run on (a prefect.yaml's work_pool.name wins when "
+            "it names one).",
+        ),
     ] = "cpu",
     path: Annotated[
         str | None,
@@ -124,18 +83,12 @@ def deploy(
 ) -> None:
     """Register deployments with the organization (creates or updates them)."""
     target = target or "prefect.yaml"
+    file: Path | None = None
     if target.endswith((".yaml", ".yml")):
         file = Path(target)
         if not file.exists():
             raise UsageProblem(f"{file} not found.", hint="Pass a prefect.yaml or 'path.py:flow'.")
-        planned = read_prefect_yaml(file)
-        if name is not None:
-            planned = [p for p in planned if p.name == name]
-            if not planned:
-                raise UsageProblem(f"No deployment named '{name}' in {file}.")
-    elif ":" in target:
-        planned = [Planned(name="", entrypoint=target, base=Path.cwd())]
-    else:
+    elif ":" not in target:
         raise UsageProblem(
             f"'{target}' is neither a prefect.yaml nor a flow entrypoint ('path.py:flow')."
         )
@@ -145,12 +98,27 @@ def deploy(
     project = project or config.current_project(cfg, slug)
     results: list[dict[str, Any]] = []
     with connect(cfg) as client:
+        if file is not None:
+            parsed = read_prefect_yaml(
+                file, org_slug=slug, machine_types=_machine_types(client, slug)
+            )
+            for warning in parsed.warnings:
+                output.note(f"Warning: {warning}")
+            planned = parsed.deployments
+            if name is not None:
+                planned = [p for p in planned if p.name == name]
+                if not planned:
+                    raise UsageProblem(f"No deployment named '{name}' in {file}.")
+            for p in planned:
+                run_build_steps(p, output.note)  # stdout stays for --json
+        else:
+            planned = [Planned(name="", entrypoint=target, base=Path.cwd())]
         for p in planned:
             flow_name, schema = load_flow(p.entrypoint, p.base)
             body: dict[str, Any] = {
                 "name": p.name or name or flow_name.replace("_", "-"),
                 "entrypoint": p.entrypoint,
-                "machine_type": machine_type,
+                "machine_type": p.machine_type or machine_type,
                 "flow_name": flow_name,
                 "description": p.description,
                 "tags": p.tags,
@@ -164,6 +132,7 @@ def deploy(
                 body["path"] = path
             elif p.pull_steps is not None:
                 body["pull_steps"] = p.pull_steps
+            body.update(p.body_extras())
             results.append(client.post(f"/orgs/{seg(slug)}/deployments", json=body))
     if json_:
         output.print_json({"items": results, "total": len(results)})
@@ -183,3 +152,13 @@ def deploy(
         ),
         title=f"Deployments registered with {slug}",
     )
+
+
+def _machine_types(client: Client, slug: str) -> list[str] | None:
+    """The org's machine types (to map a prefect.yaml work_pool.name), None if unknown."""
+    try:
+        settings = client.get(f"/orgs/{seg(slug)}/settings")
+        types = settings["limits"]["organization"]["machine_types"]
+    except (CliError, KeyError, TypeError):
+        return None
+    return sorted(types) if isinstance(types, dict) else None

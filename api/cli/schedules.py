@@ -1,9 +1,9 @@
-"""`cshare schedule ...`: recurring jobs (cron) on the organization's deployments."""
+"""`cshare schedule ...`: recurring jobs (cron, interval, rrule) on the org's deployments."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,8 +11,11 @@ from api.cli import config, output
 from api.cli.client import connect, read_org, require_org, seg
 from api.cli.jobs import parse_params
 from api.cli.options import JsonOpt, OrgOpt
+from api.cli.output import UsageProblem
 
-app = typer.Typer(help="Recurring jobs: cron schedules run as you.", no_args_is_help=True)
+app = typer.Typer(
+    help="Recurring jobs: cron, interval or rrule schedules run as you.", no_args_is_help=True
+)
 
 ScheduleArg = Annotated[str, typer.Argument(metavar="SCHEDULE", help="The schedule id.")]
 
@@ -20,7 +23,17 @@ ScheduleArg = Annotated[str, typer.Argument(metavar="SCHEDULE", help="The schedu
 @app.command("create")
 def create(
     deployment: Annotated[str, typer.Argument(help="The deployment's name.")],
-    cron: Annotated[str, typer.Option("--cron", help="e.g. '*/15 * * * *'.")],
+    cron: Annotated[str | None, typer.Option("--cron", help="e.g. '*/15 * * * *'.")] = None,
+    interval: Annotated[
+        float | None, typer.Option("--interval", help="Seconds between runs (at least 60).")
+    ] = None,
+    anchor_date: Annotated[
+        str | None,
+        typer.Option("--anchor-date", help="ISO date-time an --interval counts from."),
+    ] = None,
+    rrule: Annotated[
+        str | None, typer.Option("--rrule", help="e.g. 'FREQ=WEEKLY;BYDAY=MO;BYHOUR=9'.")
+    ] = None,
     timezone: Annotated[str, typer.Option("--timezone", help="IANA zone.")] = "UTC",
     param: Annotated[
         list[str] | None,
@@ -29,21 +42,27 @@ def create(
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Run DEPLOYMENT on a cron schedule; each run counts against your limits."""
+    """Run DEPLOYMENT on a schedule (one of --cron, --interval, --rrule); each run
+    counts against your limits."""
+    given = [(k, v) for k, v in (("cron", cron), ("interval_s", interval), ("rrule", rrule)) if v]
+    if len(given) != 1:
+        raise UsageProblem("Give exactly one of --cron, --interval or --rrule.")
     cfg = config.effective()
     slug = require_org(cfg, org)
-    body = {
+    body: dict[str, Any] = {
         "deployment": deployment,
-        "cron": cron,
+        given[0][0]: given[0][1],
         "timezone": timezone,
         "parameters": parse_params(param),
     }
+    if anchor_date is not None:
+        body["anchor_date"] = anchor_date
     with connect(cfg) as client:
         sched = client.post(f"/orgs/{seg(slug)}/schedules", json=body)
     if json_:
         output.print_json(sched)
     else:
-        output.say(f"Schedule {sched['id']}: {deployment} at '{cron}' ({timezone}).")
+        output.say(f"Schedule {sched['id']}: {deployment} {_when(sched)} ({timezone}).")
 
 
 @app.command("list")
@@ -53,12 +72,12 @@ def list_(org: OrgOpt = None, json_: JsonOpt = False) -> None:
     if output.printed_as_json(page, json_):
         return
     output.table(
-        ["ID", "DEPLOYMENT", "CRON", "TIMEZONE", "ACTIVE", "USER", "PARAMETERS"],
+        ["ID", "DEPLOYMENT", "WHEN", "TIMEZONE", "ACTIVE", "USER", "PARAMETERS"],
         (
             [
                 s.get("id"),
                 s.get("deployment"),
-                s.get("cron"),
+                _when(s),
                 s.get("timezone"),
                 s.get("active"),
                 s.get("user"),
@@ -69,6 +88,14 @@ def list_(org: OrgOpt = None, json_: JsonOpt = False) -> None:
         title=f"Schedules in {slug}",
         empty="No schedules.",
     )
+
+
+def _when(s: dict[str, Any]) -> str:
+    if s.get("kind") == "interval":
+        return f"every {s.get('interval_s'):g}s"
+    if s.get("kind") == "rrule":
+        return f"rrule {s.get('rrule')}"
+    return f"cron '{s.get('cron')}'"
 
 
 def _set_active(schedule_id: str, active: bool, org: str | None, json_: bool) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from api.deps import Requires, SessionDep, SettingsDep
-from flows import deployments, projects
+from flows import deployments, projects, schedules
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import Deployment
 from orgs.context import OrgContext
+from policies.errors import Invalid
 from policies.permissions import Permission
 
 router = APIRouter(tags=["deployments"])
@@ -30,6 +31,30 @@ GatewayDep = Annotated[PrefectGateway, Depends(get_gateway)]
 DeploymentsView = Annotated[OrgContext, Depends(Requires(Permission.deployments_view))]
 DeploymentsRegister = Annotated[OrgContext, Depends(Requires(Permission.deployments_register))]
 NamePath = Annotated[str, Path(max_length=64)]
+
+
+class DeclaredScheduleIn(BaseModel):
+    """A prefect.yaml schedule: one of `cron`, `interval_s` or `rrule`."""
+
+    cron: str | None = Field(None, max_length=128)
+    interval_s: float | None = None
+    anchor_date: datetime | None = None
+    rrule: str | None = Field(None, max_length=4000)
+    timezone: str = Field("UTC", max_length=64)
+    active: bool = True
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    def declared(self) -> schedules.DeclaredSchedule:
+        kind = "interval" if self.interval_s is not None else "rrule" if self.rrule else "cron"
+        spec = schedules.validate_spec(
+            kind=kind,
+            cron=self.cron,
+            interval_s=self.interval_s,
+            anchor_date=self.anchor_date,
+            rrule=self.rrule,
+            timezone=self.timezone,
+        )
+        return schedules.DeclaredSchedule(spec, dict(self.parameters), self.active)
 
 
 class DeploymentIn(BaseModel):
@@ -61,6 +86,20 @@ class DeploymentIn(BaseModel):
     pull_steps: list[dict[str, Any]] | None = Field(
         None, max_length=20, description="Prefect pull steps (default: the machine's checkout)."
     )
+    concurrency_limit: int | None = Field(
+        None, description="At most this many of its jobs run at once (enforced by admission)."
+    )
+    collision_strategy: Literal["enqueue", "cancel_new"] = Field(
+        "enqueue", description="Beyond the limit a job is held (enqueue) or rejected."
+    )
+    version: str | None = Field(None, max_length=128)
+    schedules: list[DeclaredScheduleIn] | None = Field(
+        None,
+        max_length=50,
+        description="The deployment's prefect.yaml schedules: they replace those of the "
+        "previous deploy (schedules made with `cshare schedule create` stay). Absent: "
+        "unchanged.",
+    )
 
 
 class DeploymentOut(BaseModel):
@@ -76,6 +115,11 @@ class DeploymentOut(BaseModel):
     parameters: dict[str, Any]
     parameter_schema: dict[str, Any]
     job_variables: dict[str, Any]
+    concurrency_limit: int | None
+    collision_strategy: str
+    schedules: list[str] | None = Field(
+        None, description="Ids of its prefect.yaml schedules, when this call set them."
+    )
     work_pool: str
     prefect_name: str
     prefect_deployment_id: uuid.UUID | None
@@ -103,6 +147,8 @@ def deployment_out(dep: Deployment, org_slug: str) -> DeploymentOut:
         parameters=dict(dep.parameters or {}),
         parameter_schema=dict(dep.parameter_schema or {}),
         job_variables=dict(dep.job_variables or {}),
+        concurrency_limit=dep.concurrency_limit,
+        collision_strategy=dep.collision_strategy,
         work_pool=work_pool_name(org_slug, dep.machine_type),
         prefect_name=f"{dep.flow_name}/{deployments.prefect_deployment_name(org_slug, dep.name)}",
         prefect_deployment_id=dep.prefect_deployment_id,
@@ -150,7 +196,22 @@ def register_deployment(
         parameter_schema=body.parameter_schema,
         job_variables=body.job_variables,
         pull_steps=body.pull_steps,
+        concurrency_limit=body.concurrency_limit,
+        collision_strategy=body.collision_strategy,
+        version=body.version,
     )
+    # Schedules are checked before anything is registered: a bad one changes nothing.
+    declared = None
+    if body.schedules is not None:
+        declared = []
+        for i, item in enumerate(body.schedules):
+            try:
+                declared.append(item.declared())
+            except Invalid as exc:
+                raise Invalid(
+                    f"Schedule #{i + 1}: {exc.detail}", field=f"schedules.{i}.{exc.field}"
+                ) from None
+        schedules.check_declared(body.parameter_schema, body.parameters, declared, body.name)
     project = projects.resolve_for_deployment(session, ctx.org, body.project, deployment=body.name)
     dep, created = deployments.register(
         ctx,
@@ -161,9 +222,18 @@ def register_deployment(
         pool_type=settings.work_pool_type,
         schedules_backend=settings.schedules_backend,
     )
+    synced = None
+    if declared is not None:
+        synced = schedules.sync_declared(
+            ctx, session, gateway, dep, declared, backend=settings.schedules_backend
+        )
+        dep = deployments.get_deployment(session, ctx.org, body.name)
     if not created:
         response.status_code = status.HTTP_200_OK
-    return deployment_out(dep, ctx.org.slug)
+    out = deployment_out(dep, ctx.org.slug)
+    if synced is not None:
+        out.schedules = [str(sched.id) for sched in synced]
+    return out
 
 
 @router.get("/orgs/{org}/deployments/{name}")

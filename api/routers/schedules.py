@@ -1,10 +1,11 @@
-"""Recurring jobs: /orgs/{org}/schedules (cron schedules on the org's deployments)."""
+"""Recurring jobs: /orgs/{org}/schedules (cron, interval or rrule schedules on the org's
+deployments)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, status
 from pydantic import BaseModel, Field
@@ -25,11 +26,34 @@ ScheduleId = Annotated[uuid.UUID, Path(alias="id", description="The schedule id.
 
 
 class ScheduleIn(BaseModel):
+    """One of `cron`, `interval_s` (with an optional `anchor_date`) or `rrule`."""
+
     deployment: str = Field(max_length=64)
-    cron: str = Field(max_length=128, examples=["*/15 * * * *"])
+    kind: Literal["cron", "interval", "rrule"] | None = Field(
+        None, description="Default: the kind of the field given."
+    )
+    cron: str | None = Field(None, max_length=128, examples=["*/15 * * * *"])
+    interval_s: float | None = Field(None, description="Seconds between runs (at least 60).")
+    anchor_date: datetime | None = Field(
+        None, description="When an interval schedule counts from (default 2020-01-01)."
+    )
+    rrule: str | None = Field(None, max_length=4000, examples=["FREQ=WEEKLY;BYDAY=MO;BYHOUR=9"])
     timezone: str = Field("UTC", max_length=64)
     parameters: dict[str, Any] = Field(default_factory=dict)
     active: bool = True
+
+    def spec(self) -> schedules.ScheduleSpec:
+        kind = self.kind or (
+            "interval" if self.interval_s is not None else "rrule" if self.rrule else "cron"
+        )
+        return schedules.validate_spec(
+            kind=kind,
+            cron=self.cron,
+            interval_s=self.interval_s,
+            anchor_date=self.anchor_date,
+            rrule=self.rrule,
+            timezone=self.timezone,
+        )
 
 
 class SchedulePatch(BaseModel):
@@ -39,7 +63,12 @@ class SchedulePatch(BaseModel):
 class ScheduleOut(BaseModel):
     id: uuid.UUID
     deployment: str
+    kind: str
     cron: str
+    interval_s: float | None
+    anchor_date: datetime | None
+    rrule: str | None
+    declared: bool = Field(description="From a prefect.yaml: replaced by its next deploy.")
     timezone: str
     parameters: dict[str, Any]
     active: bool
@@ -58,7 +87,12 @@ def schedule_out(sched: Schedule, deployment: str, user: str | None) -> Schedule
     return ScheduleOut(
         id=sched.id,
         deployment=deployment,
+        kind=sched.kind,
         cron=sched.cron,
+        interval_s=sched.interval_s,
+        anchor_date=sched.anchor_date,
+        rrule=sched.rrule,
+        declared=sched.declared,
         timezone=sched.timezone,
         parameters=dict(sched.parameters or {}),
         active=sched.active,
@@ -77,15 +111,14 @@ def create_schedule(
     gateway: GatewayDep,
     settings: SettingsDep,
 ) -> ScheduleOut:
-    """A cron schedule on a deployment, run as you: each run is admitted like a
+    """A schedule (cron, interval or rrule) on a deployment, run as you: each run is admitted like a
     submission of yours (held or rejected with a reason when a limit says so)."""
     sched, dep = schedules.create_schedule(
         ctx,
         session,
         gateway,
         deployment=body.deployment,
-        cron=body.cron,
-        timezone=body.timezone,
+        spec=body.spec(),
         parameters=body.parameters,
         active=body.active,
         backend=settings.schedules_backend,

@@ -78,7 +78,7 @@ from flows.models import (
     PrefectTask,
     Schedule,
 )
-from flows.schedules import next_fires
+from flows.schedule_kinds import fires, spec_of
 from flows.usage import REQUESTED_KEY, admission_snapshot, job_request_for
 from orgs import metrics
 from orgs.config import Settings
@@ -445,7 +445,7 @@ class Dispatcher(Service):
             ).all()
         for sched, dep in rows:
             since = self._fired.get(sched.id) or max(sched.created_at, now - timedelta(seconds=60))
-            for fire in next_fires(sched.cron, sched.timezone, since, until, limit=5):
+            for fire in fires(spec_of(sched), since, until, limit=5):
                 job = self._fire(sched, dep, fire)
                 self._fired[sched.id] = fire
                 if job is None:
@@ -464,7 +464,9 @@ class Dispatcher(Service):
                 return None
             role = _roles(s, org.id, {owner.id}).get(owner.id)
             request = JobRequest(machine_type=dep.machine_type)
-            snapshot = admission_snapshot(s, org, owner.id, role, request, lock=True)
+            snapshot = admission_snapshot(
+                s, org, owner.id, role, request, lock=True, deployment_id=dep.id
+            )
             if s.scalar(
                 select(Job.id).where(
                     Job.org_id == org.id, Job.user_id == owner.id, Job.idempotency_key == key
@@ -681,6 +683,7 @@ class Dispatcher(Service):
                     exclude_job_id=job.id,
                     for_release=True,
                     lock=True,
+                    deployment_id=job.deployment_id,
                 )
                 decision = decide(snapshot)
                 if isinstance(decision, Accept):
@@ -696,6 +699,8 @@ class Dispatcher(Service):
                         ledger.apply(s, job, JobEvent.hold, decision=decision, at=now)
                     if decision.rule == "type_scale":
                         queue.block_type(job.machine_type)
+                    elif decision.rule == "deployment_concurrency":
+                        pass  # only this deployment is full: the user's others may go
                     else:
                         queue.block_user(job.user_id)
                 else:
@@ -875,7 +880,9 @@ class Dispatcher(Service):
         now = utcnow()
         role = _roles(s, org.id, {user_id}).get(user_id)
         request = JobRequest(machine_type=dep.machine_type)
-        snapshot = admission_snapshot(s, org, user_id, role, request, lock=True)
+        snapshot = admission_snapshot(
+            s, org, user_id, role, request, lock=True, deployment_id=dep.id
+        )
         decision = decide(snapshot)
         started = run.state_type is StateType.RUNNING
         if isinstance(decision, Hold) and started:

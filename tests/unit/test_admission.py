@@ -63,6 +63,9 @@ def snap(
     org_by_type: dict[str, int] | None = None,
     for_release: bool = False,
     limits: LimitsDocument = LIMITS,
+    deployment_limit: int | None = None,
+    collision_strategy: Any = "enqueue",
+    deployment_running: int = 0,
 ) -> AdmissionSnapshot:
     return AdmissionSnapshot(
         role=role,
@@ -73,10 +76,13 @@ def snap(
             max_runtime_s=max_runtime_s,
             deployment_known=deployment_known,
             inputs_readable=inputs_readable,
+            deployment_limit=deployment_limit,
+            collision_strategy=collision_strategy,
         ),
         user=UserUsage(running=running, queued=queued, running_by_type=user_by_type or {}),
         org=OrgUsage(running_by_type=org_by_type or {}),
         for_release=for_release,
+        deployment_running=deployment_running,
     )
 
 
@@ -89,9 +95,11 @@ def test_rule_names_and_order_are_stable() -> None:
         "runtime_within_limit",
         "memory_within_limit",
         "queue_within_limit",
+        "deployment_busy",
         "user_concurrency",
         "type_quota",
         "type_scale",
+        "deployment_concurrency",
     )
     assert POLICY == REJECT_RULES + HOLD_RULES
     assert all(rule.effect == "reject" for rule in REJECT_RULES)
@@ -292,6 +300,56 @@ RULE_CASES: list[Any] = [
     pytest.param(
         "type_scale", {"machine_type": "tpu"}, "skip", ["unknown"], None, id="scale-unknown-type"
     ),
+    # deployment_concurrency (prefect.yaml concurrency_limit, collision_strategy enqueue)
+    pytest.param(
+        "deployment_concurrency",
+        {"deployment_running": 5},
+        "skip",
+        ["no concurrency limit"],
+        None,
+        id="deployment-no-limit",
+    ),
+    pytest.param(
+        "deployment_concurrency",
+        {"deployment_limit": 1, "deployment_running": 0},
+        "pass",
+        ["0 of 1"],
+        None,
+        id="deployment-below-limit",
+    ),
+    pytest.param(
+        "deployment_concurrency",
+        {"deployment_limit": 1, "deployment_running": 1},
+        "fail",
+        ["The deployment has 1 of 1 jobs running (concurrency_limit)."],
+        None,
+        id="deployment-at-limit",
+    ),
+    # deployment_busy (collision_strategy cancel_new)
+    pytest.param(
+        "deployment_busy",
+        {"deployment_limit": 1, "deployment_running": 1},
+        "skip",
+        ["does not reject"],
+        None,
+        id="busy-enqueue-does-not-reject",
+    ),
+    pytest.param(
+        "deployment_busy",
+        {"deployment_limit": 2, "deployment_running": 1, "collision_strategy": "cancel_new"},
+        "pass",
+        ["1 of 2"],
+        None,
+        id="busy-cancel-new-below",
+    ),
+    pytest.param(
+        "deployment_busy",
+        {"deployment_limit": 2, "deployment_running": 2, "collision_strategy": "cancel_new"},
+        "fail",
+        ["2 of 2 jobs running and rejects new ones"],
+        None,
+        id="busy-cancel-new-full",
+    ),
 ]
 
 
@@ -419,6 +477,14 @@ def test_decision_kinds() -> None:
         ),
         pytest.param({"role": None}, "role_may_submit", id="submitter-left-the-org"),
         pytest.param({"deployment_known": False}, "known_deployment", id="deployment-deleted"),
+        pytest.param(
+            {"deployment_limit": 1, "deployment_running": 1, "collision_strategy": "cancel_new"},
+            "deployment_concurrency",
+            id="cancel-new-queued-job-waits-not-rejected",
+        ),
+        pytest.param(
+            {"deployment_limit": 2, "deployment_running": 1}, None, id="deployment-slot-free"
+        ),
     ],
 )
 def test_release(overrides: dict[str, Any], expected_rule: str | None) -> None:
@@ -526,11 +592,14 @@ _snapshots = st.builds(
         max_runtime_s=st.none() | st.integers(-(2**40), 2**40),
         deployment_known=st.booleans(),
         inputs_readable=st.booleans(),
+        deployment_limit=st.none() | st.integers(1, 5),
+        collision_strategy=st.sampled_from(["enqueue", "cancel_new"]),
     ),
     user=st.builds(UserUsage, running=st.integers(0, 60), queued=st.integers(0, 60),
                    running_by_type=_counts),
     org=st.builds(OrgUsage, running_by_type=_counts),
     for_release=st.booleans(),
+    deployment_running=st.integers(0, 6),
 )  # fmt: skip
 
 
