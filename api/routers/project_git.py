@@ -1,4 +1,4 @@
-"""A project's Git credentials: /orgs/{org}/projects/{project}/deploy-key and .../git-token.
+"""A project's Git credentials: /orgs/{org}/projects/{name}/deploy-key and .../git-token.
 
 Set and deleted by the project's creator or an admin (the domain decides, through
 policies); any member sees the deploy key's public half (to paste into the Git host) and
@@ -24,7 +24,7 @@ View = Annotated[OrgContext, Depends(Requires(Permission.deployments_view))]
 # Members manage their own projects' credentials; the domain asks for manage-all otherwise.
 Manage = Annotated[OrgContext, Depends(Requires(Permission.projects_create))]
 ProjectPath = Annotated[str, Path(max_length=64)]
-BASE = "/orgs/{org}/projects/{project}"
+BASE = "/orgs/{org}/projects/{name}"
 
 
 class DeployKeyIn(BaseModel):
@@ -74,7 +74,7 @@ def _key_out(key: git_credentials.DeployKey) -> DeployKeyOut:
 
 @router.post(f"{BASE}/deploy-key", status_code=status.HTTP_201_CREATED)
 def create_deploy_key(
-    project: ProjectPath,
+    name: ProjectPath,
     body: DeployKeyIn,
     ctx: Manage,
     session: SessionDep,
@@ -85,32 +85,32 @@ def create_deploy_key(
     and `replace` is not set."""
     if body.private_key is None:
         key = git_credentials.generate_deploy_key(
-            ctx, session, project, settings=settings, replace=body.replace
+            ctx, session, name, settings=settings, replace=body.replace
         )
     else:
         key = git_credentials.import_deploy_key(
-            ctx, session, project, body.private_key, settings=settings, replace=body.replace
+            ctx, session, name, body.private_key, settings=settings, replace=body.replace
         )
     return _key_out(key)
 
 
 @router.get(f"{BASE}/deploy-key")
 def get_deploy_key(
-    project: ProjectPath, ctx: View, session: SessionDep, settings: SettingsDep
+    name: ProjectPath, ctx: View, session: SessionDep, settings: SettingsDep
 ) -> DeployKeyOut:
     """The deploy key's public half and fingerprint."""
-    return _key_out(git_credentials.show_deploy_key(ctx, session, project, settings=settings))
+    return _key_out(git_credentials.show_deploy_key(ctx, session, name, settings=settings))
 
 
 @router.delete(f"{BASE}/deploy-key", status_code=status.HTTP_204_NO_CONTENT)
-def delete_deploy_key(project: ProjectPath, ctx: Manage, session: SessionDep) -> Response:
-    git_credentials.delete_deploy_key(ctx, session, project)
+def delete_deploy_key(name: ProjectPath, ctx: Manage, session: SessionDep) -> Response:
+    git_credentials.delete_deploy_key(ctx, session, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.put(f"{BASE}/git-token")
 def set_git_token(
-    project: ProjectPath,
+    name: ProjectPath,
     body: GitTokenIn,
     ctx: Manage,
     session: SessionDep,
@@ -118,21 +118,21 @@ def set_git_token(
 ) -> GitTokenOut:
     """Store the HTTPS token for the project's repository (the answer never has it)."""
     info = git_credentials.set_git_token(
-        ctx, session, project, body.token, user=body.user, settings=settings
+        ctx, session, name, body.token, user=body.user, settings=settings
     )
     return GitTokenOut(user=info.user, updated_at=info.updated_at)
 
 
 @router.get(f"{BASE}/git-token")
 def get_git_token(
-    project: ProjectPath, ctx: View, session: SessionDep, settings: SettingsDep
+    name: ProjectPath, ctx: View, session: SessionDep, settings: SettingsDep
 ) -> GitTokenOut:
     """Whether the project has a token, and its user name; never the token."""
-    info = git_credentials.show_git_token(ctx, session, project, settings=settings)
+    info = git_credentials.show_git_token(ctx, session, name, settings=settings)
     return GitTokenOut(user=info.user, updated_at=info.updated_at)
 
 
 @router.delete(f"{BASE}/git-token", status_code=status.HTTP_204_NO_CONTENT)
-def delete_git_token(project: ProjectPath, ctx: Manage, session: SessionDep) -> Response:
-    git_credentials.delete_git_token(ctx, session, project)
+def delete_git_token(name: ProjectPath, ctx: Manage, session: SessionDep) -> Response:
+    git_credentials.delete_git_token(ctx, session, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
