@@ -5,8 +5,9 @@ returns the full commit sha. Refs are matched like git does (`refs/<ref>`, then
 `refs/tags/<ref>`, then `refs/heads/<ref>`; an annotated tag gives the commit it points
 to). A sha is accepted when it is a ref tip's or a prefix of one (at least 7 digits); a
 full 40-digit sha that is no tip is checked with a shallow fetch of exactly that commit
-into a temp bare repository (GitHub, GitLab and git >= 2.28's protocol v2 allow it). An
-abbreviated sha that is no tip is refused: only the full sha can be asked for.
+into a temp bare repository (GitHub, GitLab and git's protocol v2 allow it; from a server
+that only serves ref tips, its branches' and tags' history must hold it). An abbreviated
+sha that is no tip is refused: only the full sha can be asked for.
 
 The server connects on a tenant's behalf, so the destination goes through the SSRF guard
 (`orgs.netguard`): the host must resolve to public addresses unless an operator allowed
@@ -380,7 +381,10 @@ def resolve(
 
 
 def _commit_exists(fetch_url: str, sha: str, env: dict[str, str], timeout_s: float) -> bool:
-    """Whether the server hands out commit `sha` (a shallow fetch of just it)."""
+    """Whether the server hands out commit `sha`: a shallow fetch of just it, or, from a
+    server that only serves ref tips (protocol v0 without allowAnySHA1InWant), the
+    history of its branches and tags without file contents (where filters are allowed)
+    must hold it. What a machine does too (agents.git_code)."""
     with tempfile.TemporaryDirectory(prefix="cshare-git-probe-") as tmp:
         init = _run(["init", "-q", "--bare", tmp], env, timeout_s)
         if init is None or init.returncode != 0:
@@ -391,7 +395,27 @@ def _commit_exists(fetch_url: str, sha: str, env: dict[str, str], timeout_s: flo
             timeout_s,
             cwd=Path(tmp),
         )
-        return fetched is not None and fetched.returncode == 0
+        if fetched is not None and fetched.returncode == 0:
+            return True
+        every = _run(
+            [
+                "fetch",
+                "-q",
+                "--filter=blob:none",
+                "--no-tags",
+                "--",
+                fetch_url,
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+            env,
+            timeout_s,
+            cwd=Path(tmp),
+        )
+        if every is None or every.returncode != 0:
+            return False
+        found = _run(["cat-file", "-e", f"{sha}^{{commit}}"], env, timeout_s, cwd=Path(tmp))
+        return found is not None and found.returncode == 0
 
 
 # ------------------------------------------------------------------ credentials

@@ -91,11 +91,12 @@ class GitRepo:
     work: Path
 
     @classmethod
-    def create(cls, base: Path, name: str) -> GitRepo:
+    def create(cls, base: Path, name: str, *, any_sha: bool = True) -> GitRepo:
         bare = base / f"{name}.git"
         git("init", "-q", "--bare", "-b", "main", str(bare))
         # Served by `git daemon` and http-backend alike; fetch by any sha (GitHub does).
-        git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=bare)
+        # Protocol v2 serves any sha anyway; `any_sha=False` matters to v0 clients.
+        git("config", "uploadpack.allowAnySHA1InWant", str(any_sha).lower(), cwd=bare)
         git("config", "http.receivepack", "false", cwd=bare)
         work = base / ".work" / name
         git("init", "-q", "-b", "main", str(work))
@@ -186,12 +187,15 @@ class GitHttp:
     user: str
     token: str
     requests: list[tuple[str, int]] = field(default_factory=list)
+    # Drop the client's Git-Protocol header: http-backend then speaks protocol v0, like
+    # an old server that only hands out ref tips (with a repo made `any_sha=False`).
+    protocol_v0: bool = False
 
     def url(self, repo: GitRepo) -> str:
         return f"http://127.0.0.1:{self.port}/{repo.name}"
 
-    def repo(self, name: str) -> GitRepo:
-        return GitRepo.create(self.base, name)
+    def repo(self, name: str, *, any_sha: bool = True) -> GitRepo:
+        return GitRepo.create(self.base, name, any_sha=any_sha)
 
 
 def _http_handler(server_info: GitHttp) -> type[BaseHTTPRequestHandler]:
@@ -236,7 +240,9 @@ def _http_handler(server_info: GitHttp) -> type[BaseHTTPRequestHandler]:
                 "GATEWAY_INTERFACE": "CGI/1.1",
                 "SERVER_PROTOCOL": "HTTP/1.1",
                 "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                "GIT_PROTOCOL": (
+                    "" if server_info.protocol_v0 else self.headers.get("Git-Protocol", "")
+                ),
             }
             done = subprocess.run(
                 [str(HTTP_BACKEND)], input=body, env=env, capture_output=True, check=False

@@ -15,10 +15,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agents.git_code import GitCheckoutError, checkout
+from flows import git_sources
 from flows.git_sources import GitCredential, resolve
 from orgs.config import Settings, get_settings
+from orgs.netguard import resolve as real_resolve
 from policies.errors import Invalid
-from tests.git_servers import GitDaemon, GitHttp, GitSshd, free_port
+from tests.git_servers import GitDaemon, GitHttp, GitSshd, free_port, git
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -268,3 +270,59 @@ def test_ssh_deploy_key(git_sshd: GitSshd, tmp_path: Path) -> None:
     assert _files(tree) == {"flow.py": "VIA_SSH = True\n"}
     body = private.strip().splitlines()[1]  # a line of the key's base64
     assert _mentions(cache, body) == []
+
+
+def test_a_server_serving_ref_tips_only(git_http: GitHttp, tmp_path: Path) -> None:
+    """Protocol v0 without allowAnySHA1InWant: a commit behind a tip still resolves and
+    checks out (through the branches' history); one on no branch is refused clearly."""
+    git_http.protocol_v0 = True
+    repo = git_http.repo("old-server", any_sha=False)
+    old = repo.commit({"v.txt": "old\n"})
+    repo.commit({"v.txt": "new\n"})
+    gone = repo.commit({"v.txt": "gone\n"}, branch="tmp")
+    git("push", "-q", "origin", ":refs/heads/tmp", cwd=repo.work)
+    url, settings = git_http.url(repo), _local()
+    cred = GitCredential.token(git_http.token, git_http.user)
+
+    assert resolve(url, old, cred, settings=settings) == old
+    tree = checkout(url, old, tmp_path / "cache", cred.material())
+    assert (tree / "v.txt").read_text() == "old\n"
+    with pytest.raises(Invalid) as err:
+        resolve(url, gone, cred, settings=settings)
+    assert err.value.code == "git_ref_not_found"  # (protocol v2 would serve it: no gc yet)
+    with pytest.raises(GitCheckoutError, match="not on any branch or tag"):
+        checkout(url, gone, tmp_path / "cache", cred.material())
+
+
+def test_git_connects_to_the_checked_address_only(
+    git_daemon: GitDaemon,
+    git_http: GitHttp,
+    git_sshd: GitSshd,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The guard's lookup is the one git uses: a name no DNS knows (`.invalid`), which the
+    check resolves to 127.0.0.1, is reached over git://, http and ssh alike. Git looking
+    the name up again (where DNS could answer differently: rebinding) would fail."""
+    name = "gitsrv.invalid"
+    monkeypatch.setattr(
+        git_sources,
+        "resolve_host",
+        lambda host, port: real_resolve("127.0.0.1" if host == name else host, port),
+    )
+    settings = get_settings().model_copy(update={"git_host_allowlist": name})
+    daemon_repo = git_daemon.repo("pin")
+    sha = daemon_repo.commit({"a": "1"})
+    assert resolve(f"git://{name}:{git_daemon.port}/pin.git", "main", settings=settings) == sha
+
+    http_repo = git_http.repo("pin")
+    sha = http_repo.commit({"a": "2"})
+    token = GitCredential.token(git_http.token, git_http.user)
+    url = f"http://{name}:{git_http.port}/pin.git"
+    assert resolve(url, "main", token, settings=settings) == sha
+
+    ssh_repo = git_sshd.repo("pin")
+    sha = ssh_repo.commit({"a": "3"})
+    private, public = _new_key()
+    git_sshd.authorize(public)
+    url = f"ssh://{git_sshd.user}@{name}:{git_sshd.port}{ssh_repo.bare}"
+    assert resolve(url, "main", GitCredential.ssh(private), settings=settings) == sha
