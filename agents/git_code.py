@@ -186,6 +186,10 @@ def checkout(
     with _locked(root / "locks" / f"{key}.lock"):
         if tree.is_dir():  # fetched by another job while we waited
             return tree
+        # Left by an agent that died mid-fetch (we hold this tree's lock: nobody else
+        # works on it now).
+        for stale in (root / "tmp").glob(f"{key}-*"):
+            _remove(stale)
         work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=root / "tmp"))
         try:
             repo = work / "repo"

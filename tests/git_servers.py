@@ -357,13 +357,16 @@ def running_sshd(base: Path, state: Path) -> Iterator[GitSshd]:
             ]
         )
     )
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=(state / "sshd.log").open("wb"),
-    )
+    log = state / "sshd.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log_file
+        )
     try:
-        wait_for_port(port, proc)
+        try:
+            wait_for_port(port, proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"sshd did not start ({exc}): {log.read_text()[-2000:]}") from None
         yield GitSshd(base, port, user, authorized)
     finally:
         stop(proc)

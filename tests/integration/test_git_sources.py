@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agents.git_code import GitCheckoutError, checkout
+from agents.git_code import GitCheckoutError, checkout, tree_key
 from flows import git_sources
 from flows.git_sources import GitCredential, resolve
 from orgs.config import Settings, get_settings
@@ -94,8 +94,12 @@ def test_pinned_commit_keeps_its_content_after_new_commits(
     url, settings = git_daemon.url(repo), _local()
     assert resolve(url, "main", settings=settings) == old
     cache = tmp_path / "cache"
+    # What an agent killed mid-fetch left: cleared by the next fetch of that tree.
+    stale = cache / "git" / "tmp" / f"{tree_key(url, old)}-dead"
+    (stale / "repo").mkdir(parents=True)
     tree = checkout(url, old, cache)
     assert _files(tree) == {"flow.py": "V = 1\n", "pkg/helper.py": "X = 'old'\n"}
+    assert not stale.exists()
 
     new = repo.commit({"pkg/helper.py": "X = 'new'\n"}, message="new helper")
     assert new != old
