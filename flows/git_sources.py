@@ -350,21 +350,34 @@ def resolve(
     with gitauth.git_env(
         material, ssh_host_name=dest.ssh_host_name, extra_config=dest.config
     ) as env:
-        listed = _run(["ls-remote", "--", dest.fetch_url], env, timeout_s)
-        if listed is None:
-            raise Invalid(
-                f"Cannot reach {url}: no answer within {timeout_s:g} s.",
-                field="git",
-                code="git_unreachable",
-            )
-        if listed.returncode != 0:
-            raise _failure(url, listed.stderr, credential)
-        refs = parse_ls_remote(listed.stdout)
+
+        def ls_remote(options: list[str], patterns: list[str] = []) -> dict[str, str]:  # noqa: B006
+            listed = _run(["ls-remote", *options, "--", dest.fetch_url, *patterns], env, timeout_s)
+            if listed is None:
+                raise Invalid(
+                    f"Cannot reach {url}: no answer within {timeout_s:g} s.",
+                    field="git",
+                    code="git_unreachable",
+                )
+            if listed.returncode != 0:
+                raise _failure(url, listed.stderr, credential)
+            return parse_ls_remote(listed.stdout)
+
+        if SHA_RE.fullmatch(ref):  # a sha (or a hex-looking name): every branch and tag tip
+            refs = ls_remote(["--heads", "--tags"])
+        else:
+            # Only refs that may be `ref` (protocol v2 asks the server for just those):
+            # GitHub advertises every pull request's refs too.
+            names = [f"refs/{ref}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref]
+            # `^{}`: what an annotated tag points to (not matched by its name alone).
+            refs = ls_remote([], names + [f"{name}^{{}}" for name in names])
         found = match_ref(refs, ref)
         if found is not None:
             return found
         if FULL_SHA_RE.fullmatch(ref) and _commit_exists(dest.fetch_url, ref, env, timeout_s):
             return ref
+        if not SHA_RE.fullmatch(ref):
+            refs = ls_remote(["--heads"])  # for the message
     branches = _branches(refs)
     shown = ", ".join(branches[:10]) + (", ..." if len(branches) > 10 else "")
     if SHA_RE.fullmatch(ref) and not FULL_SHA_RE.fullmatch(ref):

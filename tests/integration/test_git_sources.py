@@ -84,6 +84,9 @@ def test_resolve_branches_tags_and_shas(git_daemon: GitDaemon) -> None:
     assert resolve(url, "dev", settings=settings) == dev
     assert resolve(url, dev[:8], settings=settings) == dev  # an abbreviated tip
     assert resolve(url, first, settings=settings) == first
+    git("push", "-q", "origin", "HEAD:refs/pull/7/head", cwd=repo.work)  # like GitHub's
+    assert resolve(url, "refs/pull/7/head", settings=settings) == dev
+    assert resolve(url, "HEAD", settings=settings) == first
 
 
 def test_pinned_commit_keeps_its_content_after_new_commits(
