@@ -9,7 +9,8 @@ commit, drops `.git` (a job gets the files, not a repository it could push from,
 remote URL) and makes the tree read-only. The credential exists only while git runs, in
 a temp directory inside the cache that is removed after (`datasets.gitauth`).
 
-Layout under `cache_dir`: `git/<url digest>-<commit>/` (trees), `git/locks/`, and
+Layout under `cache_dir`: `git/<url digest>-<commit>/` (trees), `git/stamps/` (each
+tree's size; its mtime is when a job last used it, for `prune`), `git/locks/`, and
 `git/tmp/` (work in progress, renamed into place when complete: a tree that exists is
 whole). Standard library and the `git` command only: no server code here.
 """
@@ -19,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -177,14 +179,16 @@ def checkout(
         raise GitCheckoutError(f"'{commit}' is not a full 40-digit commit sha.")
     gitauth.check_material(credential_material)
     root = cache_dir / "git"
-    for sub in ("locks", "tmp"):
+    for sub in ("locks", "tmp", "stamps"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     key = tree_key(url, commit)
     tree = root / key
     if tree.is_dir():
+        _used(root, key)
         return tree
     with _locked(root / "locks" / f"{key}.lock"):
         if tree.is_dir():  # fetched by another job while we waited
+            _used(root, key)
             return tree
         # Left by an agent that died mid-fetch (we hold this tree's lock: nobody else
         # works on it now).
@@ -197,8 +201,55 @@ def checkout(
             _fetch(repo, url, commit, credential_material, work)
             _remove(repo / ".git")
             _make_read_only(repo)
+            size = sum(p.lstat().st_size for p in repo.rglob("*"))
+            (root / "stamps" / f"{key}.json").write_text(json.dumps({"bytes": size}))
             repo.rename(tree)
             tree.chmod(0o555)
         finally:
             _remove(work)
     return tree
+
+
+def _used(root: Path, key: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(root / "stamps" / f"{key}.json")
+
+
+def entries(cache_dir: Path) -> list[tuple[float, str, int]]:
+    """(last used, tree key, bytes) of every cached tree, least recently used first."""
+    found = []
+    for stamp in (cache_dir / "git" / "stamps").glob("*.json"):
+        try:
+            found.append(
+                (stamp.stat().st_mtime, stamp.stem, int(json.loads(stamp.read_text())["bytes"]))
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(found)
+
+
+def prune(cache_dir: Path, max_bytes: int, keep: Collection[str] = ()) -> list[str]:
+    """Remove least recently used trees until the cache holds at most `max_bytes`; never
+    those in `keep` (running jobs' trees) nor one being fetched. Returns their keys."""
+    root = cache_dir / "git"
+    found = entries(cache_dir)
+    total = sum(size for _used_at, _key, size in found)
+    evicted: list[str] = []
+    for _used_at, key, size in found:
+        if total <= max_bytes:
+            break
+        if key in keep:
+            continue
+        with (root / "locks" / f"{key}.lock").open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            try:
+                (root / "stamps" / f"{key}.json").unlink(missing_ok=True)
+                _remove(root / key)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        total -= size
+        evicted.append(key)
+    return evicted

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from agents import git_code
 from agents.git_code import GitCheckoutError, checkout, tree_key
 from flows import git_sources
 from flows.git_sources import GitCredential, resolve
@@ -333,3 +335,23 @@ def test_git_connects_to_the_checked_address_only(
     git_sshd.authorize(public)
     url = f"ssh://{git_sshd.user}@{name}:{git_sshd.port}{ssh_repo.bare}"
     assert resolve(url, "main", GitCredential.ssh(private), settings=settings) == sha
+
+
+def test_prune_evicts_least_recently_used_trees(git_daemon: GitDaemon, tmp_path: Path) -> None:
+    repo = git_daemon.repo("lru")
+    url, cache = git_daemon.url(repo), tmp_path / "cache"
+    shas = [repo.commit({"data.txt": str(i) * 1000}) for i in range(3)]
+    trees = [checkout(url, sha, cache) for sha in shas]
+    keys = [tree_key(url, sha) for sha in shas]
+    stamps = cache / "git" / "stamps"
+    for age, key in zip((300, 200, 100), keys, strict=True):  # 0 oldest ... 2 newest
+        os.utime(stamps / f"{key}.json", (time.time() - age, time.time() - age))
+    assert checkout(url, shas[0], cache) == trees[0]  # used again: now the newest
+    assert [k for _u, k, _s in git_code.entries(cache)] == [keys[1], keys[2], keys[0]]
+    assert all(size >= 1000 for _u, _k, size in git_code.entries(cache))
+
+    assert git_code.prune(cache, max_bytes=2500, keep={keys[1]}) == [keys[2]]
+    assert trees[0].is_dir() and trees[1].is_dir() and not trees[2].exists()
+    assert git_code.prune(cache, max_bytes=0) == [keys[1], keys[0]]
+    assert not any((cache / "git").glob("*-*")) and git_code.entries(cache) == []
+    assert (checkout(url, shas[2], cache) / "data.txt").read_text() == "2" * 1000
