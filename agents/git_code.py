@@ -118,7 +118,7 @@ def _fetch(
 ) -> None:
     with gitauth.git_env(material, temp_root=temp_root) as env:
         _git(["init", "-q"], env, repo, material, what="git init")
-        _git(["remote", "add", "origin", url], env, repo, material, what="git remote add")
+        _git(["remote", "add", "--", "origin", url], env, repo, material, what="git remote add")
         try:
             _git(
                 ["fetch", "-q", "--depth", "1", "--no-tags", "origin", commit],
@@ -178,6 +178,8 @@ def checkout(
     if not COMMIT_RE.fullmatch(commit):
         raise GitCheckoutError(f"'{commit}' is not a full 40-digit commit sha.")
     gitauth.check_material(credential_material)
+    if not url or url.startswith("-") or any(c.isspace() for c in url):
+        raise GitCheckoutError(f"'{url}' is not a Git repository URL.")
     root = cache_dir / "git"
     for sub in ("locks", "tmp", "stamps"):
         (root / sub).mkdir(parents=True, exist_ok=True)

@@ -109,25 +109,34 @@ def parse_url(url: str, *, allow_http: bool = False) -> GitUrl:
     https://, git://, ssh:// and scp-like `user@host:path` (flows.projects'
     rule); http:// only with `allow_http` (a host the operator allowed)."""
     url = url.strip()
-    if url.startswith("http://"):
-        if not allow_http:
-            raise Invalid(
-                "Plain http:// Git URLs are only for hosts an operator allowed "
-                "(CSHARE_GIT_HOST_ALLOWLIST); use https://.",
-                field="git",
-                code="invalid_git_url",
-            )
-        validate_git_url("https://" + url.removeprefix("http://"))
-    else:
-        try:
-            validate_git_url(url)
-        except Invalid as exc:
-            raise Invalid(exc.detail, field="git", code="invalid_git_url") from None
+    if url.startswith("http://") and not allow_http:
+        raise Invalid(
+            "Plain http:// Git URLs are only for hosts an operator allowed "
+            "(CSHARE_GIT_HOST_ALLOWLIST); use https://.",
+            field="git",
+            code="invalid_git_url",
+        )
+    try:
+        validate_git_url(
+            "https://" + url.removeprefix("http://") if url.startswith("http://") else url
+        )
+    except Invalid as exc:
+        raise Invalid(exc.detail, field="git", code="invalid_git_url") from None
     scp = _SCP_RE.fullmatch(url)
-    if scp is not None and "://" not in url:
-        return GitUrl(url, "ssh", scp["host"], 22)
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    if scp is not None and "://" not in url:
+        user, host = scp["user"], scp["host"]
+    else:
+        user, host = parts.username or "", parts.hostname or ""
+    # ssh would take `-oProxyCommand=...` for an option (git refuses it too).
+    if user.startswith("-") or host.startswith("-"):
+        raise Invalid(
+            "A Git URL's user and host may not start with '-'.",
+            field="git",
+            code="invalid_git_url",
+        )
+    if scp is not None and "://" not in url:
+        return GitUrl(url, "ssh", host, 22)
     for scheme in _SCHEMES:
         if parts.scheme == scheme:
             return GitUrl(url, scheme, host, parts.port or _DEFAULT_PORTS[scheme])

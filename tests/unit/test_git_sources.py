@@ -57,6 +57,9 @@ def test_parse_url(url: str, scheme: str, host: str, port: int) -> None:
         "ext::sh -c touch% /tmp/pwned",
         "/local/path/repo.git",
         "-uhttps://host/x",
+        "ssh://-oProxyCommand@host/repo.git",
+        "-oProxyCommand@host:repo.git",
+        "ssh://git@-host/repo.git",
         "https://host/repo\u202e.git",
         "https://[::ffff:169.254.169.254]/x.git",  # IP literals in brackets: not accepted
     ],
@@ -190,6 +193,8 @@ def test_checkout_wants_a_full_sha(tmp_path: Path) -> None:
         checkout("https://example.com/r.git", "main", tmp_path)
     with pytest.raises(gitauth.BadCredential):
         checkout("https://example.com/r.git", A, tmp_path, {"kind": "nope"})
+    with pytest.raises(GitCheckoutError, match="not a Git repository URL"):
+        checkout("--upload-pack=touch /tmp/x", A, tmp_path)
     assert tree_key("https://example.com/r.git", A) != tree_key("https://example.com/s.git", A)
 
 
