@@ -275,10 +275,14 @@ def test_ssh_deploy_key(git_sshd: GitSshd, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with pytest.raises(GitCheckoutError):
         checkout(url, sha, cache)
+    before = set(Path(tempfile.gettempdir()).glob("cshare-git-*"))
     tree = checkout(url, sha, cache, key.material())
     assert _files(tree) == {"flow.py": "VIA_SSH = True\n"}
     body = private.strip().splitlines()[1]  # a line of the key's base64
     assert _mentions(cache, body) == []
+    assert set(Path(tempfile.gettempdir()).glob("cshare-git-*")) <= before
+    resolve(url, "main", key, settings=settings)  # the server side's temp files go too
+    assert set(Path(tempfile.gettempdir()).glob("cshare-git-*")) <= before
 
 
 def test_a_server_serving_ref_tips_only(git_http: GitHttp, tmp_path: Path) -> None:
