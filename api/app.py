@@ -23,6 +23,7 @@ from api.routers import (
     operations,
     organizations,
     overview,
+    project_git,
     projects,
     secrets,
 )
@@ -127,6 +128,7 @@ def create_app(
         agent,
         deployment_routes,
         projects,
+        project_git,
         job_routes,
         schedule_routes,
         datasets,

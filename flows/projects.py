@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,7 @@ from flows.models import Deployment, Project
 from orgs import audit
 from orgs.context import OrgContext
 from orgs.models import Organization
+from orgs.secrets import OrgSecret
 from policies.errors import Conflict, Invalid, NotFound
 from policies.names import refuse_bidi
 from policies.permissions import Permission
@@ -31,6 +32,7 @@ __all__ = [
     "delete_project",
     "ensure_default",
     "get_project",
+    "git_secret_names",
     "list_projects",
     "resolve_for_deployment",
     "update_project",
@@ -41,8 +43,9 @@ DEFAULT_PROJECT: Final = "default"
 NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_DESCRIPTION: Final = 2000
 MAX_GIT_URL: Final = 1024
-# https://host[:port]/path, ssh://[user@]host[:port]/path, or scp-like user@host:path.
-_HTTPS_RE: Final = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d{1,5})?/[^\s?#]+$")
+# https://host[:port]/path, git://host[:port]/path (git daemon, public read-only),
+# ssh://[user@]host[:port]/path, or scp-like user@host:path.
+_HTTPS_RE: Final = re.compile(r"^(?:https|git)://[A-Za-z0-9.-]+(?::\d{1,5})?/[^\s?#]+$")
 _SSH_URL_RE: Final = re.compile(r"^ssh://(?:[\w.-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?/[^\s?#]+$")
 _SCP_RE: Final = re.compile(r"^[\w.-]+@[A-Za-z0-9.-]+:(?!/)[^\s?#]+$")
 
@@ -59,7 +62,8 @@ def validate_name(name: str) -> str:
 
 
 def validate_git_url(url: str) -> str:
-    """An https:// or SSH (`git@host:path`, `ssh://...`) repository URL; not fetched here.
+    """An https://, git:// or SSH (`git@host:path`, `ssh://...`) repository
+    URL; not fetched here.
 
     Credentials inside the URL are refused: private repositories get a deploy key or a
     token stored as an org secret, never a password that every listing would show.
@@ -68,7 +72,7 @@ def validate_git_url(url: str) -> str:
     refuse_bidi(url, field="git_url")
     if len(url) > MAX_GIT_URL:
         raise Invalid(f"Git URLs may have at most {MAX_GIT_URL} characters.", field="git_url")
-    if url.startswith("https://") and "@" in url.split("/", 3)[2]:
+    if url.startswith(("https://", "git://")) and "@" in url.split("/", 3)[2]:
         raise Invalid(
             "The Git URL must not contain a user name or token; private repositories get "
             "a deploy key or token stored as an org secret.",
@@ -76,11 +80,26 @@ def validate_git_url(url: str) -> str:
         )
     if not (_HTTPS_RE.fullmatch(url) or _SSH_URL_RE.fullmatch(url) or _SCP_RE.fullmatch(url)):
         raise Invalid(
-            "The Git URL must be https://host/path, ssh://[user@]host/path or "
-            "user@host:path (e.g. git@github.com:team/repo.git).",
+            "The Git URL must be https://host/path, git://host/path, "
+            "ssh://[user@]host/path or user@host:path (e.g. git@github.com:team/repo.git).",
             field="git_url",
         )
     return url
+
+
+def deploy_key_secret(project: Project) -> str:
+    """The org secret holding the project's SSH deploy key (named by id: a project made
+    later under the same name does not inherit it)."""
+    return f"PROJECT_{project.id.hex.upper()}_GIT_SSH_KEY"
+
+
+def token_secret(project: Project) -> str:
+    """The org secret holding the project's HTTPS token (JSON: user and token)."""
+    return f"PROJECT_{project.id.hex.upper()}_GIT_TOKEN"
+
+
+def git_secret_names(project: Project) -> list[str]:
+    return [deploy_key_secret(project), token_secret(project)]
 
 
 def _validate_description(description: str) -> str:
@@ -299,6 +318,12 @@ def delete_project(
         target_type="project",
         target_id=project_id,
         before={**_snapshot(project), "deployments_deleted": names},
+    )
+    # Its Git credentials go with it (nothing else may use them).
+    session.execute(
+        delete(OrgSecret).where(
+            OrgSecret.org_id == project.org_id, OrgSecret.name.in_(git_secret_names(project))
+        )
     )
     session.delete(project)
     session.commit()

@@ -157,7 +157,12 @@ class Settings(BaseSettings):
     # all.
     store_allow_server_credentials: bool = False
 
-    @field_validator("store_endpoint_allowlist")
+    # Git repositories the server resolves refs in (flows.git_sources): hosts must resolve
+    # to public addresses unless allowed here (same syntax as the store allowlist); plain
+    # http:// only for allowed hosts. Tests and single-machine setups allow 127.0.0.1/32.
+    git_host_allowlist: str = ""
+
+    @field_validator("store_endpoint_allowlist", "git_host_allowlist")
     @classmethod
     def _check_allowlist(cls, value: str) -> str:
         Allowlist.parse(value)  # fail at start-up, not at the first upload
@@ -165,6 +170,9 @@ class Settings(BaseSettings):
 
     def store_allowlist(self) -> Allowlist:
         return Allowlist.parse(self.store_endpoint_allowlist)
+
+    def git_allowlist(self) -> Allowlist:
+        return Allowlist.parse(self.git_host_allowlist)
 
     # A job token lives for the job's runtime limit plus this (inputs are fetched before
     # the clock starts, outputs uploaded after); the job's end revokes it earlier.

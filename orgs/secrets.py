@@ -109,6 +109,14 @@ def set_secret(
 ) -> SecretInfo:
     """Create or replace the secret `name`; audited as `secret.set` (name only). Commits."""
     ctx.require(Permission.secrets_manage)
+    return store(ctx, session, name, value, settings=settings)
+
+
+def store(
+    ctx: OrgContext, session: Session, name: str, value: str, *, settings: Settings
+) -> SecretInfo:
+    """`set_secret` for a secret the caller already authorized (a project's deploy key:
+    its creator or an admin, flows.git_credentials). Commits."""
     check_name(name)
     check_value(value)
     ciphertext = secret_box.encrypt(settings, value)
@@ -146,6 +154,11 @@ def set_secret(
 def delete_secret(ctx: OrgContext, session: Session, name: str) -> None:
     """Delete the secret `name`; audited as `secret.deleted` (name only). Commits."""
     ctx.require(Permission.secrets_manage)
+    remove(ctx, session, name)
+
+
+def remove(ctx: OrgContext, session: Session, name: str) -> None:
+    """`delete_secret` for a secret the caller already authorized. Commits."""
     check_name(name)
     row = _find(session, ctx.org.id, name, lock=True)
     session.delete(row)
@@ -159,6 +172,16 @@ def delete_secret(ctx: OrgContext, session: Session, name: str) -> None:
         before={"name": name},
     )
     session.commit()
+
+
+def info(session: Session, org_id: uuid.UUID, name: str) -> SecretInfo | None:
+    """What may be shown about the org's secret `name` (no value), or None."""
+    row = session.execute(
+        select(OrgSecret, User.name)
+        .outerjoin(User, User.id == OrgSecret.updated_by)
+        .where(OrgSecret.org_id == org_id, OrgSecret.name == check_name(name))
+    ).first()
+    return None if row is None else _info(row[0], row[1])
 
 
 def list_secrets(

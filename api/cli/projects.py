@@ -6,12 +6,14 @@ from typing import Annotated, Any
 
 import typer
 
-from api.cli import config, output
+from api.cli import config, output, project_git
 from api.cli.client import connect, read_org, require_org, seg
 from api.cli.options import JsonOpt, OrgOpt, YesOpt
 from api.cli.output import UsageProblem
 
 app = typer.Typer(help="Projects: groups of deployments.", no_args_is_help=True)
+app.add_typer(project_git.deploy_key, name="deploy-key")
+app.add_typer(project_git.git_token, name="git-token")
 
 ProjectArg = Annotated[str, typer.Argument(metavar="NAME", help="The project's name.")]
 GitOpt = Annotated[

@@ -465,10 +465,16 @@ def _deployment(w: World, role: str | None = None) -> str:
 
 
 def _project(w: World, role: str) -> str:
-    """A project created by the caller (members manage their own)."""
+    """A project created by the caller (members manage their own), with a deploy key and
+    a Git token (so their GET and DELETE routes find one)."""
     name = _unique("proj").lower()
     r = w.api.post(f"/orgs/{w.org_slug}/projects", w.acting(role), json={"name": name})
-    return str(_created(r, "a project")["name"])
+    name = str(_created(r, "a project")["name"])
+    base = f"/orgs/{w.org_slug}/projects/{name}"
+    _created(w.api.post(f"{base}/deploy-key", w.acting(role), json={}), "a deploy key")
+    r = w.api.put(f"{base}/git-token", w.acting(role), json={"token": "matrix-token"})
+    assert r.status_code == 200, r.text
+    return name
 
 
 def _job(w: World, role: str) -> str:
@@ -567,6 +573,7 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
     },
     "PATCH /orgs/{org}/schedules/{id}": lambda w, role: {"active": False},
     "PUT /orgs/{org}/secrets/{name}": lambda w, role: {"value": "matrix-value"},
+    "PUT /orgs/{org}/projects/{name}/git-token": lambda w, role: {"token": "matrix-token"},
 }
 
 
