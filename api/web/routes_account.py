@@ -118,9 +118,7 @@ def login_second_factor(
         issued = accounts.complete_login(session, ticket=ticket, code=code, settings=settings)
     except DomainError as exc:
         if exc.code == "bad_ticket":  # expired or used: back to the password
-            return _refused(
-                request, exc, "login.html", next=safe_next(next, ""), form={}, error=exc.detail
-            )
+            return redirect("/login", notice="2fa_expired", next=safe_next(next, ""))
         return _refused(
             request,
             exc,
