@@ -398,3 +398,19 @@ def test_members_list_shows_2fa_to_admins_only(api: ApiClient, org: Org) -> None
     assert page.status_code == 200 and "Two-factor" in page.text
     page = _browser(api, org.member.token).get(f"/orgs/{org.slug}/members")
     assert page.status_code == 200 and "Two-factor" not in page.text
+
+
+def test_the_console_settings_page_turns_it_on(api: ApiClient, org: Org) -> None:
+    def post(who: Person, data: dict[str, str]) -> httpx.Response:
+        form = {csrf.CSRF_FIELD: csrf.token_for_session(who.token), **data}
+        web = _browser(api, who.token)
+        return web.post(f"/orgs/{org.slug}/settings/security", data=form, follow_redirects=False)
+
+    r = post(org.admin, {"require_2fa": "yes"})
+    assert r.status_code == 409 and "before requiring it" in r.text
+    r = post(org.owner.person, {"require_2fa": "yes"})
+    assert r.status_code == 303, r.text
+    page = _browser(api, org.owner.person.token).get(f"/orgs/{org.slug}/settings")
+    assert 'id="without-2fa"' in page.text and "2 members without two-factor" in page.text
+    assert post(org.owner.person, {}).status_code == 303
+    assert api.get(f"/orgs/{org.slug}/jobs", org.member).status_code == 200
