@@ -323,6 +323,17 @@ def verify_session(
     session.commit()
 
 
+def reseal(session: Session, settings: Settings) -> int:
+    """Re-encrypt every TOTP secret with the first key (`cshare db rotate-secrets`). No
+    commit: the caller commits with the org secrets, all or none."""
+    rows = session.scalars(select(UserTwoFactor).with_for_update()).all()
+    for row in rows:
+        row.secret_ciphertext = secret_box.reencrypt(
+            settings, row.secret_ciphertext, label=f"two-factor secret of user {row.user_id}"
+        )
+    return len(rows)
+
+
 # ------------------------------------------------------------------ sign-in tickets
 
 

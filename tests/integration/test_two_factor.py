@@ -18,11 +18,14 @@ from typing import Any
 import httpx
 import pyotp
 import pytest
+from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy import select, update
 
 from api.web import csrf
-from orgs import two_factor
+from orgs import secret_box, two_factor
+from orgs.config import get_settings
 from orgs.db import utcnow
 from orgs.models import ApiToken
 from tests.integration.test_datasets import as_job, job_token, make_job
@@ -414,3 +417,19 @@ def test_the_console_settings_page_turns_it_on(api: ApiClient, org: Org) -> None
     assert 'id="without-2fa"' in page.text and "2 members without two-factor" in page.text
     assert post(org.owner.person, {}).status_code == 303
     assert api.get(f"/orgs/{org.slug}/jobs", org.member).status_code == 200
+
+
+def test_key_rotation_reseals_the_secrets(api: ApiClient, clock: Clock) -> None:
+    e = enrol(api, clock)
+    old = secret_box.key_file(get_settings()).read_text().strip()
+    new = Fernet.generate_key().decode()
+    rotating = get_settings().model_copy(update={"secrets_key": SecretStr(f"{new},{old}")})
+    only_new = get_settings().model_copy(update={"secrets_key": SecretStr(new)})
+    with api.db.session() as s:
+        assert two_factor.reseal(s, rotating) == 1
+        s.commit()
+    with api.db.session(write=False) as s:
+        row = s.get(two_factor.UserTwoFactor, uuid.UUID(e.person.id))
+        assert row is not None
+        opened = secret_box.decrypt(only_new, row.secret_ciphertext, label="test")
+    assert opened == e.totp.secret
