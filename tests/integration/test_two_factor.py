@@ -407,7 +407,9 @@ def test_the_console_settings_page_turns_it_on(api: ApiClient, org: Org) -> None
     def post(who: Person, data: dict[str, str]) -> httpx.Response:
         form = {csrf.CSRF_FIELD: csrf.token_for_session(who.token), **data}
         web = _browser(api, who.token)
-        return web.post(f"/orgs/{org.slug}/settings/security", data=form, follow_redirects=False)
+        url = f"/orgs/{org.slug}/settings/security"
+        response: httpx.Response = web.post(url, data=form, follow_redirects=False)
+        return response
 
     r = post(org.admin, {"require_2fa": "yes"})
     assert r.status_code == 409 and "before requiring it" in r.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from policies.two_factor import (
     blocks_member,
@@ -22,7 +23,13 @@ def test_which_steps_a_code_may_match() -> None:
 
 def test_the_org_setting_and_who_it_blocks() -> None:
     assert org_requires_two_factor({"security": {"require_2fa": True}})
-    for doc in ({}, {"security": {}}, {"security": {"require_2fa": "true"}}, {"security": 1}):
+    docs: list[dict[str, Any]] = [
+        {},
+        {"security": {}},
+        {"security": {"require_2fa": "true"}},
+        {"security": 1},
+    ]
+    for doc in docs:
         assert not org_requires_two_factor(doc)
     assert blocks_member(org_requires=True, enrolled=False)
     assert not blocks_member(org_requires=True, enrolled=True)
