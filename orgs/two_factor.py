@@ -30,7 +30,7 @@ import pyotp
 from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, delete, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from orgs import login_throttle, secret_box
+from orgs import audit, login_throttle, secret_box
 from orgs.config import Settings
 from orgs.db import Base, UTCDateTime, utcnow
 from orgs.models import ApiToken, User
@@ -224,7 +224,16 @@ def check_code(
         session.commit()  # the failure stays counted
         raise _wrong_code()
     login_throttle.succeeded(session, reserved, time.time(), settings.login_forget_after_s)
+    if method == "recovery":  # worth a line in the account's record: the device may be lost
+        _record(session, user, "2fa.recovery_code_used")
     return method
+
+
+def _record(session: Session, user: User, action: str) -> None:
+    """An account event (no organization) in the audit table."""
+    audit.record(
+        session, org_id=None, actor=user, action=action, target_type="user", target_id=user.id
+    )
 
 
 # ------------------------------------------------------------------ enrolment
@@ -286,6 +295,7 @@ def confirm(
         RecoveryCode(code_hash=_recovery_hash(user.id, c), user_id=user.id) for c in codes
     )
     mark_passed(token)
+    _record(session, user, "2fa.enabled")
     session.commit()
     return codes
 
@@ -297,6 +307,7 @@ def disable(session: Session, settings: Settings, user: User, code: str) -> None
     check_code(session, settings, user, code)
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     session.execute(delete(UserTwoFactor).where(UserTwoFactor.user_id == user.id))
+    _record(session, user, "2fa.disabled")
     session.commit()
 
 

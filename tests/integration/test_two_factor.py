@@ -27,7 +27,7 @@ from api.web import csrf
 from orgs import secret_box, two_factor
 from orgs.config import get_settings
 from orgs.db import utcnow
-from orgs.models import ApiToken
+from orgs.models import ApiToken, AuditEvent
 from tests.integration.test_datasets import as_job, job_token, make_job
 from tests.support import PREFIX, ApiClient, Person, password_for
 
@@ -197,6 +197,14 @@ def test_disable_needs_a_code(api: ApiClient, clock: Clock) -> None:
     r = api.request("DELETE", "/me/2fa", e.person, json={"code": e.code()})
     assert r.status_code == 204, r.text
     assert api.get("/me/2fa", e.person).json()["enabled"] is False
+    # Both changes are in the audit table, as account events (no organization).
+    with api.db.session(write=False) as s:
+        actions = s.scalars(
+            select(AuditEvent.action)
+            .where(AuditEvent.actor_id == uuid.UUID(e.person.id))
+            .order_by(AuditEvent.id)
+        ).all()
+    assert list(actions) == ["2fa.enabled", "2fa.disabled"]
     # Signing in is one step again.
     assert login(api, e.person).status_code == 200
     assert api.request("DELETE", "/me/2fa", e.person, json={"code": e.code()}).status_code == 409
