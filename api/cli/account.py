@@ -106,6 +106,10 @@ def login(
                 if exc.code != "2fa_required" or not isinstance(exc.body, dict):
                     raise
                 # The password was right; the server wants the second factor.
+                if not code and password_stdin:  # stdin is spent: nobody to prompt
+                    raise UsageProblem(
+                        "This account has two-factor on: give the code with --code."
+                    ) from None
                 code = code or typer.prompt("Two-factor code (or a recovery code)")
                 body = client.post(
                     "/auth/login/2fa",

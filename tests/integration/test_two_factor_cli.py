@@ -38,7 +38,17 @@ def test_enable_login_tokens_members_disable(
     assert len(codes) == 10
     assert "10 recovery codes left" in alice("account", "2fa", "status").stdout
 
-    # Signing in asks for the code after the password (here: a recovery code).
+    # Signing in asks for the code after the password (here: a recovery code); with the
+    # password on stdin there is nobody to ask, so --code is needed.
+    r = alice(
+        "login",
+        "--email",
+        "alice@example.test",
+        "--password-stdin",
+        input="pw-alice-secret\n",
+        code=2,
+    )
+    assert "--code" in r.stderr
     r = alice(
         "login",
         "--email",
