@@ -31,6 +31,7 @@ from api.routers import deployments as deployment_routes
 from api.routers import jobs as job_routes
 from api.routers import schedules as schedule_routes
 from api.routers import settings as settings_routes
+from api.routers import two_factor as two_factor_routes
 from api.schemas import ErrorOut
 from flows import wiring
 from flows.gateway import PrefectGateway
@@ -118,6 +119,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     routers = (
         accounts,
+        two_factor_routes,
         organizations,
         invitations,
         settings_routes,

@@ -93,7 +93,8 @@ def job_context(session: Session, job: Job) -> OrgContext:
     user = session.get(User, job.user_id)
     if org is None or user is None:
         raise NotFound("The job's organization or user no longer exists.", code="job_not_found")
-    return member_context(session, org.slug, user)
+    # The job runs on even where its user now lacks a required two-factor.
+    return member_context(session, org.slug, user, as_job=True)
 
 
 def resolve_inputs(session: Session, job: Job) -> list[dict[str, Any]]:

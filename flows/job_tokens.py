@@ -85,4 +85,4 @@ def job_caller(session: Session, org_slug: str, token: str) -> Caller | None:
     org = session.scalars(select(Organization).where(Organization.slug == org_slug)).first()
     if user is None or org is None or org.id != job.org_id:
         raise NotFound(f"No organization '{org_slug}' for this job.", code="org_not_found")
-    return Caller(ctx=member_context(session, org_slug, user), job=job_scope(job))
+    return Caller(ctx=member_context(session, org_slug, user, as_job=True), job=job_scope(job))

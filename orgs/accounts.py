@@ -12,13 +12,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from orgs import login_throttle, security
+from orgs import login_throttle, security, two_factor
 from orgs.config import Settings, get_settings
 from orgs.db import utcnow
 from orgs.models import ApiToken, User
-from policies.errors import Conflict, Invalid, NotFound, Unauthenticated
+from policies.errors import Conflict, Forbidden, Invalid, NotFound, Unauthenticated
 from policies.names import refuse_bidi
 from policies.throttle import address_key
+from policies.two_factor import RECENT_SECOND_FACTOR, passed_recently
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]{1,255}\.[^@\s\x00-\x1f]{1,63}$")
@@ -29,6 +30,14 @@ MAX_TOKEN_DAYS = 3650
 class IssuedToken:
     token: str  # the secret, shown once
     record: ApiToken
+
+
+@dataclass(frozen=True, slots=True)
+class SecondFactorPending:
+    """A right password of a user with two-factor: the code is still to come."""
+
+    ticket: str  # exchanged once, with a code, for a session (`complete_login`)
+    expires_at: datetime
 
 
 def normalize_email(email: str) -> str:
@@ -113,12 +122,13 @@ def signup(session: Session, *, email: str, name: str, password: str) -> tuple[U
 
 def login(
     session: Session, *, email: str, password: str, address: str, settings: Settings
-) -> IssuedToken:
+) -> IssuedToken | SecondFactorPending:
     """Check the password, throttled per account and per client address.
 
     Unknown e-mails and wrong passwords give the same answer in the same time, and are
     throttled alike (`orgs.login_throttle`: the attempt is counted before the check and
     given back when the password is right; a right password also resets the account).
+    A user with two-factor gets a one-time ticket instead of a session.
     """
     account = email.strip().lower()[:320]  # as normalize_email has it, valid or not
     keys: dict[login_throttle.Kind, str] = {"account": account, "address": address_key(address)}
@@ -136,7 +146,24 @@ def login(
     if not security.verify_password(password_hash, password) or user is None:
         raise Unauthenticated("Wrong email or password.", code="bad_credentials")
     login_throttle.succeeded(session, reserved, time.time(), settings.login_forget_after_s)
+    if two_factor.is_enrolled(session, user.id):
+        ticket, expires = two_factor.issue_ticket(session, user)
+        session.commit()
+        return SecondFactorPending(ticket, expires)
     issued = _issue(session, user, "session", "login", _session_expiry())
+    session.commit()
+    return issued
+
+
+def complete_login(session: Session, *, ticket: str, code: str, settings: Settings) -> IssuedToken:
+    """The second step: a live ticket and a right code (or recovery code) -> a session
+    that counts as having passed two-factor. The ticket is spent; a wrong code leaves it
+    for another try (codes are throttled per account)."""
+    row, user = two_factor.ticket_user(session, ticket)
+    two_factor.check_code(session, settings, user, code)
+    session.delete(row)
+    issued = _issue(session, user, "session", "login", _session_expiry())
+    two_factor.mark_passed(issued.record)
     session.commit()
     return issued
 
@@ -161,9 +188,33 @@ def logout(session: Session, token: ApiToken) -> None:
     session.commit()
 
 
+def require_recent_second_factor(session: Session, user: User, via: ApiToken) -> None:
+    """Minting a token with two-factor on needs a session that passed it lately: a
+    stolen older session (or a personal token) cannot mint long-lived tokens."""
+    if not two_factor.is_enrolled(session, user.id):
+        return
+    if via.kind == "session" and passed_recently(via.second_factor_at, utcnow()):
+        return
+    minutes = int(RECENT_SECOND_FACTOR.total_seconds() // 60)
+    raise Forbidden(
+        f"Creating a token needs a sign-in session that passed two-factor authentication "
+        f"in the last {minutes} minutes: confirm a code first (`cshare account 2fa verify`, "
+        'or POST /me/2fa/verify with {"code"}), or sign in again with your code.',
+        code="recent_2fa_required",
+    )
+
+
 def create_personal_token(
-    session: Session, user: User, *, name: str, expires_in_days: int | None
+    session: Session,
+    user: User,
+    *,
+    name: str,
+    expires_in_days: int | None,
+    via: ApiToken | None = None,
 ) -> IssuedToken:
+    """`via`: the credential asking; checked for a recent second factor when given."""
+    if via is not None:
+        require_recent_second_factor(session, user, via)
     name = name.strip()
     if not 1 <= len(name) <= 100:
         raise Invalid("Token names are 1-100 characters.", field="name")

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from orgs import two_factor
 from orgs.models import Membership, Organization, User
 from policies.access import Viewer
 from policies.errors import Forbidden, NotFound
 from policies.permissions import Permission, Role, allows, denial
+from policies.two_factor import blocked_sentence, blocks_member, org_requires_two_factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +51,15 @@ def org_not_found(slug: str) -> NotFound:
     return NotFound(f"No organization '{slug}' that you are a member of.", code="org_not_found")
 
 
-def member_context(session: Session, slug: str, user: User, *, lock: bool = False) -> OrgContext:
+def member_context(
+    session: Session, slug: str, user: User, *, lock: bool = False, as_job: bool = False
+) -> OrgContext:
+    """The member `user` of org `slug` (404 for anyone else).
+
+    The one place an org's `security.require_2fa` is enforced for people: a member
+    without two-factor gets 403 `two_factor_required`. `as_job`: the user's running job
+    acting through its own credential, which that setting does not stop.
+    """
     stmt = (
         select(Organization, Membership)
         .join(Membership, Membership.org_id == Organization.id)
@@ -61,4 +71,10 @@ def member_context(session: Session, slug: str, user: User, *, lock: bool = Fals
     if row is None:
         raise org_not_found(slug)
     org, membership = row
+    requires = not as_job and org_requires_two_factor(org.settings or {})
+    # Only then the extra query: most orgs never ask, and this runs on every request.
+    if requires and blocks_member(
+        org_requires=requires, enrolled=two_factor.is_enrolled(session, user.id)
+    ):
+        raise Forbidden(blocked_sentence(org.name), code="two_factor_required")
     return OrgContext(user=user, org=org, membership=membership)

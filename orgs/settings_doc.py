@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from orgs import audit
+from orgs import audit, two_factor
 from orgs.context import OrgContext
-from orgs.models import SettingsVersion, User
-from policies.errors import Invalid
+from orgs.models import Membership, SettingsVersion, User
+from policies.errors import Conflict, Invalid
 from policies.limits import DEFAULT_LIMITS, LimitsDocument, parse_limits
 from policies.permissions import Permission
 
@@ -45,17 +45,26 @@ class StorageSettings(BaseModel):
     max_bytes: int | None = Field(None, ge=0, le=1 << 62)
 
 
+class SecuritySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # Members without two-factor get 403 on everything of the org (orgs.context); their
+    # machines and running jobs are not stopped.
+    require_2fa: bool = False
+
+
 class OrgSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     invitations: InvitationSettings = InvitationSettings()
     machines: MachineSettings = MachineSettings()
     storage: StorageSettings = StorageSettings()
+    security: SecuritySettings = SecuritySettings()
     limits: LimitsDocument = DEFAULT_LIMITS
 
 
-SECTIONS = frozenset({"invitations", "machines", "storage", "limits"})
-MERGED_SECTIONS = ("invitations", "machines", "storage")
+SECTIONS = frozenset({"invitations", "machines", "storage", "security", "limits"})
+MERGED_SECTIONS = ("invitations", "machines", "storage", "security")
 
 
 def default_settings() -> dict[str, Any]:
@@ -114,6 +123,8 @@ def stage(ctx: OrgContext, session: Session, changes: Mapping[str, Any]) -> OrgS
     if "limits" in changes:
         limits = _parse_limits_section(changes["limits"])
     new = OrgSettings.model_validate({**merged, "limits": limits})
+    if new.security.require_2fa and not current.security.require_2fa:
+        _check_can_require_2fa(ctx, session)
     before = current.model_dump(mode="json")
     after = new.model_dump(mode="json")
     if after != before:
@@ -135,6 +146,29 @@ def stage(ctx: OrgContext, session: Session, changes: Mapping[str, Any]) -> OrgS
             after=after,
         )
     return new
+
+
+def _check_can_require_2fa(ctx: OrgContext, session: Session) -> None:
+    # As GitHub does: whoever turns it on must have it, or they would lock themselves out.
+    if not two_factor.is_enrolled(session, ctx.user.id):
+        raise Conflict(
+            "Enable two-factor authentication on your own account before requiring it "
+            "(`cshare account 2fa enable`).",
+            code="own_2fa_required",
+        )
+
+
+def members_without_2fa(session: Session, org_id: uuid.UUID) -> int:
+    """How many members the org's `security.require_2fa` turns away."""
+    enrolled = select(two_factor.UserTwoFactor.user_id).where(
+        two_factor.UserTwoFactor.enabled_at.is_not(None)
+    )
+    count = session.scalar(
+        select(func.count())
+        .select_from(Membership)
+        .where(Membership.org_id == org_id, Membership.user_id.not_in(enrolled))
+    )
+    return int(count or 0)
 
 
 def lock_org(ctx: OrgContext, session: Session) -> None:

@@ -34,7 +34,8 @@ from sqlalchemy import text
 import datasets.models  # noqa: F401
 import flows.models  # noqa: F401  (so TRUNCATE sees every table)
 import orgs.notifications
-import orgs.secrets  # noqa: F401
+import orgs.secrets
+import orgs.two_factor  # noqa: F401
 from orgs.db import Base, Database
 from orgs.migrate import upgrade
 from tests.support import ApiClient

@@ -72,6 +72,14 @@ def login(
         bool,
         typer.Option("--token-stdin", help="Sign in with a personal token read from stdin."),
     ] = False,
+    code: Annotated[
+        str | None,
+        typer.Option(
+            "--code",
+            help="The two-factor code (or a recovery code), if your account has two-factor "
+            "on; asked for otherwise.",
+        ),
+    ] = None,
     url: UrlOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -90,9 +98,24 @@ def login(
         else:
             password = typer.prompt("Password", hide_input=True)
         with Client(api_url) as client:
-            body = client.post(
-                "/auth/login", json={"email": email, "password": password}, auth=False
-            )
+            try:
+                body = client.post(
+                    "/auth/login", json={"email": email, "password": password}, auth=False
+                )
+            except ApiError as exc:
+                if exc.code != "2fa_required" or not isinstance(exc.body, dict):
+                    raise
+                # The password was right; the server wants the second factor.
+                if not code and password_stdin:  # stdin is spent: nobody to prompt
+                    raise UsageProblem(
+                        "This account has two-factor on: give the code with --code."
+                    ) from None
+                code = code or typer.prompt("Two-factor code (or a recovery code)")
+                body = client.post(
+                    "/auth/login/2fa",
+                    json={"ticket": exc.body.get("ticket", ""), "code": code},
+                    auth=False,
+                )
         token = body["token"]
     with Client(api_url, token) as client:
         me = client.get("/me")  # also checks a pasted token before saving it

@@ -51,15 +51,15 @@ def upgrade(
 
 @app.command("rotate-secrets")
 def rotate_secrets(json_: JsonOpt = False) -> None:
-    """Re-encrypt every org secret (and data store key) with the first key of
-    CSHARE_SECRETS_KEY.
+    """Re-encrypt every org secret (and data store key, and two-factor secret) with the
+    first key of CSHARE_SECRETS_KEY.
 
     Put the new key first (`CSHARE_SECRETS_KEY=new,old`), run this, then drop the old key.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
     from datasets import stores as datastores
-    from orgs import secrets
+    from orgs import secrets, two_factor
     from orgs.config import get_settings
     from orgs.db import Database
     from policies.errors import DomainError
@@ -69,6 +69,7 @@ def rotate_secrets(json_: JsonOpt = False) -> None:
     try:
         with db.session(write=True) as session:
             stores = datastores.reseal_credentials(session, settings)  # committed below
+            stores += two_factor.reseal(session, settings)  # people's TOTP secrets too
             count = secrets.rotate_all(session, settings) + stores
     except DomainError as exc:
         raise CliError(f"Nothing was changed: {exc.detail}") from None

@@ -21,6 +21,7 @@ from api.cli import projects as project_cmds
 from api.cli import schedules as schedule_cmds
 from api.cli import secrets as secret_cmds
 from api.cli import stack as stack_cmds
+from api.cli import two_factor as two_factor_cmds
 from api.cli.options import LogFormatOpt
 
 
@@ -50,6 +51,7 @@ app.command("logout")(account.logout)
 app.command("whoami")(account.whoami)
 app.add_typer(account.token_app, name="token")
 app.add_typer(account.account_app, name="account")
+account.account_app.add_typer(two_factor_cmds.app, name="2fa")
 app.add_typer(orgs.app, name="org")
 app.add_typer(members.app, name="member")
 app.add_typer(invites.app, name="invite")

@@ -33,12 +33,15 @@ def list_(org: OrgOpt = None, json_: JsonOpt = False) -> None:
     if output.printed_as_json(page, json_):
         return
     items = page["items"]
+    # The server tells admins who has two-factor (null for everyone else): a column then.
+    show_2fa = any(m.get("two_factor") is not None for m in items)
     output.table(
-        ["NAME", "ROLE", "JOINED", "USER ID"],
+        ["NAME", "ROLE", *(["2FA"] if show_2fa else []), "JOINED", "USER ID"],
         (
             [
                 m.get("user", {}).get("name"),
                 m.get("role"),
+                *([_two_factor(m.get("two_factor"))] if show_2fa else []),
                 output.when(m.get("joined_at"), minutes=False),
                 m.get("user", {}).get("id"),
             ]
@@ -47,6 +50,10 @@ def list_(org: OrgOpt = None, json_: JsonOpt = False) -> None:
         title=f"Members of {slug}",
         empty="No members.",
     )
+
+
+def _two_factor(value: object) -> str:
+    return {True: "on", False: "off"}.get(value, "") if isinstance(value, bool) else ""
 
 
 @app.command("role")

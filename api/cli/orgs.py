@@ -298,3 +298,9 @@ def settings_set(
         version = body.get("version") if isinstance(body, dict) else None
         suffix = f" (version {version})" if version is not None else ""
         output.say(f"Settings of '{slug}' updated{suffix}.")
+        without = body.get("members_without_2fa") if isinstance(body, dict) else None
+        if without:
+            output.note(
+                f"Two-factor is required: {without} member(s) without it get 403 until they "
+                "enable it (`cshare member list` shows who)."
+            )

@@ -16,7 +16,7 @@ from orgs.context import OrgContext, member_context
 from orgs.db import Database
 from orgs.models import Organization, User
 from policies.errors import Invalid, NotFound
-from policies.prefect_rules import Actor
+from policies.prefect_rules import Actor, Principal
 
 
 def _context(session: Any, actor: Actor) -> OrgContext:
@@ -24,7 +24,8 @@ def _context(session: Any, actor: Actor) -> OrgContext:
     org = session.get(Organization, actor.org_id)
     if user is None or org is None:
         raise NotFound("No such organization.", code="org_not_found")
-    return member_context(session, org.slug, user)
+    # A job's own credential (a subflow's run) acts on past its user's missing 2FA.
+    return member_context(session, org.slug, user, as_job=actor.principal is Principal.job)
 
 
 def _spec(dep: Deployment, body: Mapping[str, Any]) -> jobs.SubmitSpec:

@@ -1,14 +1,17 @@
-"""Accounts: /auth/signup, /auth/login, /auth/logout, /me, /me/tokens, /me/notifications."""
+"""Accounts: /auth/signup, /auth/login (+ /auth/login/2fa), /auth/logout, /me, /me/tokens,
+/me/notifications."""
 
 from __future__ import annotations
 
 import uuid
 
 from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.client_address import ClientAddress
 from api.deps import AuthDep, CurrentUser, RateLimitsDep, SessionDep, SettingsDep
+from api.errors import error_body
 from api.schemas import Page, TokenOut, UserOut
 from orgs import accounts, notifications
 from policies.throttle import address_key
@@ -37,6 +40,13 @@ class LoginOut(BaseModel):
     expires_at: str | None
 
 
+class SecondFactorIn(BaseModel):
+    ticket: str = Field(max_length=200, description="From the 401 `2fa_required` answer.")
+    code: str = Field(
+        max_length=64, description="The app's current 6-digit code, or a recovery code."
+    )
+
+
 class NewTokenIn(BaseModel):
     name: str = Field(max_length=100)
     expires_in_days: int | None = Field(default=90, ge=1, le=accounts.MAX_TOKEN_DAYS)
@@ -58,20 +68,62 @@ def signup(
     return SignupOut(user=UserOut.model_validate(user), token=issued.token)
 
 
-@router.post("/auth/login")
+def _login_out(issued: accounts.IssuedToken) -> LoginOut:
+    expires = issued.record.expires_at
+    return LoginOut(token=issued.token, expires_at=expires.isoformat() if expires else None)
+
+
+@router.post(
+    "/auth/login",
+    response_model=LoginOut,
+    responses={
+        401: {
+            "description": "Wrong e-mail or password; or, with `error: 2fa_required`, the "
+            "password was right and a code is due: POST the `ticket` and the code to "
+            "/auth/login/2fa (within `expires_at`)."
+        }
+    },
+)
 def login(
     body: LoginIn,
     session: SessionDep,
     settings: SettingsDep,
     limits: RateLimitsDep,
     address: ClientAddress,
-) -> LoginOut:
+) -> LoginOut | JSONResponse:
     limits.hit("login", address_key(address))
-    issued = accounts.login(
+    result = accounts.login(
         session, email=body.email, password=body.password, address=address, settings=settings
     )
-    expires = issued.record.expires_at
-    return LoginOut(token=issued.token, expires_at=expires.isoformat() if expires else None)
+    if isinstance(result, accounts.SecondFactorPending):
+        return JSONResponse(
+            error_body(
+                "2fa_required",
+                "Two-factor authentication is on for this account: send the code from your "
+                "authenticator app (or a recovery code) with this ticket to /auth/login/2fa.",
+                ticket=result.ticket,
+                expires_at=result.expires_at.isoformat(),
+            ),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return _login_out(result)
+
+
+@router.post("/auth/login/2fa")
+def login_second_factor(
+    body: SecondFactorIn,
+    session: SessionDep,
+    settings: SettingsDep,
+    limits: RateLimitsDep,
+    address: ClientAddress,
+) -> LoginOut:
+    """The second step of signing in: the ticket and a code -> a session (codes are
+    throttled per account: 429 with Retry-After)."""
+    limits.hit("login", address_key(address))
+    return _login_out(
+        accounts.complete_login(session, ticket=body.ticket, code=body.code, settings=settings)
+    )
 
 
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
@@ -86,11 +138,12 @@ def me(user: CurrentUser) -> UserOut:
 
 @router.post("/me/tokens", status_code=status.HTTP_201_CREATED)
 def create_token(
-    body: NewTokenIn, user: CurrentUser, session: SessionDep, limits: RateLimitsDep
+    body: NewTokenIn, auth: AuthDep, session: SessionDep, limits: RateLimitsDep
 ) -> NewTokenOut:
+    user, via = auth
     limits.hit("tokens", str(user.id))
     issued = accounts.create_personal_token(
-        session, user, name=body.name, expires_in_days=body.expires_in_days
+        session, user, name=body.name, expires_in_days=body.expires_in_days, via=via
     )
     return NewTokenOut(token=issued.token, info=TokenOut.model_validate(issued.record))
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import CurrentUser, Requires, SessionDep
 from api.schemas import Out, Page, PublicUserOut
-from orgs import organizations
+from orgs import organizations, two_factor
 from orgs.context import OrgContext, member_context
 from policies.permissions import Permission, Role
 
@@ -58,6 +58,11 @@ class MemberOut(BaseModel):
     user: PublicUserOut
     role: Role
     joined_at: datetime
+    two_factor: bool | None = Field(
+        default=None,
+        description="Whether the member has two-factor on; only for those who may manage "
+        "members (null otherwise).",
+    )
 
 
 class RoleIn(BaseModel):
@@ -118,9 +123,20 @@ def list_members(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Page[MemberOut]:
     rows, total = organizations.list_members(session, ctx.org, limit=limit, offset=offset)
+    # Admins see who has two-factor (to act before or after requiring it); members not.
+    enrolled = (
+        two_factor.enrolled_among(session, (m.user_id for m in rows))
+        if ctx.can(Permission.members_manage)
+        else None
+    )
     # One validation of the whole page in pydantic's core, not two models built per row.
     items = [
-        {"user": {"id": m.user_id, "name": m.name}, "role": m.role, "joined_at": m.joined_at}
+        {
+            "user": {"id": m.user_id, "name": m.name},
+            "role": m.role,
+            "joined_at": m.joined_at,
+            "two_factor": None if enrolled is None else m.user_id in enrolled,
+        }
         for m in rows
     ]
     page = {"items": items, "total": total, "limit": limit, "offset": offset}

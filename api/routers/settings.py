@@ -14,12 +14,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.orm import Session
 
 from api.deps import Requires, SessionDep
 from api.schemas import ErrorOut, Page, PublicUserOut
 from orgs import organizations, settings_doc
 from orgs.context import OrgContext
-from orgs.settings_doc import InvitationSettings, MachineSettings, StorageSettings
+from orgs.settings_doc import (
+    InvitationSettings,
+    MachineSettings,
+    SecuritySettings,
+    StorageSettings,
+)
 from policies.errors import Invalid
 from policies.limits import LimitsDocument, parse_limits_yaml
 from policies.permissions import Permission
@@ -48,6 +54,9 @@ class SettingsIn(BaseModel):
         default=None, description="`max_bytes`: the datasets' quota (null: unlimited)."
     )
     limits: dict[str, Any] | None = Field(default=None, description="The limits document.")
+    security: dict[str, Any] | None = Field(
+        default=None, description="`require_2fa`: members without two-factor get 403."
+    )
 
 
 class SettingsOut(BaseModel):
@@ -57,7 +66,13 @@ class SettingsOut(BaseModel):
     invitations: InvitationSettings
     machines: MachineSettings
     storage: StorageSettings
+    security: SecuritySettings = SecuritySettings()
     limits: LimitsDocument
+    members_without_2fa: int | None = Field(
+        default=None,
+        description="While `security.require_2fa` is on, how many members it turns away "
+        "(shown to those who may manage members).",
+    )
 
 
 class SettingsVersionOut(BaseModel):
@@ -93,9 +108,14 @@ async def read_body(request: Request) -> RawBody:
     return RawBody(media_type, b"".join(chunks))
 
 
-def _settings_out(ctx: OrgContext) -> SettingsOut:
+def _settings_out(ctx: OrgContext, session: Session) -> SettingsOut:
     doc = settings_doc.load(ctx.org.settings)
+    without = None
+    if doc.security.require_2fa and ctx.can(Permission.members_manage):
+        without = settings_doc.members_without_2fa(session, ctx.org.id)
     return SettingsOut(
+        security=doc.security,
+        members_without_2fa=without,
         name=ctx.org.name,
         description=ctx.org.description,
         version=ctx.org.settings_version,
@@ -149,13 +169,15 @@ _REQUEST_BODY = {
     response_model=SettingsOut,
     responses={200: {"content": {"application/yaml": {"schema": {"type": "string"}}}}},
 )
-def get_settings(ctx: SettingsView, request: Request) -> SettingsOut | Response:
+def get_settings(
+    ctx: SettingsView, request: Request, session: SessionDep
+) -> SettingsOut | Response:
     """The settings; with `Accept: application/yaml`, the limits document as YAML."""
     accept = request.headers.get("accept", "").lower()
     if any(t in accept for t in YAML_TYPES) and "json" not in accept:
         text = settings_doc.load(ctx.org.settings).limits.to_yaml()
         return Response(text, media_type="application/yaml")
-    return _settings_out(ctx)
+    return _settings_out(ctx, session)
 
 
 @router.put(
@@ -172,7 +194,7 @@ def put_settings(
     if body.media_type in YAML_TYPES:
         limits = parse_limits_yaml(_decode(body.data))
         settings_doc.update(ctx, session, changes={"limits": limits})
-        return _settings_out(ctx)
+        return _settings_out(ctx, session)
     if body.media_type and body.media_type != "application/json":
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -181,13 +203,13 @@ def put_settings(
     given = _parse_json(body.data)
     changes = {
         key: value
-        for key in ("invitations", "machines", "storage", "limits")
+        for key in ("invitations", "machines", "storage", "security", "limits")
         if (value := getattr(given, key)) is not None
     }
     organizations.apply_settings(
         ctx, session, name=given.name, description=given.description, changes=changes
     )
-    return _settings_out(ctx)
+    return _settings_out(ctx, session)
 
 
 @router.get("/orgs/{org}/settings/versions")

@@ -33,6 +33,7 @@ from api.web import (
     routes_data,
     routes_jobs,
     routes_org,
+    routes_profile,
     routes_projects,
     routes_secrets,
     routes_settings,
@@ -163,6 +164,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_projects,
         routes_settings,
         routes_secrets,
+        routes_profile,
     ):
         pages.include_router(module.router)
     _install_errors(pages)

@@ -76,6 +76,7 @@ NOTICES: Mapping[str, str] = {
     "notifications": "Notification targets saved.",
     "test_sent": "Test notification queued for every target.",
     "signed_out": "You are signed out.",
+    "2fa_expired": "That sign-in took too long (or was used already): sign in again.",
 }
 
 

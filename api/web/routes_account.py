@@ -94,6 +94,39 @@ def login(
             form={"email": email},
             error=exc.detail,
         )
+    if isinstance(issued, accounts.SecondFactorPending):
+        return render(request, "login_2fa.html", next=safe_next(next, ""), ticket=issued.ticket)
+    response = redirect(safe_next(next))
+    set_session_cookie(response, request, issued.token, issued.record.expires_at)
+    return response
+
+
+@router.post("/login/2fa")
+def login_second_factor(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    limits: RateLimitsDep,
+    address: ClientAddress,
+    ticket: Annotated[str, Form(max_length=200)],
+    code: Annotated[str, Form(max_length=64)],
+    next: Next = "",
+) -> Response:
+    """The code after the password (the ticket came in the form `POST /login` showed)."""
+    try:
+        limits.hit("login", address_key(address))
+        issued = accounts.complete_login(session, ticket=ticket, code=code, settings=settings)
+    except DomainError as exc:
+        if exc.code == "bad_ticket":  # expired or used: back to the password
+            return redirect("/login", notice="2fa_expired", next=safe_next(next, ""))
+        return _refused(
+            request,
+            exc,
+            "login_2fa.html",
+            next=safe_next(next, ""),
+            ticket=ticket,
+            error=exc.detail,
+        )
     response = redirect(safe_next(next))
     set_session_cookie(response, request, issued.token, issued.record.expires_at)
     return response

@@ -14,7 +14,7 @@ from api.errors import status_for
 from api.routers.invitations import invitation_link
 from api.web.chart import Bar, bar_chart
 from api.web.core import OrgPage, PageRequires, redirect, render, settings_of, who_may_invite
-from orgs import invitations, organizations, settings_doc, usage_views
+from orgs import invitations, organizations, settings_doc, two_factor, usage_views
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission, Role, may_assign
 
@@ -119,9 +119,16 @@ def _members(
     rows, total = organizations.list_members(
         page.session, page.org, limit=MEMBERS_PER_PAGE, offset=offset
     )
+    # Who has two-factor: for those who manage members (as the API's members list).
+    enrolled = (
+        two_factor.enrolled_among(page.session, (m.user_id for m in rows))
+        if page.can(Permission.members_manage)
+        else None
+    )
     members = [
         {
             "row": m,
+            "two_factor": None if enrolled is None else m.user_id in enrolled,
             "roles": _roles_for(page, Role(m.role)) if m.user_id != page.viewer.user.id else [],
             "removable": m.user_id != page.viewer.user.id
             and page.can(Permission.members_manage)

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 from starlette.datastructures import FormData
 
+from api.errors import status_for
 from api.web.core import OrgPage, PageRequires, redirect, render, settings_of
 from orgs import audit, notifications, organizations, settings_doc
 from policies.errors import DomainError, Invalid
@@ -156,6 +157,11 @@ def _settings(
     doc = settings_doc.load(page.org.settings)
     targets = notifications.list_targets(page.session, page.org.id)
     deliveries = notifications.list_deliveries(page.session, page.org.id, limit=10)
+    without_2fa = (
+        settings_doc.members_without_2fa(page.session, page.org.id)
+        if doc.security.require_2fa
+        else None
+    )
     return render(
         request,
         "settings.html",
@@ -173,6 +179,7 @@ def _settings(
         kinds=KIND_LABELS,
         errors=errors or {},
         form=form or {},
+        without_2fa=without_2fa,
     )
 
 
@@ -254,6 +261,22 @@ def save_machines(
         "machines": {"approval_required": approval_required == "yes", "offline_after_s": seconds}
     }
     return _apply(request, page, form, changes=changes, prefix="machines")
+
+
+@router.post("/orgs/{org}/settings/security")
+def save_security(
+    request: Request,
+    page: PageSettingsUpdate,
+    require_2fa: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    form = {"require_2fa": require_2fa}
+    changes = {"security": {"require_2fa": require_2fa == "yes"}}
+    try:
+        return _apply(request, page, form, changes=changes, prefix="security")
+    except DomainError as exc:  # e.g. 409: the admin has no two-factor themselves
+        page.session.rollback()
+        errors = {"security.require_2fa": exc.detail}
+        return _settings(request, page, code=status_for(exc), errors=errors, form=form)
 
 
 async def form_data(request: Request) -> FormData:

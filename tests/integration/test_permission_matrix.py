@@ -92,6 +92,7 @@ PUBLIC_ROUTES = frozenset(
     {
         "POST /auth/signup",
         "POST /auth/login",
+        "POST /auth/login/2fa",  # the sign-in ticket is the credential
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
@@ -110,6 +111,7 @@ PUBLIC_PAGES = frozenset(
         "GET /switch",
         "GET /login",
         "POST /login",
+        "POST /login/2fa",  # the sign-in ticket is the credential
         "GET /signup",
         "POST /signup",
         "POST /logout",
@@ -671,10 +673,14 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
     "POST /login": lambda w, role: PageBody(
         {"email": w.own(role).email, "password": password_for(w.own(role).name)}
     ),
+    # An unknown ticket: back to the password form (nobody in the world has 2FA).
+    "POST /login/2fa": lambda w, role: PageBody({"ticket": "cs_2fa_matrix", "code": "123456"}),
     "POST /signup": lambda w, role: PageBody(
         {"email": f"{(n := _unique('new'))}@example.test", "name": n, "password": password_for(n)}
     ),
     "POST /orgs/new": lambda w, role: PageBody({"name": _unique("Console new")}),
+    "POST /account/2fa/confirm": lambda w, role: PageBody({"code": "123456"}),
+    "POST /account/2fa/disable": lambda w, role: PageBody({"code": "123456"}),
     "POST /join": lambda w, role: PageBody({"code": _invitation(w)[0]}),
     "POST /orgs/{org}/leave": lambda w, role: PageBody({"confirm": "yes"}),
     "POST /orgs/{org}/invitations": lambda w, role: PageBody({"role": "member", "max_uses": "1"}),
@@ -710,6 +716,14 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
 # (console route, role) -> the status it must get instead of 200/201/303, and why.
 PAGE_OUTCOMES: dict[tuple[str, str], tuple[int, str]] = {
     ("POST /orgs/{org}/leave", "owner"): (409, "the last owner cannot leave"),
+    **{
+        (page, role): (409, reason)
+        for page, reason in (
+            ("POST /account/2fa/confirm", "nothing to confirm: nobody began enrolling"),
+            ("POST /account/2fa/disable", "two-factor is not on for anyone in the world"),
+        )
+        for role in (*MEMBER_ROLES, "non_member")
+    },
     **{
         (page, role): (409, "already a member of the invitation's organization")
         for page in ("POST /join", "POST /invitations/{code}/accept")

@@ -60,7 +60,9 @@ def test_members_read_defaults_admins_write(api: ApiClient) -> None:
         "invitations": {"who_may_invite": "admins", "default_expiry_hours": 168},
         "machines": {"approval_required": True, "offline_after_s": 60},
         "storage": {"max_bytes": None},
+        "security": {"require_2fa": False},
         "limits": DEFAULT_LIMITS.model_dump(mode="json"),
+        "members_without_2fa": None,
     }
     r = api.put(f"/orgs/{slug}/settings", member, json={"description": "mine now"})
     assert r.status_code == 403 and r.json()["error"] == "forbidden"
