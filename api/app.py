@@ -21,6 +21,7 @@ from api.routers import (
     lineage,
     machines,
     operations,
+    org_profile,
     organizations,
     overview,
     projects,
@@ -118,6 +119,7 @@ def create_app(
     routers = (
         accounts,
         organizations,
+        org_profile,
         invitations,
         settings_routes,
         secrets,

@@ -146,6 +146,7 @@ def _members(
         per_page=MEMBERS_PER_PAGE,
         invite_roles=invite_roles,
         default_expiry=settings_doc.load(page.org.settings).invitations.default_expiry_hours,
+        default_max_uses=settings_doc.load(page.org.settings).invitations.default_max_uses,
         invitations=invites,
         new_invitation=new_invitation,
         invite_errors=invite_errors or {},
