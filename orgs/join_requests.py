@@ -215,7 +215,11 @@ def former_orgs(session: Session, user: User) -> list[tuple[Organization, Former
 
 
 def _pending(ctx: OrgContext, session: Session, request_id: uuid.UUID) -> JoinRequest:
-    req = session.get(JoinRequest, request_id, with_for_update=True)
+    # Locked, so two admins deciding at once cannot both act (the user is joined eagerly:
+    # only the request's own row can be locked).
+    req = session.scalars(
+        select(JoinRequest).where(JoinRequest.id == request_id).with_for_update(of=JoinRequest)
+    ).first()
     # Another org's request is "not found", never "forbidden".
     if req is None or req.org_id != ctx.org.id:
         raise NotFound("No such request to rejoin.", code="join_request_not_found")
