@@ -74,11 +74,11 @@ from api.web import csrf
 from api.web import session as web_session
 from api.web.app import PagesMount
 from api.web.core import OrgPage, PageRequires, org_page
-from orgs import accounts, organizations, secrets
+from orgs import accounts, join_requests, organizations, secrets
 from orgs.config import get_settings
 from orgs.context import member_context
 from orgs.db import Database
-from orgs.models import Invitation, Membership, Organization, User
+from orgs.models import FormerMember, Invitation, JoinRequest, Membership, Organization, User
 from policies.permissions import ROLE_PERMISSIONS, Permission, Role
 from tests.integration.test_jobs_support import FakePrefect, jobs_app
 from tests.support import ApiClient, Person, password_for
@@ -496,10 +496,27 @@ def _secret(w: World, role: str) -> str:
     return name
 
 
+def _join_request(w: World, role: str) -> str:
+    """A pending request to rejoin from someone who was a member and left."""
+    with w.api.db.session() as s:
+        name = _unique("former")
+        user, _issued = accounts.signup(
+            s, email=f"{name}@example.test", name=name, password=password_for(name)
+        )
+        s.add(FormerMember(org_id=w.org_id, user_id=user.id, how="left", role="member"))
+        s.commit()
+        join_requests.request_to_rejoin(s, user, w.org_slug, "matrix")
+        found = s.scalars(select(JoinRequest.id).where(JoinRequest.user_id == user.id)).one()
+        return str(found)
+
+
 # Path parameter -> example value for (world, role). Keyed "{param}", or "segment/{param}"
 # where the parameter's meaning depends on the segment before it (`{id}`, `{name}`).
 PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "{org}": lambda w, role: w.org_slug,
+    # POST /orgs/{slug}/join-requests: anyone signed in may ask (members get 409).
+    "{slug}": lambda w, role: w.org_slug,
+    "join-requests/{id}": _join_request,
     "{user_id}": lambda w, role: w.people["member"].id,
     "{token_id}": _personal_token,
     "{code}": lambda w, role: _invitation(w)[0],
