@@ -244,14 +244,14 @@ def test_usage_me_shows_only_the_callers_numbers(api: ApiClient, tmp_path: Any) 
             "COLUMNS": "200",
         }
         runner = CliRunner()
-        r = runner.invoke(cli_app, ["usage", "--me", "--json"], env=env)
-        assert r.exit_code == 0, r.output
-        assert json.loads(r.stdout)["storage_bytes"] == 1000
-        r = runner.invoke(cli_app, ["usage", "--me"], env=env)
-        assert r.exit_code == 0 and "3 h" in r.stdout and "completed" in r.stdout, r.output
-        assert owner.name not in r.stdout
-        r = runner.invoke(cli_app, ["usage"], env=env)  # everyone's: admins only
-        assert r.exit_code != 0 and "admins" in r.output
+        out = runner.invoke(cli_app, ["usage", "--me", "--json"], env=env)
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.stdout)["storage_bytes"] == 1000
+        out = runner.invoke(cli_app, ["usage", "--me"], env=env)
+        assert out.exit_code == 0 and "3 h" in out.stdout and "completed" in out.stdout, out.output
+        assert owner.name not in out.stdout
+        out = runner.invoke(cli_app, ["usage"], env=env)  # everyone's: admins only
+        assert out.exit_code != 0 and "admins" in out.output
 
 
 # ------------------------------------------------------------------ invitation defaults

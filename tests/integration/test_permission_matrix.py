@@ -45,6 +45,7 @@ a role that holds the permission is a bug in the route, not in the setting.
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import tempfile
@@ -63,6 +64,7 @@ from fastapi import Path as PathParam
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -535,6 +537,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "{machine_id}": _machine,
     "{job_id}": _job,
     "{invitation_id}": lambda w, role: _invitation(w)[1],
+    "{request_id}": _join_request,
     # Removing a target that is not there is a plain save (the list stays as it is).
     "{target_id}": lambda w, role: str(uuid.uuid4()),
 }
@@ -675,6 +678,24 @@ def _limits_yaml(w: World, role: str) -> PageBody:
     return PageBody({"mode": "yaml", "yaml": yaml_text})
 
 
+def _logo_upload(w: World, role: str) -> PageBody:
+    """A real PNG as the browser's multipart form sends it."""
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 90, 200)).save(out, format="PNG")
+    boundary = "matrixboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="logo"; '
+            f'filename="logo.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + out.getvalue()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return PageBody(
+        content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+
+
 # "METHOD /path" of a console route -> a valid request for (world, role); GETs and forms
 # without fields need none.
 FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
@@ -712,6 +733,11 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
         {"kind": "webhook", "url": "http://127.0.0.1:9/matrix", "secret": "s" * 16}
     ),
     "POST /orgs/{org}/settings/delete": lambda w, role: PageBody({"confirm": w.org_name}),
+    "POST /orgs/{org}/settings/logo": _logo_upload,
+    "POST /orgs/{org}/join-requests/{request_id}/approve": lambda w, role: PageBody(
+        {"role": "member"}
+    ),
+    "POST /rejoin": lambda w, role: PageBody({"org": w.org_slug, "note": "matrix"}),
     "POST /orgs/{org}/secrets": lambda w, role: PageBody(
         {"name": f"MATRIX_{uuid.uuid4().hex[:8].upper()}", "value": "matrix-value"}
     ),
@@ -720,6 +746,14 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
 # (console route, role) -> the status it must get instead of 200/201/303, and why.
 PAGE_OUTCOMES: dict[tuple[str, str], tuple[int, str]] = {
     ("POST /orgs/{org}/leave", "owner"): (409, "the last owner cannot leave"),
+    **{
+        ("GET /orgs/{org}/logo", role): (204, "the world's organization has no logo")
+        for role in MEMBER_ROLES
+    },
+    **{
+        ("POST /rejoin", role): (409, "a member asking to rejoin their own organization")
+        for role in MEMBER_ROLES
+    },
     **{
         (page, role): (409, "already a member of the invitation's organization")
         for page in ("POST /join", "POST /invitations/{code}/accept")
