@@ -6,15 +6,19 @@ organization the caller was never in exactly alike (no probing), and stores noth
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from api.cli.main import app as cli_app
-from orgs.db import Database
+from orgs.db import Database, UTCDateTime
+from orgs.migrate import upgrade
 from orgs.models import AuditEvent, FormerMember, JoinRequest
 from tests.smtp_server import SmtpServer
 from tests.support import ApiClient, Person, serve_in_thread
@@ -224,3 +228,98 @@ def test_cli_request_join_list_approve(api: ApiClient, tmp_path: Any) -> None:
         assert r.exit_code == 0 and "may not request to rejoin" in r.stdout, r.output
         r = runner.invoke(cli_app, ["org", "request-join", slug], env=env(ada))
         assert r.exit_code != 0 and "does not allow requests to rejoin" in r.output, r.output
+
+
+def test_migration_remembers_who_left_before_it(tmp_path: Any) -> None:
+    """0028 fills `former_members` from the audit log: people who left or were removed
+    earlier can ask too (not those who came back)."""
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        upgrade(db.engine, "0020")
+        org_id, left, removed, back = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        now = datetime.now(UTC)
+        users = sa.table(
+            "users",
+            sa.column("id", sa.Uuid()),
+            sa.column("email", sa.String()),
+            sa.column("name", sa.String()),
+            sa.column("password_hash", sa.String()),
+            sa.column("created_at", UTCDateTime()),
+        )
+        orgs_t = sa.table(
+            "organizations",
+            sa.column("id", sa.Uuid()),
+            sa.column("slug", sa.String()),
+            sa.column("name", sa.String()),
+            sa.column("description", sa.String()),
+            sa.column("created_at", UTCDateTime()),
+            sa.column("settings", sa.JSON()),
+            sa.column("settings_version", sa.Integer()),
+        )
+        members = sa.table(
+            "memberships",
+            sa.column("id", sa.Uuid()),
+            sa.column("org_id", sa.Uuid()),
+            sa.column("user_id", sa.Uuid()),
+            sa.column("role", sa.String()),
+            sa.column("created_at", UTCDateTime()),
+        )
+        audit_t = sa.table(
+            "audit_events",
+            sa.column("org_id", sa.Uuid()),
+            sa.column("actor_name", sa.String()),
+            sa.column("action", sa.String()),
+            sa.column("target_type", sa.String()),
+            sa.column("target_id", sa.String()),
+            sa.column("before", sa.JSON()),
+            sa.column("created_at", UTCDateTime()),
+        )
+        with db.engine.begin() as conn:
+            for uid in (left, removed, back):
+                conn.execute(
+                    users.insert().values(
+                        id=uid,
+                        email=f"{uid}@x.test",
+                        name=uid.hex[:12],
+                        password_hash="x",
+                        created_at=now,
+                    )
+                )
+            conn.execute(
+                orgs_t.insert().values(
+                    id=org_id,
+                    slug="old-org",
+                    name="Old",
+                    description="",
+                    created_at=now,
+                    settings={},
+                    settings_version=1,
+                )
+            )
+            conn.execute(
+                members.insert().values(
+                    id=uuid.uuid4(), org_id=org_id, user_id=back, role="member", created_at=now
+                )
+            )
+            for uid, action in (
+                (left, "member.left"),
+                (removed, "member.removed"),
+                (back, "member.left"),
+            ):
+                conn.execute(
+                    audit_t.insert().values(
+                        org_id=org_id,
+                        actor_name="x",
+                        action=action,
+                        target_type="user",
+                        target_id=str(uid),
+                        before={"role": "admin"},
+                        created_at=now,
+                    )
+                )
+        upgrade(db.engine)
+        with db.session(write=False) as s:
+            rows = {(r.user_id, r.how, r.role) for r in s.scalars(select(FormerMember))}
+        assert rows == {(left, "left", "admin"), (removed, "removed", "admin")}
+    finally:
+        db.dispose()
