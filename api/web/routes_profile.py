@@ -39,7 +39,9 @@ def logo(page: PageOrgView) -> Response:
     if row is None:
         return Response(status_code=204, headers={"X-Content-Type-Options": "nosniff"})
     return Response(
-        row.content, media_type=row.content_type, headers={**LOGO_HEADERS, "ETag": row.sha256}
+        row.content,
+        media_type=row.content_type,
+        headers={**LOGO_HEADERS, "ETag": f'"{row.sha256}"'},
     )
 
 
