@@ -309,27 +309,3 @@ def _tell(session: Session, ctx: OrgContext, req: JoinRequest, event: str, **ext
         **extra,
     }
     notifications.emit(session, ctx.org.id, event, payload)
-
-
-def set_rejoin_allowed(
-    ctx: OrgContext, session: Session, user_id: uuid.UUID, *, allowed: bool
-) -> None:
-    """Lift (or set) the "do not allow rejoin" mark of a former member (admins)."""
-    ctx.require(Permission.members_manage)
-    row = session.get(FormerMember, (ctx.org.id, user_id))
-    if row is None:
-        raise NotFound("No such former member.", code="former_member_not_found")
-    if row.rejoin_blocked == (not allowed):
-        return
-    row.rejoin_blocked = not allowed
-    row.blocked_by = None if allowed else ctx.user.id
-    audit.record(
-        session,
-        org_id=ctx.org.id,
-        actor=ctx.user,
-        action="member.rejoin_allowed" if allowed else "member.rejoin_blocked",
-        target_type="user",
-        target_id=user_id,
-        after={"rejoin_blocked": not allowed},
-    )
-    session.commit()
