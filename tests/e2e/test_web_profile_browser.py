@@ -24,8 +24,13 @@ from api.app import create_app
 from orgs.config import get_settings
 from orgs.db import Database
 from orgs.migrate import upgrade
-from tests.e2e.test_web_browser import DESKTOP, SHOTS, UNLABELLED_CONTROLS, browser, expect
+from tests.e2e.test_web_browser import DESKTOP, SHOTS, UNLABELLED_CONTROLS, browser
 from tests.support import ApiClient, Person, serve_in_thread
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # pragma: no cover - the shared `browser` fixture skips without it
+    expect = None  # type: ignore[assignment]
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web-browser")]
 
