@@ -20,6 +20,7 @@ from api.cli.main import app as cli_app
 from orgs.db import Database, UTCDateTime
 from orgs.migrate import upgrade
 from orgs.models import AuditEvent, FormerMember, JoinRequest
+from orgs.notifications import NotificationOutbox
 from tests.smtp_server import SmtpServer
 from tests.support import ApiClient, Person, serve_in_thread
 
@@ -323,3 +324,23 @@ def test_migration_remembers_who_left_before_it(tmp_path: Any) -> None:
         assert rows == {(left, "left", "admin"), (removed, "removed", "admin")}
     finally:
         db.dispose()
+
+
+def test_new_request_is_announced_to_the_org_channels(api: ApiClient) -> None:
+    """`join_request.created` is in the default events of a notification target."""
+    owner, ada, slug = _world(api)
+    api.set_settings(notifications_allow_loopback=True)
+    target = {"kind": "webhook", "url": "http://127.0.0.1:9/hook", "secret": "s" * 16}
+    r = api.put(f"/orgs/{slug}/notifications", owner, json={"targets": [target]})
+    assert r.status_code == 200, r.text
+    assert "join_request.created" in r.json()["events"]
+    assert api.post(f"/orgs/{slug}/leave", ada).status_code == 204
+    assert _ask(api, ada, slug, "hi").status_code == 202
+    with api.db.session(write=False) as s:
+        rows = list(
+            s.scalars(
+                select(NotificationOutbox).where(NotificationOutbox.event == "join_request.created")
+            )
+        )
+    assert len(rows) == 1 and rows[0].target_id is not None
+    assert rows[0].payload["name"] == ada.name and rows[0].payload["note"] == "hi"
