@@ -37,6 +37,20 @@ def used_bytes(session: Session, org_id: uuid.UUID) -> int:
     return int(total or 0)
 
 
+def owned_bytes(session: Session, org_id: uuid.UUID, user_id: uuid.UUID) -> int:
+    """Bytes of the live versions of the datasets `user_id` created in the organization."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(DatasetVersion.size), 0))
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(
+            Dataset.org_id == org_id,
+            Dataset.created_by == user_id,
+            DatasetVersion.tombstoned_at.is_(None),
+        )
+    )
+    return int(total or 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Quota:
     used: int

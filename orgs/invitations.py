@@ -11,8 +11,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Any, cast
+from enum import Enum, StrEnum
+from typing import Any, Final, cast
 
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,9 +25,22 @@ from orgs.models import Invitation, Membership, Organization, User
 from policies.errors import Conflict, Forbidden, Invalid, NotFound
 from policies.permissions import Permission, Role, denial, may_assign
 
+# Without the org's setting: an invitation lives 7 days (invitations.default_expiry_hours)
+# and serves one person (invitations.default_max_uses) unless its creator says otherwise.
+DEFAULT_EXPIRY_HOURS = 168
+DEFAULT_MAX_USES = 1
 MIN_EXPIRY_HOURS = 1
 MAX_EXPIRY_HOURS = 24 * 365
 MAX_USES = 10_000
+
+
+class OrgDefault(Enum):
+    """`max_uses` not given: the organization's `invitations.default_max_uses` applies."""
+
+    token = 0
+
+
+ORG_DEFAULT: Final = OrgDefault.token
 
 
 class InvitationState(StrEnum):
@@ -94,13 +107,17 @@ def create(
     *,
     role: Role = Role.member,
     expires_in_hours: int | None = None,
-    max_uses: int | None = None,
+    max_uses: int | OrgDefault | None = ORG_DEFAULT,
 ) -> IssuedInvitation:
-    """A new invitation; `max_uses=None` means unlimited uses until it expires."""
+    """A new invitation; `max_uses=None` means unlimited uses until it expires, not
+    given the org's default (one use unless its admins changed that)."""
     ctx.require(Permission.invitations_create_if_allowed)
     _check_may_invite(ctx, role)
+    defaults = settings_doc.load(ctx.org.settings).invitations
     if expires_in_hours is None:
-        expires_in_hours = settings_doc.load(ctx.org.settings).invitations.default_expiry_hours
+        expires_in_hours = defaults.default_expiry_hours
+    if isinstance(max_uses, OrgDefault):
+        max_uses = defaults.default_max_uses
     if not MIN_EXPIRY_HOURS <= expires_in_hours <= MAX_EXPIRY_HOURS:
         raise Invalid(
             f"expires_in_hours must be between {MIN_EXPIRY_HOURS} and {MAX_EXPIRY_HOURS}.",

@@ -11,13 +11,16 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -77,6 +80,8 @@ class Organization(Base):
     # The current settings document (see orgs.settings_service) and its version number.
     settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     settings_version: Mapped[int] = mapped_column(Integer, default=1)
+    # Where people reach the organization's admins (console header, invitations).
+    contact_email: Mapped[str | None] = mapped_column(String(320), nullable=True)
 
 
 class SettingsVersion(Base):
@@ -194,3 +199,74 @@ class AuditEvent(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OrgLogo(Base):
+    """An organization's logo: re-encoded PNG bytes (orgs.logos), served to members."""
+
+    __tablename__ = "org_logos"
+
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    content_type: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+
+
+class FormerMember(Base):
+    """Someone who left or was removed: who may ask to rejoin (orgs.join_requests).
+
+    `rejoin_blocked`: removed with "do not allow rejoin"; such a user cannot ask.
+    """
+
+    __tablename__ = "former_members"
+
+    org_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    how: Mapped[str] = mapped_column(String(16))  # left | removed
+    role: Mapped[str] = mapped_column(String(16))
+    left_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    rejoin_blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    blocked_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+
+
+class JoinRequest(Base):
+    """A former member's request to rejoin; an admin approves (with a role) or denies."""
+
+    __tablename__ = "join_requests"
+    __table_args__ = (
+        Index("ix_join_requests_org_id_status", "org_id", "status"),
+        # At most one pending request per person and organization.
+        Index(
+            "uq_join_requests_pending",
+            "org_id",
+            "user_id",
+            unique=True,
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    note: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | denied
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decided_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)  # when approved
+    reason: Mapped[str] = mapped_column(Text, default="")  # when denied
+
+    user: Mapped[User] = relationship(lazy="joined")

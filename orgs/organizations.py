@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from orgs import audit, cascade, settings_doc
+from orgs import audit, cascade, join_requests, settings_doc
 from orgs.context import OrgContext
 from orgs.models import Membership, Organization, SettingsVersion, User
 from policies.errors import Conflict, Forbidden, Invalid, NotFound
@@ -204,6 +204,7 @@ def leave(ctx: OrgContext, session: Session) -> None:
             "The last owner cannot leave; transfer ownership first (or delete the organization).",
             code="last_owner",
         )
+    join_requests.record_departure(session, ctx.org, ctx.membership, how="left")
     cascade.remove_member(session, ctx.org, ctx.membership, actor=ctx.user, action="member.left")
 
 
@@ -293,7 +294,10 @@ def change_role(ctx: OrgContext, session: Session, *, user_id: uuid.UUID, role: 
     return target
 
 
-def remove_member(ctx: OrgContext, session: Session, *, user_id: uuid.UUID) -> None:
+def remove_member(
+    ctx: OrgContext, session: Session, *, user_id: uuid.UUID, no_rejoin: bool = False
+) -> None:
+    """Remove a member; `no_rejoin` also refuses their requests to rejoin."""
     ctx.require(Permission.members_manage)
     target = _membership(session, ctx.org, user_id)
     if target.user_id == ctx.user.id:
@@ -302,4 +306,7 @@ def remove_member(ctx: OrgContext, session: Session, *, user_id: uuid.UUID) -> N
         raise Forbidden(
             "Only the owner may remove an admin, and the owner cannot be removed.", code="forbidden"
         )
+    join_requests.record_departure(
+        session, ctx.org, target, how="removed", no_rejoin=no_rejoin, actor=ctx.user
+    )
     cascade.remove_member(session, ctx.org, target, actor=ctx.user, action="member.removed")

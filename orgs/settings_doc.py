@@ -28,6 +28,9 @@ class InvitationSettings(BaseModel):
 
     who_may_invite: Literal["admins", "members"] = "admins"
     default_expiry_hours: int = Field(168, ge=1, le=24 * 365)
+    # Uses of an invitation created without `max_uses` (a link is for one person);
+    # None: unlimited until it expires.
+    default_max_uses: int | None = Field(1, ge=1, le=10_000)
 
 
 class MachineSettings(BaseModel):

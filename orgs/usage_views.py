@@ -554,6 +554,31 @@ def usage(
     )
 
 
+def jobs_by_state_of(
+    session: Session,
+    org: Organization,
+    user_id: uuid.UUID,
+    *,
+    since: datetime,
+    until: datetime,
+) -> dict[str, int]:
+    """One member's jobs created in [since, until), counted by state (every state named)."""
+    rows = session.execute(
+        select(jobs.c.state, func.count())
+        .where(
+            jobs.c.org_id == org.id,
+            jobs.c.user_id == user_id,
+            jobs.c.created_at >= since,
+            jobs.c.created_at < until,
+        )
+        .group_by(jobs.c.state)
+    ).tuples()
+    counts = dict.fromkeys(ALL_STATES, 0)
+    for state, count in rows:
+        counts[str(state)] = int(count)
+    return counts
+
+
 # ----------------------------------------------------------------- scrape-time counts
 
 

@@ -33,6 +33,7 @@ class Permission(StrEnum):
     settings_update = "settings:update"
     overview_view = "overview:view"
     usage_view = "usage:view"
+    usage_view_own = "usage:view-own"
     audit_view = "audit:view"
     # members and invitations
     members_view = "members:view"
@@ -74,6 +75,7 @@ _MEMBER: frozenset[Permission] = frozenset(
         Permission.org_leave,
         Permission.settings_view,
         Permission.overview_view,
+        Permission.usage_view_own,
         Permission.members_view,
         Permission.invitations_create_if_allowed,
         Permission.machines_view,

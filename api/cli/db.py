@@ -37,7 +37,9 @@ def upgrade(
     try:
         migrate.upgrade(db.engine, revision)
         with db.engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
+            # Unmerged branches leave several heads (each applied); name them all.
+            heads = MigrationContext.configure(conn).get_current_heads()
+            current = ", ".join(sorted(heads)) or None
     except SQLAlchemyError as exc:
         reason = getattr(exc, "orig", None) or exc
         raise CliError(f"Upgrading {shown} failed: {type(exc).__name__}: {reason}") from None

@@ -11,8 +11,22 @@ from api.cli.client import connect, read_org, require_org, seg
 from api.cli.lookup import invitation_code
 from api.cli.members import RoleName
 from api.cli.options import JsonOpt, OrgOpt
+from api.cli.output import UsageProblem
 
-app = typer.Typer(help="Invite people into an organization.", no_args_is_help=True)
+# The server's defaults, repeated for --help (the org's settings may change them).
+DEFAULT_EXPIRY_DAYS = 7
+DEFAULT_MAX_USES = 1
+
+app = typer.Typer(
+    help=(
+        "Invite people into an organization.\n\n"
+        f"Defaults: an invitation expires after {DEFAULT_EXPIRY_DAYS} days and its code or "
+        f"link serves {DEFAULT_MAX_USES} person, unless the creator passes --expires-in-hours "
+        "/ --max-uses / --unlimited, or the org's admins change the settings "
+        "invitations.default_expiry_hours and invitations.default_max_uses."
+    ),
+    no_args_is_help=True,
+)
 
 
 @app.command("create")
@@ -22,11 +36,25 @@ def create(
     ] = None,
     expires_in_hours: Annotated[
         int | None,
-        typer.Option("--expires-in-hours", min=1, help="Lifetime (default: the org's setting)."),
+        typer.Option(
+            "--expires-in-hours",
+            min=1,
+            help=f"Lifetime (default: the org's setting, {DEFAULT_EXPIRY_DAYS * 24} h = "
+            f"{DEFAULT_EXPIRY_DAYS} days unless changed).",
+        ),
     ] = None,
     max_uses: Annotated[
-        int | None, typer.Option("--max-uses", min=1, help="How many people may use it.")
+        int | None,
+        typer.Option(
+            "--max-uses",
+            min=1,
+            help=f"How many people may use it (default: the org's setting, {DEFAULT_MAX_USES} "
+            "unless changed).",
+        ),
     ] = None,
+    unlimited: Annotated[
+        bool, typer.Option("--unlimited", help="Any number of people until it expires.")
+    ] = False,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -38,8 +66,12 @@ def create(
         payload["role"] = role.value
     if expires_in_hours is not None:
         payload["expires_in_hours"] = expires_in_hours
+    if unlimited and max_uses is not None:
+        raise UsageProblem("Give --max-uses or --unlimited, not both.")
     if max_uses is not None:
         payload["max_uses"] = max_uses
+    elif unlimited:
+        payload["max_uses"] = None
     with connect(cfg) as client:
         body = client.post(f"/orgs/{seg(slug)}/invitations", json=payload)
     if json_:

@@ -11,7 +11,19 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from api.cli import account, agent, audit, db, invites, logs, machines, members, orgs, output
+from api.cli import (
+    account,
+    agent,
+    audit,
+    db,
+    invites,
+    logs,
+    machines,
+    members,
+    org_profile,  # noqa: F401  (adds its commands to `cshare org`)
+    orgs,
+    output,
+)
 from api.cli import datasets as dataset_cmds
 from api.cli import deploy as deploy_cmd
 from api.cli import jobs as job_cmds

@@ -78,7 +78,19 @@ def role(
 
 
 @app.command("remove")
-def remove(user: UserArg, org: OrgOpt = None, yes: YesOpt = False, json_: JsonOpt = False) -> None:
+def remove(
+    user: UserArg,
+    no_rejoin: Annotated[
+        bool,
+        typer.Option(
+            "--no-rejoin",
+            help="Do not allow them to request to rejoin (an admin may still invite them).",
+        ),
+    ] = False,
+    org: OrgOpt = None,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> None:
     """Remove a member from the organization."""
     cfg = config.effective()
     slug = require_org(cfg, org)
@@ -86,8 +98,10 @@ def remove(user: UserArg, org: OrgOpt = None, yes: YesOpt = False, json_: JsonOp
         user_id, _ = member_id(client, slug, user)
         if not yes:
             typer.confirm(f"Remove {user} from '{slug}'?", abort=True)
-        client.delete(f"/orgs/{seg(slug)}/members/{seg(user_id)}")
+        params = {"no_rejoin": "true"} if no_rejoin else None
+        client.delete(f"/orgs/{seg(slug)}/members/{seg(user_id)}", params=params)
     if json_:
-        output.print_json({"removed": user_id, "org": slug})
+        output.print_json({"removed": user_id, "org": slug, "no_rejoin": no_rejoin})
     else:
-        output.say(f"Removed {user} from '{slug}'.")
+        blocked = " They may not request to rejoin." if no_rejoin else ""
+        output.say(f"Removed {user} from '{slug}'.{blocked}")

@@ -30,6 +30,8 @@ def _org_lines(org: dict[str, Any]) -> None:
     output.say(f"id:      {org.get('id')}")
     output.say(f"role:    {org.get('role') or '-'}")
     output.say(f"created: {output.when(org.get('created_at'))}")
+    if org.get("contact_email"):
+        output.say(f"contact: {org['contact_email']}")
 
 
 def _forget_current(slug: str) -> None:
@@ -127,15 +129,20 @@ def use(
 def update(
     name: Annotated[str | None, typer.Option("--name", help="A new display name.")] = None,
     description: Annotated[str | None, typer.Option("--description")] = None,
+    contact_email: Annotated[
+        str | None,
+        typer.Option("--contact-email", help="Where members reach the admins ('' clears it)."),
+    ] = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Change the organization's name or description (admins)."""
-    if name is None and description is None:
-        raise UsageProblem("Nothing to change: give --name and/or --description.")
+    """Change the organization's name, description or contact e-mail (admins)."""
+    if name is None and description is None and contact_email is None:
+        raise UsageProblem("Nothing to change: give --name, --description and/or --contact-email.")
     cfg = config.effective()
     slug = require_org(cfg, org)
-    payload = {k: v for k, v in (("name", name), ("description", description)) if v is not None}
+    given = (("name", name), ("description", description), ("contact_email", contact_email))
+    payload = {k: v for k, v in given if v is not None}
     with connect(cfg) as client:
         body = client.patch(f"/orgs/{seg(slug)}", json=payload)
     if json_:

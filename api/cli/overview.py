@@ -123,12 +123,21 @@ def usage(
         str | None, typer.Option("--user", help="Only this user name.", show_default=False)
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+    me: Annotated[
+        bool, typer.Option("--me", help="Only your own usage (any member; no admin needed).")
+    ] = False,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Per-user usage over a window (admins): compute time, jobs run and held, now."""
+    """Per-user usage over a window (admins), or your own with --me: compute time,
+    jobs run and held, now."""
     cfg = config.effective()
     slug = require_org(cfg, org)
+    if me:
+        if user is not None:
+            raise UsageProblem("Give --me or --user, not both.")
+        _my_usage(slug, since, until, json_)
+        return
     with connect(cfg) as client:
         body = client.get(
             f"/orgs/{seg(slug)}/usage",
@@ -164,3 +173,40 @@ def usage(
     )
     if body.get("total", 0) > len(body.get("items", [])):
         output.note(f"Showing {len(body['items'])} of {body['total']} users; raise --limit.")
+
+
+def _my_usage(slug: str, since: str | None, until: str | None, json_: bool) -> None:
+    with connect() as client:
+        body = client.get(
+            f"/orgs/{seg(slug)}/usage/me",
+            params={"since": parse_when(since), "until": parse_when(until)},
+        )
+    if json_:
+        output.print_json(body)
+        return
+    output.say(
+        f"Your usage in {slug} from {output.when(body['since'])} to "
+        f"{output.when(body['until'])} UTC"
+    )
+    output.say(f"compute:  {fmt.duration(body['compute_seconds'])}")
+    output.say(
+        f"jobs:     {body['jobs_run']} run, {body['jobs_held']} held for a slot; now "
+        f"{body['running_now']} running, {body['queued_now']} queued"
+    )
+    output.say(f"storage:  {fmt_bytes(body['storage_bytes'])} in the datasets you created")
+    by_state = {k: v for k, v in body.get("jobs_by_state", {}).items() if v}
+    output.table(
+        ["STATE", "JOBS"],
+        ([state, count] for state, count in sorted(by_state.items())),
+        title="Jobs created in the window, by state",
+        empty="No jobs created in this window.",
+    )
+
+
+def fmt_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"

@@ -37,10 +37,16 @@ class InvitationIn(BaseModel):
         default=None,
         ge=invitations.MIN_EXPIRY_HOURS,
         le=invitations.MAX_EXPIRY_HOURS,
-        description="Default: the organization's invitations.default_expiry_hours.",
+        description="Default: the organization's invitations.default_expiry_hours "
+        f"({invitations.DEFAULT_EXPIRY_HOURS} h = 7 days unless its admins changed it).",
     )
     max_uses: int | None = Field(
-        default=None, ge=1, le=invitations.MAX_USES, description="null = unlimited."
+        default=None,
+        ge=1,
+        le=invitations.MAX_USES,
+        description="null = unlimited. Left out: the organization's "
+        f"invitations.default_max_uses ({invitations.DEFAULT_MAX_USES} unless its admins "
+        "changed it): a link serves one person.",
     )
 
 
@@ -102,7 +108,7 @@ def create_invitation(
         session,
         role=body.role,
         expires_in_hours=body.expires_in_hours,
-        max_uses=body.max_uses,
+        max_uses=body.max_uses if "max_uses" in body.model_fields_set else invitations.ORG_DEFAULT,
     )
     inv = issued.record
     return NewInvitationOut(

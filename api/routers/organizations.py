@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import CurrentUser, Requires, SessionDep
 from api.schemas import Out, Page, PublicUserOut
-from orgs import organizations, two_factor
+from orgs import logos, organizations, two_factor
 from orgs.context import OrgContext, member_context
 from policies.permissions import Permission, Role
 
@@ -35,6 +35,9 @@ class OrgIn(BaseModel):
 class OrgPatch(BaseModel):
     name: str | None = Field(default=None, max_length=100)
     description: str | None = Field(default=None, max_length=2000)
+    contact_email: str | None = Field(
+        default=None, max_length=320, description="Where to reach the admins; null or '' clears."
+    )
 
 
 class OrgOut(Out):
@@ -43,6 +46,7 @@ class OrgOut(Out):
     name: str
     description: str
     created_at: datetime
+    contact_email: str | None = None
     role: Role | None = None
 
 
@@ -95,6 +99,8 @@ def show_org(ctx: OrgView) -> OrgOut:
 
 @router.patch("/orgs/{org}")
 def update_org(body: OrgPatch, ctx: OrgUpdate, session: SessionDep) -> OrgOut:
+    if "contact_email" in body.model_fields_set:
+        logos.set_contact_email(ctx, session, body.contact_email)
     organizations.update(ctx, session, name=body.name, description=body.description)
     return _org_out(ctx)
 
@@ -156,5 +162,12 @@ def change_role(
 
 
 @router.delete("/orgs/{org}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_member(user_id: uuid.UUID, ctx: MembersManage, session: SessionDep) -> None:
-    organizations.remove_member(ctx, session, user_id=user_id)
+def remove_member(
+    user_id: uuid.UUID,
+    ctx: MembersManage,
+    session: SessionDep,
+    no_rejoin: Annotated[
+        bool, Query(description="Also refuse their requests to rejoin (they may be invited).")
+    ] = False,
+) -> None:
+    organizations.remove_member(ctx, session, user_id=user_id, no_rejoin=no_rejoin)

@@ -3,6 +3,8 @@
 - `GET /orgs/{org}/overview` (members): machines, capacity, jobs now, compute time;
 - `GET /orgs/{org}/usage?since=&until=` (admins): per user, heaviest first, and the
   storage the datasets hold against `storage.max_bytes`;
+- `GET /orgs/{org}/usage/me` (every member): the same numbers for the caller alone, their
+  jobs by state and the storage of the datasets they created;
 - `GET/PUT /orgs/{org}/notifications` (admins), `POST .../notifications/test`,
   `GET .../notifications/deliveries` (the last deliveries and their outcome).
 """
@@ -16,6 +18,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.deps import Requires, SessionDep, SettingsDep
 from datasets import quota
@@ -29,6 +32,7 @@ router = APIRouter(tags=["overview"])
 
 OverviewView = Annotated[OrgContext, Depends(Requires(Permission.overview_view))]
 UsageView = Annotated[OrgContext, Depends(Requires(Permission.usage_view))]
+OwnUsageView = Annotated[OrgContext, Depends(Requires(Permission.usage_view_own))]
 SettingsUpdate = Annotated[OrgContext, Depends(Requires(Permission.settings_update))]
 
 Since = Annotated[
@@ -201,6 +205,54 @@ def get_usage(
     )
 
 
+class MyUsageOut(BaseModel):
+    since: datetime
+    until: datetime
+    user_id: uuid.UUID
+    name: str
+    compute_seconds: float
+    compute_hours: float
+    jobs_run: int = Field(description="Jobs that started in the window.")
+    jobs_held: int = Field(description="Jobs created in the window that waited for a slot.")
+    running_now: int
+    active_now: int
+    queued_now: int
+    jobs_by_state: dict[str, int] = Field(description="Jobs created in the window, by state.")
+    storage_bytes: int = Field(description="Live versions of the datasets you created.")
+
+
+def own_usage(session: Session, ctx: OrgContext, start: datetime, end: datetime) -> MyUsageOut:
+    """The caller's own numbers: the org-wide usage view narrowed to them."""
+    u = usage_views.usage(session, ctx.org, since=start, until=end, user_id=ctx.user.id)
+    mine = u.users[0] if u.users else usage_views.UserUsage(ctx.user.id, name=ctx.user.name)
+    return MyUsageOut(
+        since=u.since,
+        until=u.until,
+        user_id=ctx.user.id,
+        name=ctx.user.name,
+        compute_seconds=round(mine.compute_seconds, 3),
+        compute_hours=round(mine.compute_hours, 3),
+        jobs_run=mine.jobs_run,
+        jobs_held=mine.jobs_held,
+        running_now=mine.running_now,
+        active_now=mine.active_now,
+        queued_now=mine.queued_now,
+        jobs_by_state=usage_views.jobs_by_state_of(
+            session, ctx.org, ctx.user.id, since=u.since, until=u.until
+        ),
+        storage_bytes=quota.owned_bytes(session, ctx.org.id, ctx.user.id),
+    )
+
+
+@router.get("/orgs/{org}/usage/me")
+def get_my_usage(
+    ctx: OwnUsageView, session: SessionDep, since: Since = None, until: Until = None
+) -> MyUsageOut:
+    """Your own usage in the organization (every member): compute, jobs, storage."""
+    start, end = _window(since, until)
+    return own_usage(session, ctx, start, end)
+
+
 # ---------------------------------------------------------------------- notifications
 
 EventName = Literal[
@@ -212,6 +264,7 @@ EventName = Literal[
     "machine.offline",
     "member.joined",
     "member.left",
+    "join_request.created",
 ]
 
 

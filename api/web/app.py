@@ -33,6 +33,7 @@ from api.web import (
     routes_data,
     routes_jobs,
     routes_org,
+    routes_org_profile,
     routes_profile,
     routes_projects,
     routes_secrets,
@@ -61,6 +62,15 @@ def _sign_in(request: Request) -> Response:
     return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 
 
+def _rejoin_slug(request: Request, status_code: int) -> str:
+    """On the 404 of an organization's page, the slug from the URL for the "ask to
+    rejoin" link: shown for every slug alike, so it says nothing about the org."""
+    parts = request.url.path.split("/")
+    if status_code == 404 and len(parts) > 2 and parts[1] == "orgs" and parts[2] != "new":
+        return parts[2][:64]
+    return ""
+
+
 def _error_page(request: Request, status_code: int, title: str, detail: str) -> Response:
     if _wants_json(request):
         return JSONResponse(error_body(title.lower().replace(" ", "_"), detail), status_code)
@@ -72,6 +82,7 @@ def _error_page(request: Request, status_code: int, title: str, detail: str) -> 
         detail=detail,
         code=status_code,
         request_id=request_id.get(),
+        rejoin_slug=_rejoin_slug(request, status_code),
     )
 
 
@@ -159,6 +170,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
     for module in (
         routes_account,
         routes_org,
+        routes_org_profile,
         routes_data,
         routes_jobs,
         routes_projects,

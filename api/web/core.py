@@ -27,7 +27,7 @@ from api import format as fmt
 from api.deps import Requires, SessionDep
 from api.web import csrf
 from api.web.session import Viewer, ViewerDep
-from orgs import organizations, settings_doc
+from orgs import logos, organizations, settings_doc
 from orgs.config import Settings
 from orgs.context import OrgContext, member_context
 from orgs.models import Organization
@@ -77,6 +77,14 @@ NOTICES: Mapping[str, str] = {
     "test_sent": "Test notification queued for every target.",
     "signed_out": "You are signed out.",
     "2fa_expired": "That sign-in took too long (or was used already): sign in again.",
+    "logo_set": "Logo saved.",
+    "logo_removed": "Logo removed.",
+    "request_approved": "Request approved: they are a member again and were told by e-mail.",
+    "request_denied": "Request denied; they were told by e-mail.",
+    "rejoin_sent": (
+        "Request received. If you were a member of this organization and may rejoin, its "
+        "admins will see your request and you will be told their answer."
+    ),
 }
 
 
@@ -239,6 +247,7 @@ def render(
         page=page,
         org=page.org if page else None,
         nav=_nav(page) if page is not None and template_wants_nav(template) else None,
+        org_has_logo=page is not None and logos.has_logo(page.session, page.org.id),
         active=active,
         csrf_token=token,
         csrf_field=csrf.CSRF_FIELD,

@@ -12,9 +12,10 @@ from fastapi.responses import Response
 from api import format as fmt
 from api.errors import status_for
 from api.routers.invitations import invitation_link
+from api.routers.overview import own_usage
 from api.web.chart import Bar, bar_chart
 from api.web.core import OrgPage, PageRequires, redirect, render, settings_of, who_may_invite
-from orgs import invitations, organizations, settings_doc, two_factor, usage_views
+from orgs import invitations, join_requests, organizations, settings_doc, two_factor, usage_views
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission, Role, may_assign
 
@@ -49,6 +50,10 @@ def _dashboard(
         chart = bar_chart(
             bars[:CHART_USERS], title="Compute time per user, last 30 days", show=fmt.duration
         )
+    mine = None
+    if page.can(Permission.usage_view_own):  # the same permission as GET /usage/me
+        start, end = usage_views.window(None, None)
+        mine = own_usage(page.session, page.ctx, start, end)
     return render(
         request,
         "dashboard.html",
@@ -56,6 +61,7 @@ def _dashboard(
         active="dashboard",
         status_code=status_code,
         overview=overview,
+        my_usage=mine,
         usage=usage,
         chart=chart,
         chart_users=CHART_USERS,
@@ -137,6 +143,9 @@ def _members(
         for m in rows
     ]
     invite_roles = _invite_roles(page)
+    pending: list[Any] = []
+    if page.can(Permission.members_manage):
+        pending, _ = join_requests.list_for_org(page.ctx, page.session, limit=100, offset=0)
     invites: list[Any] = []
     if invite_roles or page.can(Permission.invitations_manage):
         found, _ = invitations.list_for(page.ctx, page.session, limit=100, offset=0)
@@ -152,7 +161,9 @@ def _members(
         offset=offset,
         per_page=MEMBERS_PER_PAGE,
         invite_roles=invite_roles,
+        join_requests=pending,
         default_expiry=settings_doc.load(page.org.settings).invitations.default_expiry_hours,
+        default_max_uses=settings_doc.load(page.org.settings).invitations.default_max_uses,
         invitations=invites,
         new_invitation=new_invitation,
         invite_errors=invite_errors or {},
@@ -240,6 +251,12 @@ def change_role(
 
 
 @router.post("/orgs/{org}/members/{user_id}/remove")
-def remove_member(page: PageMembersManage, user_id: UserId) -> Response:
-    organizations.remove_member(page.ctx, page.session, user_id=user_id)
+def remove_member(
+    page: PageMembersManage,
+    user_id: UserId,
+    no_rejoin: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    organizations.remove_member(
+        page.ctx, page.session, user_id=user_id, no_rejoin=no_rejoin == "yes"
+    )
     return redirect(page.url("/members"), notice="removed")

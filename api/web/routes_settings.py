@@ -21,7 +21,7 @@ from starlette.datastructures import FormData
 
 from api.errors import status_for
 from api.web.core import OrgPage, PageRequires, redirect, render, settings_of
-from orgs import audit, notifications, organizations, settings_doc
+from orgs import audit, logos, notifications, organizations, settings_doc
 from policies.errors import DomainError, Invalid
 from policies.limits import Limits, MachineTypeLimits, parse_limits_yaml
 from policies.permissions import Permission
@@ -180,7 +180,15 @@ def _settings(
         errors=errors or {},
         form=form or {},
         without_2fa=without_2fa,
+        has_logo=logos.has_logo(page.session, page.org.id),
     )
+
+
+def settings_response(
+    request: Request, page: OrgPage, code: int, errors: dict[str, str]
+) -> Response:
+    """The settings page again with `errors` by key (for forms handled elsewhere)."""
+    return _settings(request, page, code=code, errors=errors)
 
 
 @router.get("/orgs/{org}/settings")
@@ -217,8 +225,19 @@ def save_general(
     page: PageSettingsUpdate,
     name: Annotated[str, Form(max_length=100)],
     description: Annotated[str, Form(max_length=2000)] = "",
+    contact_email: Annotated[str | None, Form(max_length=320)] = None,
 ) -> Response:
-    form = {"name": name, "description": description}
+    form = {"name": name, "description": description, "contact_email": contact_email or ""}
+    if contact_email is not None:  # not sent: unchanged
+        try:
+            logos.set_contact_email(page.ctx, page.session, contact_email)
+            # Written now: apply_settings re-reads the organization's row under a lock.
+            page.session.flush()
+        except Invalid as exc:
+            page.session.rollback()
+            return _settings(
+                request, page, code=422, errors={"contact_email": exc.detail}, form=form
+            )
     return _apply(request, page, form, name=name, description=description, prefix="general")
 
 

@@ -12,7 +12,11 @@ EVENTS: Final[tuple[str, ...]] = (
     "machine.offline",
     "member.joined",
     "member.left",
+    "join_request.created",
 )
+# Mailed to the one user the payload names (`user_id`), never to an org's targets: the
+# answer to their own request to rejoin (orgs.join_requests).
+USER_EVENTS: Final[tuple[str, ...]] = ("join_request.approved", "join_request.denied")
 # What a target without a list of events receives: everything but the routine ends of
 # jobs (a channel would drown in them), which a target must ask for by name.
 DEFAULT_EVENTS: Final[tuple[str, ...]] = tuple(
@@ -30,6 +34,9 @@ _TEXT: Final[dict[str, str]] = {
     "(last heartbeat {last_heartbeat_at}).",
     "member.joined": "{name} joined as {role}.",
     "member.left": "{name} left the organization.",
+    "join_request.created": "{name} asks to rejoin the organization.",
+    "join_request.approved": "Your request to rejoin {org_name} was approved: you are {role}.",
+    "join_request.denied": "Your request to rejoin {org_name} was denied.",
     TEST_EVENT: "{message}",
 }
 # Shown under the headline of an e-mail, in this order, when present.
@@ -40,6 +47,8 @@ _DETAILS: Final = (
     ("reason", "Reason"),
     ("machine_type", "Machine type"),
     ("user", "Submitted by"),
+    ("note", "Note"),
+    ("contact_email", "Contact"),
 )
 
 
@@ -80,6 +89,10 @@ def render(event: str, org_slug: str, payload: dict[str, Any], public_url: str) 
     lines += [f"{label}: {values[key]}" for key, label in _DETAILS if key in values]
     if event in JOB_EVENTS and "job_id" in values:
         lines += ["", f"{public_url.rstrip('/')}/orgs/{org_slug}/jobs/{values['job_id']}"]
+    elif event == "join_request.approved":
+        lines += ["", f"{public_url.rstrip('/')}/orgs/{org_slug}"]
+    elif event == "join_request.created":
+        lines += ["", f"{public_url.rstrip('/')}/orgs/{org_slug}/members"]
     return Message(
         title=f"[{org_slug}] {headline}",
         text=f"[{org_slug}] {headline}",

@@ -28,7 +28,7 @@ from orgs.context import OrgContext
 from orgs.db import Database, utcnow
 from orgs.models import Organization, User
 from orgs.notifications import channels, preferences
-from orgs.notifications.events import EVENTS, JOB_EVENTS, TEST_EVENT, subscribed
+from orgs.notifications.events import EVENTS, JOB_EVENTS, TEST_EVENT, USER_EVENTS, subscribed
 from orgs.notifications.models import (
     DELIVERED,
     FAILED,
@@ -60,9 +60,11 @@ def emit(session: Session, org_id: uuid.UUID, event_name: str, payload: Mapping[
     `payload` must be JSON-serializable (ids as strings, times as ISO strings); for
     `job.*` events it names the job's owner as `user_id`.
     """
-    if event_name not in EVENTS and event_name != TEST_EVENT:
+    if event_name not in EVENTS and event_name not in USER_EVENTS and event_name != TEST_EVENT:
         raise ValueError(f"unknown notification event {event_name!r}")
     data: dict[str, Any] = json.loads(json.dumps(dict(payload), default=str))
+    if event_name in USER_EVENTS:
+        return _emit_to_user(session, org_id, event_name, data)
     owner = _job_owner(session, data) if event_name in JOB_EVENTS else None
     if owner is not None and not data.get("user"):
         data["user"] = owner.name  # messages name the owner; the id alone says little
@@ -90,6 +92,21 @@ def emit(session: Session, org_id: uuid.UUID, event_name: str, payload: Mapping[
     if rows:
         wake.set()
     return len(rows)
+
+
+def _emit_to_user(
+    session: Session, org_id: uuid.UUID, event_name: str, data: dict[str, Any]
+) -> int:
+    """The one e-mail of a `USER_EVENTS` event to the user it names; no preference (it
+    answers something they asked for), but an address and SMTP are needed."""
+    user = _job_owner(session, data)
+    if user is None or not user.email or not channels.smtp_configured(get_settings()):
+        return 0
+    row = NotificationOutbox(org_id=org_id, user_id=user.id, event=event_name, payload=data)
+    row.status, row.next_attempt_at = PENDING, utcnow()
+    session.add(row)
+    wake.set()
+    return 1
 
 
 def _job_owner(session: Session, data: dict[str, Any]) -> User | None:

@@ -52,7 +52,8 @@ def test_full_flow_code_shown_once_and_stored_hashed(api: ApiClient) -> None:
     code = body["code"]
     assert code.startswith("cs_i_") and len(code.split("_", 2)[2]) >= 43
     assert body["link"] == f"{get_settings().public_url}/invitations/{code}"
-    assert body["role"] == "member" and body["max_uses"] is None and body["uses"] == 0
+    # One use unless its creator (or the org's invitations.default_max_uses) says otherwise.
+    assert body["role"] == "member" and body["max_uses"] == 1 and body["uses"] == 0
     expires = datetime.fromisoformat(body["expires_at"])
     assert timedelta(hours=167) < expires - before <= timedelta(hours=168, minutes=1)
 
@@ -74,7 +75,8 @@ def test_full_flow_code_shown_once_and_stored_hashed(api: ApiClient) -> None:
     assert page["total"] == 1 and page["limit"] == 100 and page["offset"] == 0
     (item,) = page["items"]
     assert item["id"] == body["id"] and item["prefix"] == code[:12]
-    assert item["state"] == "active" and item["uses"] == 1
+    # Its one use is spent (the default).
+    assert item["state"] == "used_up" and item["uses"] == 1
     assert "code" not in item and code not in listed.text
     assert _actions(api, slug) == ["org.created", "invitation.created", "member.joined"]
 

@@ -45,6 +45,7 @@ a role that holds the permission is a bug in the route, not in the setting.
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import tempfile
@@ -63,6 +64,7 @@ from fastapi import Path as PathParam
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -74,11 +76,11 @@ from api.web import csrf
 from api.web import session as web_session
 from api.web.app import PagesMount
 from api.web.core import OrgPage, PageRequires, org_page
-from orgs import accounts, organizations, secrets
+from orgs import accounts, join_requests, organizations, secrets
 from orgs.config import get_settings
 from orgs.context import member_context
 from orgs.db import Database
-from orgs.models import Invitation, Membership, Organization, User
+from orgs.models import FormerMember, Invitation, JoinRequest, Membership, Organization, User
 from policies.permissions import ROLE_PERMISSIONS, Permission, Role
 from tests.integration.test_jobs_support import FakePrefect, jobs_app
 from tests.support import ApiClient, Person, password_for
@@ -504,10 +506,27 @@ def _secret(w: World, role: str) -> str:
     return name
 
 
+def _join_request(w: World, role: str) -> str:
+    """A pending request to rejoin from someone who was a member and left."""
+    with w.api.db.session() as s:
+        name = _unique("former")
+        user, _issued = accounts.signup(
+            s, email=f"{name}@example.test", name=name, password=password_for(name)
+        )
+        s.add(FormerMember(org_id=w.org_id, user_id=user.id, how="left", role="member"))
+        s.commit()
+        join_requests.request_to_rejoin(s, user, w.org_slug, "matrix")
+        found = s.scalars(select(JoinRequest.id).where(JoinRequest.user_id == user.id)).one()
+        return str(found)
+
+
 # Path parameter -> example value for (world, role). Keyed "{param}", or "segment/{param}"
 # where the parameter's meaning depends on the segment before it (`{id}`, `{name}`).
 PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "{org}": lambda w, role: w.org_slug,
+    # POST /orgs/{slug}/join-requests: anyone signed in may ask (members get 409).
+    "{slug}": lambda w, role: w.org_slug,
+    "join-requests/{id}": _join_request,
     "{user_id}": lambda w, role: w.people["member"].id,
     "{token_id}": _personal_token,
     "{code}": lambda w, role: _invitation(w)[0],
@@ -526,6 +545,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "{machine_id}": _machine,
     "{job_id}": _job,
     "{invitation_id}": lambda w, role: _invitation(w)[1],
+    "{request_id}": _join_request,
     # Removing a target that is not there is a plain save (the list stays as it is).
     "{target_id}": lambda w, role: str(uuid.uuid4()),
 }
@@ -667,6 +687,24 @@ def _limits_yaml(w: World, role: str) -> PageBody:
     return PageBody({"mode": "yaml", "yaml": yaml_text})
 
 
+def _logo_upload(w: World, role: str) -> PageBody:
+    """A real PNG as the browser's multipart form sends it."""
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 90, 200)).save(out, format="PNG")
+    boundary = "matrixboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="logo"; '
+            f'filename="logo.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + out.getvalue()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return PageBody(
+        content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+
+
 # "METHOD /path" of a console route -> a valid request for (world, role); GETs and forms
 # without fields need none.
 FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
@@ -708,6 +746,11 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
         {"kind": "webhook", "url": "http://127.0.0.1:9/matrix", "secret": "s" * 16}
     ),
     "POST /orgs/{org}/settings/delete": lambda w, role: PageBody({"confirm": w.org_name}),
+    "POST /orgs/{org}/settings/logo": _logo_upload,
+    "POST /orgs/{org}/join-requests/{request_id}/approve": lambda w, role: PageBody(
+        {"role": "member"}
+    ),
+    "POST /rejoin": lambda w, role: PageBody({"org": w.org_slug, "note": "matrix"}),
     "POST /orgs/{org}/secrets": lambda w, role: PageBody(
         {"name": f"MATRIX_{uuid.uuid4().hex[:8].upper()}", "value": "matrix-value"}
     ),
@@ -723,6 +766,14 @@ PAGE_OUTCOMES: dict[tuple[str, str], tuple[int, str]] = {
             ("POST /account/2fa/disable", "two-factor is not on for anyone in the world"),
         )
         for role in (*MEMBER_ROLES, "non_member")
+    },
+    **{
+        ("GET /orgs/{org}/logo", role): (204, "the world's organization has no logo")
+        for role in MEMBER_ROLES
+    },
+    **{
+        ("POST /rejoin", role): (409, "a member asking to rejoin their own organization")
+        for role in MEMBER_ROLES
     },
     **{
         (page, role): (409, "already a member of the invitation's organization")

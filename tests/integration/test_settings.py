@@ -57,7 +57,11 @@ def test_members_read_defaults_admins_write(api: ApiClient) -> None:
         "name": "Settings Org",
         "description": "",
         "version": 1,
-        "invitations": {"who_may_invite": "admins", "default_expiry_hours": 168},
+        "invitations": {
+            "who_may_invite": "admins",
+            "default_expiry_hours": 168,
+            "default_max_uses": 1,
+        },
         "machines": {"approval_required": True, "offline_after_s": 60},
         "storage": {"max_bytes": None},
         "security": {"require_2fa": False},
@@ -127,7 +131,11 @@ def test_json_put_changes_everything_in_one_version(api: ApiClient) -> None:
     assert body["name"] == "Renamed" and body["description"] == "Now with GPUs"
     assert body["version"] == 2
     # Sections merge key by key: the keys not given keep their values.
-    assert body["invitations"] == {"who_may_invite": "members", "default_expiry_hours": 168}
+    assert body["invitations"] == {
+        "who_may_invite": "members",
+        "default_expiry_hours": 168,
+        "default_max_uses": 1,
+    }
     assert body["machines"] == {"approval_required": False, "offline_after_s": 60}
     assert body["limits"]["organization"]["limits"]["max_job_memory"] == 8192
     assert api.get(f"/orgs/{slug}", member).json()["name"] == "Renamed"
