@@ -25,6 +25,7 @@ from api.routers import (
     overview,
     projects,
     secrets,
+    sso,
 )
 from api.routers import deployments as deployment_routes
 from api.routers import jobs as job_routes
@@ -117,6 +118,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     routers = (
         accounts,
+        sso,
         organizations,
         invitations,
         settings_routes,

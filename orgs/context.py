@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orgs.models import Membership, Organization, User
+from orgs.models import ApiToken, Membership, Organization, User
 from policies.access import Viewer
 from policies.errors import Forbidden, NotFound
 from policies.permissions import Permission, Role, allows, denial
+from policies.sso import sso_denial
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,9 @@ class OrgContext:
     user: User
     org: Organization
     membership: Membership
+    # The provider the caller's session signed in through (orgs.sso); None: a password
+    # session, or a caller that is no person's session (a job acting for its user).
+    signed_in_via: str | None = None
 
     @property
     def role(self) -> Role:
@@ -49,7 +53,20 @@ def org_not_found(slug: str) -> NotFound:
     return NotFound(f"No organization '{slug}' that you are a member of.", code="org_not_found")
 
 
-def member_context(session: Session, slug: str, user: User, *, lock: bool = False) -> OrgContext:
+def member_context(
+    session: Session,
+    slug: str,
+    user: User,
+    *,
+    lock: bool = False,
+    token: ApiToken | None = None,
+) -> OrgContext:
+    """The caller inside the org; 404 for non-members.
+
+    `token`: the person's session or personal token this request came with. Its sign-in
+    is checked against the org's `sso.required` (403 `sso_required`). Callers acting
+    for a job (whose submission passed this check) pass none.
+    """
     stmt = (
         select(Organization, Membership)
         .join(Membership, Membership.org_id == Organization.id)
@@ -61,4 +78,15 @@ def member_context(session: Session, slug: str, user: User, *, lock: bool = Fals
     if row is None:
         raise org_not_found(slug)
     org, membership = row
-    return OrgContext(user=user, org=org, membership=membership)
+    via = token.sso_provider if token is not None else None
+    if token is not None:
+        sso = (org.settings or {}).get("sso") or {}
+        refused = sso_denial(
+            required=bool(sso.get("required")),
+            provider=sso.get("provider"),
+            provider_label=str(sso.get("provider")),
+            signed_in_via=via,
+        )
+        if refused is not None:
+            raise Forbidden(refused, code="sso_required")
+    return OrgContext(user=user, org=org, membership=membership, signed_in_via=via)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from orgs import audit
 from orgs.context import OrgContext
 from orgs.models import SettingsVersion, User
+from orgs.sso_settings import SsoSettings, refuse_lockout
 from policies.errors import Invalid
 from policies.limits import DEFAULT_LIMITS, LimitsDocument, parse_limits
 from policies.permissions import Permission
@@ -51,11 +52,12 @@ class OrgSettings(BaseModel):
     invitations: InvitationSettings = InvitationSettings()
     machines: MachineSettings = MachineSettings()
     storage: StorageSettings = StorageSettings()
+    sso: SsoSettings = SsoSettings()
     limits: LimitsDocument = DEFAULT_LIMITS
 
 
-SECTIONS = frozenset({"invitations", "machines", "storage", "limits"})
-MERGED_SECTIONS = ("invitations", "machines", "storage")
+SECTIONS = frozenset({"invitations", "machines", "storage", "sso", "limits"})
+MERGED_SECTIONS = ("invitations", "machines", "storage", "sso")
 
 
 def default_settings() -> dict[str, Any]:
@@ -114,6 +116,7 @@ def stage(ctx: OrgContext, session: Session, changes: Mapping[str, Any]) -> OrgS
     if "limits" in changes:
         limits = _parse_limits_section(changes["limits"])
     new = OrgSettings.model_validate({**merged, "limits": limits})
+    refuse_lockout(current.sso, new.sso, ctx.signed_in_via)
     before = current.model_dump(mode="json")
     after = new.model_dump(mode="json")
     if after != before:

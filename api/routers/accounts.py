@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.client_address import ClientAddress
 from api.deps import AuthDep, CurrentUser, RateLimitsDep, SessionDep, SettingsDep
 from api.schemas import Page, TokenOut, UserOut
-from orgs import accounts, notifications
+from orgs import accounts, notifications, sso
 from policies.throttle import address_key
 
 router = APIRouter(tags=["accounts"])
@@ -86,12 +86,16 @@ def me(user: CurrentUser) -> UserOut:
 
 @router.post("/me/tokens", status_code=status.HTTP_201_CREATED)
 def create_token(
-    body: NewTokenIn, user: CurrentUser, session: SessionDep, limits: RateLimitsDep
+    body: NewTokenIn, auth: AuthDep, session: SessionDep, limits: RateLimitsDep
 ) -> NewTokenOut:
+    user, creator = auth
     limits.hit("tokens", str(user.id))
     issued = accounts.create_personal_token(
         session, user, name=body.name, expires_in_days=body.expires_in_days
     )
+    if creator.sso_provider:  # counts as that sign-in for `sso.required` (orgs.sso)
+        sso.inherit(issued.record, creator)
+        session.commit()
     return NewTokenOut(token=issued.token, info=TokenOut.model_validate(issued.record))
 
 

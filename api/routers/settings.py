@@ -20,6 +20,7 @@ from api.schemas import ErrorOut, Page, PublicUserOut
 from orgs import organizations, settings_doc
 from orgs.context import OrgContext
 from orgs.settings_doc import InvitationSettings, MachineSettings, StorageSettings
+from orgs.sso_settings import SsoSettings
 from policies.errors import Invalid
 from policies.limits import LimitsDocument, parse_limits_yaml
 from policies.permissions import Permission
@@ -47,6 +48,10 @@ class SettingsIn(BaseModel):
     storage: dict[str, Any] | None = Field(
         default=None, description="`max_bytes`: the datasets' quota (null: unlimited)."
     )
+    sso: dict[str, Any] | None = Field(
+        default=None,
+        description="`provider`, `allowed_domains`, `required`: sign-in through a provider.",
+    )
     limits: dict[str, Any] | None = Field(default=None, description="The limits document.")
 
 
@@ -57,6 +62,7 @@ class SettingsOut(BaseModel):
     invitations: InvitationSettings
     machines: MachineSettings
     storage: StorageSettings
+    sso: SsoSettings
     limits: LimitsDocument
 
 
@@ -102,6 +108,7 @@ def _settings_out(ctx: OrgContext) -> SettingsOut:
         invitations=doc.invitations,
         machines=doc.machines,
         storage=doc.storage,
+        sso=doc.sso,
         limits=doc.limits,
     )
 
@@ -181,7 +188,7 @@ def put_settings(
     given = _parse_json(body.data)
     changes = {
         key: value
-        for key in ("invitations", "machines", "storage", "limits")
+        for key in ("invitations", "machines", "storage", "sso", "limits")
         if (value := getattr(given, key)) is not None
     }
     organizations.apply_settings(

@@ -36,6 +36,7 @@ from api.web import (
     routes_projects,
     routes_secrets,
     routes_settings,
+    routes_sso,
 )
 from api.web.core import STATIC, render
 from api.web.session import SignInRequired
@@ -163,6 +164,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_projects,
         routes_settings,
         routes_secrets,
+        routes_sso,
     ):
         pages.include_router(module.router)
     _install_errors(pages)
