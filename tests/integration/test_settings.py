@@ -60,6 +60,7 @@ def test_members_read_defaults_admins_write(api: ApiClient) -> None:
         "invitations": {"who_may_invite": "admins", "default_expiry_hours": 168},
         "machines": {"approval_required": True, "offline_after_s": 60},
         "storage": {"max_bytes": None},
+        "sso": {"provider": None, "allowed_domains": [], "required": False},
         "limits": DEFAULT_LIMITS.model_dump(mode="json"),
     }
     r = api.put(f"/orgs/{slug}/settings", member, json={"description": "mine now"})
