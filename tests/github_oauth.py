@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 CLIENT_ID = "Iv1.testclient"
-CLIENT_SECRET = "github-test-secret-0123456789"  # noqa: S105 (a test client's)
+CLIENT_SECRET = "github-test-secret-0123456789"
 
 
 @dataclass

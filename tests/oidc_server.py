@@ -29,7 +29,7 @@ import pytest
 HERE = Path(__file__).resolve().parent / "oidc"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CLIENT_ID = "cshare-test"
-CLIENT_SECRET = "cshare-test-secret-0123456789abcdef"  # noqa: S105 (a test client's)
+CLIENT_SECRET = "cshare-test-secret-0123456789abcdef"
 
 
 def _missing(reason: str) -> None:
@@ -48,7 +48,9 @@ def install_dir() -> Path:
 def ensure_installed() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node or not npm:
-        _missing("node and npm are needed to run the test OIDC provider (apt-get install nodejs npm)")
+        _missing(
+            "node and npm are needed to run the test OIDC provider (apt-get install nodejs npm)"
+        )
     target = install_dir()
     if not (target / "node_modules" / "oidc-provider" / "package.json").exists():
         target.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from orgs.migrate import upgrade
 from orgs.sso_config import SsoProvider
 from tests.e2e.test_web_browser import CHROMIUM, CHROMIUM_ARGS, IN_CI, SHOTS
 from tests.integration.test_jobs_support import FakePrefect
-from tests.oidc_server import OidcServer, oidc_factory  # noqa: F401
+from tests.oidc_server import OidcServer
 from tests.support import serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("web-browser")]
@@ -52,7 +52,7 @@ def chromium() -> Iterator[Any]:
 
 def test_sign_in_with_oidc_in_the_browser(
     chromium: Any,
-    oidc_factory: Callable[..., OidcServer],  # noqa: F811
+    oidc_factory: Callable[..., OidcServer],
     tmp_path: Path,
 ) -> None:
     db = Database(f"sqlite:///{tmp_path / 'cshare.db'}")

@@ -18,8 +18,8 @@ from orgs.config import get_settings
 from orgs.db import Database
 from orgs.models import ApiToken, Membership, SsoIdentity, User
 from orgs.sso_config import SsoProvider
-from tests.github_oauth import FakeGitHub, GitHubUser, fake_github  # noqa: F401
-from tests.oidc_server import OidcServer, oidc_factory, sign_in_at_provider  # noqa: F401
+from tests.github_oauth import FakeGitHub, GitHubUser
+from tests.oidc_server import OidcServer, sign_in_at_provider
 from tests.support import PREFIX, password_for
 
 BASE = "http://testserver"
@@ -41,7 +41,8 @@ class Sso:
 
     def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return self.client.request(method, PREFIX + path, headers=headers, **kw)
+        response: httpx.Response = self.client.request(method, PREFIX + path, headers=headers, **kw)
+        return response
 
     def browser(self) -> TestClient:
         """A fresh browser (its own cookies) on the same app."""
@@ -53,7 +54,10 @@ class Sso:
         assert r.status_code == 303, r.text
         with httpx.Client() as at_provider:
             query = sign_in_at_provider(at_provider, r.headers["location"], login, CALLBACK)
-        return browser.get("/sso/corp/callback", params=query, follow_redirects=False)
+        back: httpx.Response = browser.get(
+            "/sso/corp/callback", params=query, follow_redirects=False
+        )
+        return back
 
     def signup(self, name: str, email: str) -> str:
         r = self.api(
@@ -256,9 +260,7 @@ def test_sso_required_blocks_password_sessions(sso_env: Sso) -> None:
     r = sso_env.api("POST", f"/orgs/{slug}/invitations", owner_sso, json={"role": "admin"})
     assert sso_env.api("POST", f"/invitations/{r.json()['code']}/accept", member).is_success
     # A password session may not turn it on (it would lock itself out).
-    r = sso_env.api(
-        "PUT", f"/orgs/{slug}/settings", member, json={"sso": {"required": True}}
-    )
+    r = sso_env.api("PUT", f"/orgs/{slug}/settings", member, json={"sso": {"required": True}})
     assert r.status_code == 422 and r.json()["field"] == "sso.required", r.text
     r = sso_env.api("PUT", f"/orgs/{slug}/settings", owner_sso, json={"sso": {"required": True}})
     assert r.status_code == 200, r.text
@@ -308,7 +310,7 @@ def test_sso_settings_are_validated(sso_env: Sso) -> None:
 
 
 @pytest.fixture
-def github_env(sqlite_database: Database, fake_github: FakeGitHub) -> Iterator[Sso]:  # noqa: F811
+def github_env(sqlite_database: Database, fake_github: FakeGitHub) -> Iterator[Sso]:
     settings = get_settings().model_copy(
         update={
             "public_url": BASE,
@@ -335,7 +337,7 @@ def _github_sign_in(env: Sso) -> tuple[TestClient, httpx.Response]:
 
 def test_github_sign_in_uses_the_verified_primary_email(
     github_env: Sso,
-    fake_github: FakeGitHub,  # noqa: F811
+    fake_github: FakeGitHub,
 ) -> None:
     fake_github.user = GitHubUser(
         id=4242,
@@ -356,7 +358,7 @@ def test_github_sign_in_uses_the_verified_primary_email(
 
 def test_github_without_verified_primary_email_is_refused(
     github_env: Sso,
-    fake_github: FakeGitHub,  # noqa: F811
+    fake_github: FakeGitHub,
 ) -> None:
     fake_github.user = GitHubUser(
         id=7, login="nover", emails=[{"email": "x@corp.test", "primary": True, "verified": False}]

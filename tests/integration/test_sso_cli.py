@@ -18,7 +18,7 @@ from api.app import create_app
 from orgs.config import get_settings
 from orgs.db import Database
 from orgs.sso_config import SsoProvider
-from tests.oidc_server import OidcServer, oidc_factory, sign_in_at_provider  # noqa: F401
+from tests.oidc_server import OidcServer, sign_in_at_provider
 from tests.prefect_server import REPO_ROOT
 from tests.support import serve_in_thread
 
@@ -27,7 +27,7 @@ CLI = "import sys; from api.cli.main import app; sys.argv[0] = 'cshare'; app()"
 
 def test_cli_login_sso(
     sqlite_database: Database,
-    oidc_factory: Callable[..., OidcServer],  # noqa: F811
+    oidc_factory: Callable[..., OidcServer],
     tmp_path: Path,
 ) -> None:
     settings = get_settings().model_copy(
