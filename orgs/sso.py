@@ -198,9 +198,16 @@ def _resolve(
         flow.user_id = existing.id
         session.commit()
         return Outcome("link", flow=flow)
+    # No password: this account signs in through providers only (or links one later).
     user = User(email=who.email, name=_free_name(session, who), password_hash="")
     session.add(user)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:  # the same e-mail or name taken a moment ago
+        session.rollback()
+        raise Invalid(
+            "This sign-in collided with another; start again.", code="sso_expired"
+        ) from exc
     _link(session, provider, flow, user)
     return _finish(session, provider, flow, user, who)
 

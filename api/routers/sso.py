@@ -9,10 +9,12 @@ machine, so it works over SSH and from containers.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import CurrentUser, SessionDep, SettingsDep
 from orgs import sso
 
 router = APIRouter(tags=["accounts"])
@@ -24,6 +26,14 @@ class ProviderOut(BaseModel):
     name: str
     display_name: str
     kind: str
+
+
+class IdentityOut(BaseModel):
+    provider: str
+    subject: str
+    email: str
+    created_at: datetime
+    last_login_at: datetime | None
 
 
 class CliStartOut(BaseModel):
@@ -71,3 +81,18 @@ def poll(body: PollIn, session: SessionDep, response: Response) -> PollOut:
     return PollOut(
         status="done", token=issued.token, expires_at=expires.isoformat() if expires else None
     )
+
+
+@router.get("/me/identities")
+def my_identities(user: CurrentUser, session: SessionDep) -> list[IdentityOut]:
+    """The provider accounts linked to yours (signing in through them opens it)."""
+    return [
+        IdentityOut(
+            provider=i.provider,
+            subject=i.subject,
+            email=i.email,
+            created_at=i.created_at,
+            last_login_at=i.last_login_at,
+        )
+        for i in sso.identities(session, user.id)
+    ]

@@ -185,6 +185,10 @@ def test_existing_account_is_linked_only_with_its_password(sso_env: Sso) -> None
     )
     assert r.status_code == 303, r.text
     assert sso_env.api("GET", "/me", _session_of(browser)).json()["name"] == "bob"
+    linked = sso_env.api("GET", "/me/identities", _session_of(browser)).json()
+    assert [(i["provider"], i["subject"], i["email"]) for i in linked] == [
+        ("corp", "bob", "bob@corp.test")
+    ]
     # From now on the provider signs bob in directly.
     again = sso_env.browser()
     r = sso_env.web_sign_in(again, "bob")
@@ -366,3 +370,27 @@ def test_github_without_verified_primary_email_is_refused(
     browser, r = _github_sign_in(github_env)
     assert r.status_code == 422 and "did not confirm an e-mail" in r.text
     assert "cshare_session" not in browser.cookies
+
+
+def test_provider_refusals_are_shown_not_crashed(sso_env: Sso) -> None:
+    # The person cancelled at the provider.
+    browser = sso_env.browser()
+    r = browser.get("/sso/corp/start", follow_redirects=False)
+    r = browser.get(
+        "/sso/corp/callback",
+        params={"error": "access_denied", "error_description": "<b>User cancelled</b>"},
+    )
+    assert r.status_code == 422
+    assert "&lt;b&gt;User cancelled&lt;/b&gt;" in r.text and "<b>User" not in r.text
+    # A wrong client secret: the token endpoint refuses, the secret is nowhere in the page.
+    settings: Any = sso_env.client.app.state.settings  # type: ignore[attr-defined]
+    settings.sso_providers = [
+        SsoProvider(**sso_env.oidc.provider_config(client_secret="not-the-secret"))
+    ]
+    r = sso_env.web_sign_in(sso_env.browser(), "alice")
+    assert r.status_code == 422
+    assert "Signing in with Corp ID failed" in r.text and "not-the-secret" not in r.text
+    # An unknown provider.
+    r = sso_env.browser().get("/sso/nope/start")
+    assert r.status_code == 404
+    assert sso_env.api("POST", "/auth/sso/nope/start").json()["error"] == "sso_provider_unknown"

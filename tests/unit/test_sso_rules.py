@@ -111,3 +111,30 @@ def test_providers_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     )
     with pytest.raises(ValidationError, match="unique"):
         Settings()
+
+
+def test_id_token_claims_are_checked() -> None:
+    import time
+
+    from orgs.sso_providers import _check_id_token
+
+    now = int(time.time())
+    good = {"iss": "https://id.test", "aud": "app", "sub": "u1", "exp": now + 60, "nonce": "n1"}
+    _check_id_token(dict(good), issuer="https://id.test", client_id="app", nonce="n1")
+    for change in (
+        {"iss": "https://evil.test"},
+        {"aud": "other-app"},
+        {"aud": ["app", "other-app"]},  # several audiences need azp == this client
+        {"exp": now - 3600},
+        {"nonce": "replayed"},
+    ):
+        with pytest.raises(Exception):  # noqa: B017 - joserfc's or ours, any refusal
+            _check_id_token(
+                {**good, **change}, issuer="https://id.test", client_id="app", nonce="n1"
+            )
+    _check_id_token(
+        {**good, "aud": ["app", "x"], "azp": "app"},
+        issuer="https://id.test",
+        client_id="app",
+        nonce="n1",
+    )
