@@ -18,9 +18,10 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Select, delete, false, select
 from sqlalchemy.exc import IntegrityError
@@ -63,6 +64,18 @@ def provider_or_404(settings: Settings, name: str) -> SsoProvider:
     if provider is None:
         raise NotFound(f"No sign-in provider '{name}' on this server.", code="sso_provider_unknown")
     return provider
+
+
+def check_org_provider(settings: Settings, changes: Mapping[str, Any]) -> None:
+    """An org's `sso.provider` must be one this server has (checked where settings are
+    changed; the settings document itself does not know the server's providers)."""
+    section = changes.get("sso")
+    name = section.get("provider") if isinstance(section, Mapping) else None
+    if isinstance(name, str) and settings.sso_provider(name) is None:
+        known = ", ".join(p.name for p in settings.sso_providers) or "none configured"
+        raise Invalid(
+            f"No sign-in provider '{name}' on this server ({known}).", field="sso.provider"
+        )
 
 
 def callback_url(settings: Settings, provider: SsoProvider) -> str:

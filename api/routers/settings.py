@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.deps import Requires, SessionDep
+from api.deps import Requires, SessionDep, SettingsDep
 from api.schemas import ErrorOut, Page, PublicUserOut
-from orgs import organizations, settings_doc
+from orgs import organizations, settings_doc, sso
 from orgs.context import OrgContext
 from orgs.settings_doc import InvitationSettings, MachineSettings, StorageSettings
 from orgs.sso_settings import SsoSettings
@@ -174,7 +174,10 @@ def get_settings(ctx: SettingsView, request: Request) -> SettingsOut | Response:
     },
 )
 def put_settings(
-    ctx: SettingsUpdate, body: Annotated[RawBody, Depends(read_body)], session: SessionDep
+    ctx: SettingsUpdate,
+    body: Annotated[RawBody, Depends(read_body)],
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> SettingsOut:
     if body.media_type in YAML_TYPES:
         limits = parse_limits_yaml(_decode(body.data))
@@ -191,6 +194,7 @@ def put_settings(
         for key in ("invitations", "machines", "storage", "sso", "limits")
         if (value := getattr(given, key)) is not None
     }
+    sso.check_org_provider(settings, changes)
     organizations.apply_settings(
         ctx, session, name=given.name, description=given.description, changes=changes
     )

@@ -16,11 +16,12 @@ from api.client_address import ClientAddress
 from api.deps import RateLimitsDep, SessionDep, SettingsDep
 from api.errors import status_for
 from api.web.core import redirect, render, safe_next
+from api.web.routes_settings import PageSettingsUpdate, _apply, _settings
 from api.web.session import MaybeViewer, is_https, set_session_cookie
 from orgs import sso
 from orgs.models import SsoFlow
 from orgs.sso_providers import provider_error
-from policies.errors import DomainError
+from policies.errors import DomainError, Invalid
 from policies.throttle import address_key
 
 router = APIRouter()
@@ -223,3 +224,29 @@ def approve(request: Request, session: SessionDep, settings: SettingsDep) -> Res
     )
     _clear_flow_cookie(response, request)
     return response
+
+
+@router.post("/orgs/{org}/settings/sso")
+def save_sso_settings(
+    request: Request,
+    page: PageSettingsUpdate,
+    settings: SettingsDep,
+    provider: Annotated[str, Form(max_length=32)] = "",
+    allowed_domains: Annotated[str, Form(max_length=5000)] = "",
+    required: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    """The settings page's "Single sign-on" panel (the same rules as the API's PUT)."""
+    form = {"provider": provider, "allowed_domains": allowed_domains}
+    domains = [d.strip() for d in allowed_domains.replace(",", "\n").splitlines() if d.strip()]
+    changes = {
+        "sso": {
+            "provider": provider or None,
+            "allowed_domains": domains,
+            "required": required == "yes",
+        }
+    }
+    try:
+        sso.check_org_provider(settings, changes)
+    except Invalid as exc:
+        return _settings(request, page, code=422, errors={str(exc.field): exc.detail}, form=form)
+    return _apply(request, page, form, changes=changes, prefix="sso")

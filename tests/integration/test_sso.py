@@ -394,3 +394,44 @@ def test_provider_refusals_are_shown_not_crashed(sso_env: Sso) -> None:
     r = sso_env.browser().get("/sso/nope/start")
     assert r.status_code == 404
     assert sso_env.api("POST", "/auth/sso/nope/start").json()["error"] == "sso_provider_unknown"
+
+
+def test_console_sso_panel(sso_env: Sso) -> None:
+    from api.web.csrf import token_for_session
+
+    browser = sso_env.browser()
+    assert sso_env.web_sign_in(browser, "owner").status_code == 303
+    token = _session_of(browser)
+    r = sso_env.api("POST", "/orgs", token, json={"name": "Panel Org"})
+    slug = r.json()["slug"]
+    page = browser.get(f"/orgs/{slug}/settings")
+    assert page.status_code == 200 and "Single sign-on" in page.text and "Corp ID" in page.text
+    csrf = token_for_session(token)
+    url = f"/orgs/{slug}/settings/sso"
+    r = browser.post(
+        url,
+        data={"provider": "corp", "allowed_domains": "not a domain", "csrf_token": csrf},
+    )
+    assert r.status_code == 422 and "is not a domain" in r.text
+    r = browser.post(
+        url,
+        data={
+            "provider": "corp",
+            "allowed_domains": "corp.test\nlabs.corp.test",
+            "required": "yes",
+            "csrf_token": csrf,
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    got = sso_env.api("GET", f"/orgs/{slug}/settings", token).json()["sso"]
+    assert got == {
+        "provider": "corp",
+        "allowed_domains": ["corp.test", "labs.corp.test"],
+        "required": True,
+    }
+    # A provider this server does not have is refused (API and console alike).
+    r = sso_env.api("PUT", f"/orgs/{slug}/settings", token, json={"sso": {"provider": "okta"}})
+    assert r.status_code == 422 and r.json()["field"] == "sso.provider", r.text
+    r = browser.post(url, data={"provider": "okta", "csrf_token": csrf})
+    assert r.status_code == 422 and "No sign-in provider" in r.text
