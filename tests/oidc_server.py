@@ -9,6 +9,7 @@ Without node or npm the tests skip with the reason, except under CI=true where t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import html.parser
 import json
@@ -52,21 +53,24 @@ def ensure_installed() -> Path:
             "node and npm are needed to run the test OIDC provider (apt-get install nodejs npm)"
         )
     target = install_dir()
-    if not (target / "node_modules" / "oidc-provider" / "package.json").exists():
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("package.json", "package-lock.json"):
-            shutil.copy(HERE / name, target / name)
-        done = subprocess.run(
-            [str(npm), "ci", "--no-audit", "--no-fund", "--silent"],
-            cwd=target,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            _missing(f"npm ci of oidc-provider failed: {done.stderr.strip()[-500:]}")
-    shutil.copy(HERE / "provider.mjs", target / "provider.mjs")  # always the current one
+    target.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers may get here at once: one installs, the others wait.
+    with (target.parent / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "node_modules" / "oidc-provider" / "package.json").exists():
+            for name in ("package.json", "package-lock.json"):
+                shutil.copy(HERE / name, target / name)
+            done = subprocess.run(
+                [str(npm), "ci", "--no-audit", "--no-fund", "--silent"],
+                cwd=target,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            if done.returncode != 0:
+                _missing(f"npm ci of oidc-provider failed: {done.stderr.strip()[-500:]}")
+        shutil.copy(HERE / "provider.mjs", target / "provider.mjs")  # always the current one
     return target
 
 

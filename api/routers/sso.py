@@ -14,8 +14,10 @@ from datetime import datetime
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentUser, SessionDep, SettingsDep
+from api.client_address import ClientAddress
+from api.deps import CurrentUser, RateLimitsDep, SessionDep, SettingsDep
 from orgs import sso
+from policies.throttle import address_key
 
 router = APIRouter(tags=["accounts"])
 
@@ -60,7 +62,15 @@ def list_providers(settings: SettingsDep) -> list[ProviderOut]:
 
 
 @router.post("/auth/sso/{provider}/start", status_code=status.HTTP_201_CREATED)
-def start_cli(provider: str, session: SessionDep, settings: SettingsDep) -> CliStartOut:
+def start_cli(
+    provider: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    limits: RateLimitsDep,
+    address: ClientAddress,
+) -> CliStartOut:
+    # Each start stores a row: counted like sign-ins (CSHARE_RATE_LIMIT_LOGIN).
+    limits.hit("login", address_key(address))
     started = sso.start(session, settings, provider[:32], purpose="cli")
     assert started.poll_secret is not None
     return CliStartOut(

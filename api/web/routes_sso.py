@@ -82,9 +82,13 @@ def start(
     provider: ProviderName,
     session: SessionDep,
     settings: SettingsDep,
+    limits: RateLimitsDep,
+    address: ClientAddress,
     next: str = "",
 ) -> Response:
     try:
+        # Each start stores a row: counted like sign-ins (CSHARE_RATE_LIMIT_LOGIN).
+        limits.hit("login", address_key(address))
         started = sso.start(
             session, settings, provider, purpose="web", next_url=safe_next(next, "")
         )

@@ -107,6 +107,22 @@ def test_sign_in_with_oidc_in_the_browser(
                 f"{url}/me", headers={"Authorization": f"Bearer {session['value']}"}
             ).json()
             assert (me["email"], me["name"]) == ("dana@corp.test", "dana")
+            # The owner's settings page: the organization's "Single sign-on" panel.
+            admin = chromium.new_context(viewport={"width": 1280, "height": 900})
+            try:
+                owner_page = admin.new_page()
+                owner_page.goto(f"{base}/login")
+                owner_page.fill("#email", "boss@corp.test")
+                owner_page.fill("#password", "correct-horse-1")
+                owner_page.get_by_role("button", name="Sign in", exact=True).click()
+                owner_page.wait_for_url(f"{base}/orgs/{slug}**")
+                owner_page.goto(f"{base}/orgs/{slug}/settings#sso")
+                panel = owner_page.locator("#sso")
+                expect(panel.locator("#s-sso-provider")).to_have_value("corp")
+                expect(panel.locator("#s-sso-domains")).to_have_value("corp.test")
+                panel.screenshot(path=str(SHOTS / "sso-org-settings.png"))
+            finally:
+                admin.close()
         finally:
             context.close()
     db.dispose()
