@@ -27,6 +27,7 @@ from api.routers import (
     project_git,
     projects,
     secrets,
+    sso,
 )
 from api.routers import deployments as deployment_routes
 from api.routers import jobs as job_routes
@@ -121,6 +122,7 @@ def create_app(
     routers = (
         accounts,
         two_factor_routes,
+        sso,
         organizations,
         org_profile,
         invitations,

@@ -76,9 +76,10 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 def get_org_context(
-    session: SessionDep, user: CurrentUser, org: Annotated[str, Path(max_length=64)]
+    session: SessionDep, auth: AuthDep, org: Annotated[str, Path(max_length=64)]
 ) -> OrgContext:
-    return member_context(session, org, user)
+    user, token = auth
+    return member_context(session, org, user, token=token)
 
 
 def get_machine(session: SessionDep, credentials: Credentials) -> Machine:

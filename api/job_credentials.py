@@ -50,8 +50,8 @@ class JobAware(Requires):
                     code="bad_token",
                 )
         else:
-            user, _ = get_auth(session, credentials)
-            caller = self.member(Caller(member_context(session, org, user)))
+            user, token = get_auth(session, credentials)
+            caller = self.member(Caller(member_context(session, org, user, token=token)))
         caller.ctx.require(self.permission)
         return caller
 

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orgs.netguard import Allowlist
+from orgs.sso_config import SsoProvider, parse_providers
 
 
 class Settings(BaseSettings):
@@ -173,6 +174,19 @@ class Settings(BaseSettings):
 
     def git_allowlist(self) -> Allowlist:
         return Allowlist.parse(self.git_host_allowlist)
+
+    # Sign-in providers (docs/sso.md): a JSON list of OpenID Connect providers (by
+    # discovery URL) and GitHub apps, e.g. `[{"name": "corp", "kind": "oidc",
+    # "discovery_url": "...", "client_id": "...", "client_secret": "..."}]`.
+    sso_providers: list[SsoProvider] = Field(default_factory=list)
+
+    @field_validator("sso_providers", mode="after")
+    @classmethod
+    def _check_providers(cls, value: list[SsoProvider]) -> list[SsoProvider]:
+        return parse_providers(value)
+
+    def sso_provider(self, name: str) -> SsoProvider | None:
+        return next((p for p in self.sso_providers if p.name == name), None)
 
     # A job token lives for the job's runtime limit plus this (inputs are fetched before
     # the clock starts, outputs uploaded after); the job's end revokes it earlier.

@@ -12,10 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orgs import two_factor
-from orgs.models import Membership, Organization, User
+from orgs.models import ApiToken, Membership, Organization, User
 from policies.access import Viewer
 from policies.errors import Forbidden, NotFound
 from policies.permissions import Permission, Role, allows, denial
+from policies.sso import sso_denial
 from policies.two_factor import blocked_sentence, blocks_member, org_requires_two_factor
 
 
@@ -24,6 +25,9 @@ class OrgContext:
     user: User
     org: Organization
     membership: Membership
+    # The provider the caller's session signed in through (orgs.sso); None: a password
+    # session, or a caller that is no person's session (a job acting for its user).
+    signed_in_via: str | None = None
 
     @property
     def role(self) -> Role:
@@ -52,13 +56,21 @@ def org_not_found(slug: str) -> NotFound:
 
 
 def member_context(
-    session: Session, slug: str, user: User, *, lock: bool = False, as_job: bool = False
+    session: Session,
+    slug: str,
+    user: User,
+    *,
+    lock: bool = False,
+    as_job: bool = False,
+    token: ApiToken | None = None,
 ) -> OrgContext:
     """The member `user` of org `slug` (404 for anyone else).
 
-    The one place an org's `security.require_2fa` is enforced for people: a member
-    without two-factor gets 403 `two_factor_required`. `as_job`: the user's running job
-    acting through its own credential, which that setting does not stop.
+    The one place an org's sign-in rules are enforced for people: a member without
+    two-factor gets 403 `two_factor_required` where `security.require_2fa` is on;
+    `token` (the person's session or personal token this request came with) is checked
+    against `sso.required` (403 `sso_required`). `as_job`: the user's running job
+    acting through its own credential, which neither setting stops (jobs pass no token).
     """
     stmt = (
         select(Organization, Membership)
@@ -77,4 +89,15 @@ def member_context(
         org_requires=requires, enrolled=two_factor.is_enrolled(session, user.id)
     ):
         raise Forbidden(blocked_sentence(org.name), code="two_factor_required")
-    return OrgContext(user=user, org=org, membership=membership)
+    via = token.sso_provider if token is not None else None
+    if token is not None and not as_job:
+        sso = (org.settings or {}).get("sso") or {}
+        refused = sso_denial(
+            required=bool(sso.get("required")),
+            provider=sso.get("provider"),
+            provider_label=str(sso.get("provider")),
+            signed_in_via=via,
+        )
+        if refused is not None:
+            raise Forbidden(refused, code="sso_required")
+    return OrgContext(user=user, org=org, membership=membership, signed_in_via=via)

@@ -65,6 +65,9 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # When this session last proved a two-factor code (orgs.two_factor); None otherwise.
     second_factor_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The sign-in provider the session signed in through (orgs.sso); None: a password.
+    # A personal token created from such a session carries it on (for `sso.required`).
+    sso_provider: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     user: Mapped[User] = relationship(lazy="joined")
 
@@ -270,3 +273,51 @@ class JoinRequest(Base):
     reason: Mapped[str] = mapped_column(Text, default="")  # when denied
 
     user: Mapped[User] = relationship(lazy="joined")
+
+
+class SsoIdentity(Base):
+    """An account at a sign-in provider linked to a user (orgs.sso)."""
+
+    __tablename__ = "sso_identities"
+    __table_args__ = (UniqueConstraint("provider", "subject"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    provider: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(255))  # OIDC `sub`, GitHub's user id
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SsoFlow(Base):
+    """One sign-in at a provider, from start to the session it ends in (minutes).
+
+    Kept in the database so any replica can take the provider's callback. `state_hash`
+    and `poll_hash` are SHA-256 of secrets held by the browser and the CLI.
+    """
+
+    __tablename__ = "sso_flows"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    state_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(8))  # web | cli
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    nonce: Mapped[str] = mapped_column(String(64))
+    next_url: Mapped[str] = mapped_column(Text, default="")
+    # CLI sign-ins: the poll secret's hash and the code shown in the terminal.
+    poll_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    user_code: Mapped[str] = mapped_column(String(16), default="")
+    # started | link (an account has the e-mail: confirm) | approve (CLI: confirm the
+    # code) | done (CLI: the next poll gets the session)
+    status: Mapped[str] = mapped_column(String(16), default="started")
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), nullable=True
+    )
+    subject: Mapped[str] = mapped_column(String(255), default="")
+    email: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

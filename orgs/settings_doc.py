@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from orgs import audit, two_factor
 from orgs.context import OrgContext
 from orgs.models import Membership, SettingsVersion, User
+from orgs.sso_settings import SsoSettings, refuse_lockout
 from policies.errors import Conflict, Invalid
 from policies.limits import DEFAULT_LIMITS, LimitsDocument, parse_limits
 from policies.permissions import Permission
@@ -63,11 +64,12 @@ class OrgSettings(BaseModel):
     machines: MachineSettings = MachineSettings()
     storage: StorageSettings = StorageSettings()
     security: SecuritySettings = SecuritySettings()
+    sso: SsoSettings = SsoSettings()
     limits: LimitsDocument = DEFAULT_LIMITS
 
 
-SECTIONS = frozenset({"invitations", "machines", "storage", "security", "limits"})
-MERGED_SECTIONS = ("invitations", "machines", "storage", "security")
+SECTIONS = frozenset({"invitations", "machines", "storage", "security", "sso", "limits"})
+MERGED_SECTIONS = ("invitations", "machines", "storage", "security", "sso")
 
 
 def default_settings() -> dict[str, Any]:
@@ -128,6 +130,7 @@ def stage(ctx: OrgContext, session: Session, changes: Mapping[str, Any]) -> OrgS
     new = OrgSettings.model_validate({**merged, "limits": limits})
     if new.security.require_2fa and not current.security.require_2fa:
         _check_can_require_2fa(ctx, session)
+    refuse_lockout(current.sso, new.sso, ctx.signed_in_via)
     before = current.model_dump(mode="json")
     after = new.model_dump(mode="json")
     if after != before:

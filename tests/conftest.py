@@ -46,6 +46,8 @@ pytest_plugins = [
     "tests.http_receiver",
     "tests.smtp_server",
     "tests.git_servers",
+    "tests.oidc_server",
+    "tests.github_oauth",
 ]
 
 PG_ADMIN_URL = os.environ.get("CSHARE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -14,6 +14,7 @@ from api.cli.client import Client, connect, seg
 from api.cli.lookup import is_uuid, read_secret_stdin
 from api.cli.options import JsonOpt, UrlOpt
 from api.cli.output import ApiError, CliError, UsageProblem
+from api.cli.sso_login import sso_login
 
 EmailOpt = Annotated[str | None, typer.Option("--email", help="Your email address.")]
 PasswordStdinOpt = Annotated[
@@ -82,11 +83,20 @@ def login(
     ] = None,
     url: UrlOpt = None,
     json_: JsonOpt = False,
+    sso: Annotated[
+        str | None,
+        typer.Option("--sso", help="Sign in through this provider, in a browser."),
+    ] = None,
 ) -> None:
-    """Sign in with your email and password (or a personal token) and save the token."""
+    """Sign in with your email and password (or a personal token, or --sso) and save the
+    token."""
     api_url = _server(url)
     body: dict[str, Any]
-    if token_stdin:
+    if sso:
+        with Client(api_url) as client:
+            body = sso_login(client, sso, quiet=json_)
+        token = body["token"]
+    elif token_stdin:
         token = read_secret_stdin("token")
         body = {}
     else:

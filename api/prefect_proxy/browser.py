@@ -73,7 +73,7 @@ def ui_caller(
         if is_operator(operators, email=user.email, name=user.name):
             return UiCaller(None, token)
         raise _refuse(operator_only())
-    actor = person_actor(session, user, org_slug)
+    actor = person_actor(session, user, org_slug, token=record)
     assert actor.viewer is not None
     decision = org_ui_access(actor.viewer)
     if not decision:

@@ -21,7 +21,7 @@ from flows.gateway import work_pool_name
 from orgs import accounts, security
 from orgs import machines as registry
 from orgs.context import member_context
-from orgs.models import Membership, Organization, User
+from orgs.models import ApiToken, Membership, Organization, User
 from policies.access import Scope, job_view_scope
 from policies.errors import Forbidden, Unauthenticated
 from policies.prefect_rules import Actor, Principal
@@ -101,19 +101,21 @@ def authenticate(session: Session, credential: str | None, org_slug: str | None)
             raise Unauthenticated("The job's submitter left the organization.", code="bad_token")
         _same_org(_org(session, job.org_id), org_slug)
         return Actor(Principal.job, job.org_id, user_id=job.user_id, job_id=job.id)
-    user, _token = accounts.authenticate(session, credential)
+    user, token = accounts.authenticate(session, credential)
     if org_slug is None:
         raise Forbidden(
             "People's tokens work on an organization's path: set PREFECT_API_URL to "
             "<server>/prefect/<org>/api (rule: member_org_path).",
             code="member_org_path",
         )
-    return person_actor(session, user, org_slug)
+    return person_actor(session, user, org_slug, token=token)
 
 
-def person_actor(session: Session, user: User, org_slug: str) -> Actor:
+def person_actor(
+    session: Session, user: User, org_slug: str, *, token: ApiToken | None = None
+) -> Actor:
     """A person inside one organization (404 when they are no member of it)."""
-    ctx = member_context(session, org_slug, user)
+    ctx = member_context(session, org_slug, user, token=token)
     viewer = ctx.viewer
     principal = Principal.admin if job_view_scope(viewer) is Scope.ALL else Principal.member
     return Actor(principal, ctx.org.id, user_id=user.id, viewer=viewer)

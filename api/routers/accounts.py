@@ -13,7 +13,7 @@ from api.client_address import ClientAddress
 from api.deps import AuthDep, CurrentUser, RateLimitsDep, SessionDep, SettingsDep
 from api.errors import error_body
 from api.schemas import Page, TokenOut, UserOut
-from orgs import accounts, notifications
+from orgs import accounts, notifications, sso
 from policies.throttle import address_key
 
 router = APIRouter(tags=["accounts"])
@@ -145,6 +145,9 @@ def create_token(
     issued = accounts.create_personal_token(
         session, user, name=body.name, expires_in_days=body.expires_in_days, via=via
     )
+    if via.sso_provider:  # counts as that sign-in for `sso.required` (orgs.sso)
+        sso.inherit(issued.record, via)
+        session.commit()
     return NewTokenOut(token=issued.token, info=TokenOut.model_validate(issued.record))
 
 

@@ -16,9 +16,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.orm import Session
 
-from api.deps import Requires, SessionDep
+from api.deps import Requires, SessionDep, SettingsDep
 from api.schemas import ErrorOut, Page, PublicUserOut
-from orgs import organizations, settings_doc
+from orgs import organizations, settings_doc, sso
 from orgs.context import OrgContext
 from orgs.settings_doc import (
     InvitationSettings,
@@ -26,6 +26,7 @@ from orgs.settings_doc import (
     SecuritySettings,
     StorageSettings,
 )
+from orgs.sso_settings import SsoSettings
 from policies.errors import Invalid
 from policies.limits import LimitsDocument, parse_limits_yaml
 from policies.permissions import Permission
@@ -53,6 +54,10 @@ class SettingsIn(BaseModel):
     storage: dict[str, Any] | None = Field(
         default=None, description="`max_bytes`: the datasets' quota (null: unlimited)."
     )
+    sso: dict[str, Any] | None = Field(
+        default=None,
+        description="`provider`, `allowed_domains`, `required`: sign-in through a provider.",
+    )
     limits: dict[str, Any] | None = Field(default=None, description="The limits document.")
     security: dict[str, Any] | None = Field(
         default=None, description="`require_2fa`: members without two-factor get 403."
@@ -67,6 +72,7 @@ class SettingsOut(BaseModel):
     machines: MachineSettings
     storage: StorageSettings
     security: SecuritySettings = SecuritySettings()
+    sso: SsoSettings
     limits: LimitsDocument
     members_without_2fa: int | None = Field(
         default=None,
@@ -122,6 +128,7 @@ def _settings_out(ctx: OrgContext, session: Session) -> SettingsOut:
         invitations=doc.invitations,
         machines=doc.machines,
         storage=doc.storage,
+        sso=doc.sso,
         limits=doc.limits,
     )
 
@@ -189,7 +196,10 @@ def get_settings(
     },
 )
 def put_settings(
-    ctx: SettingsUpdate, body: Annotated[RawBody, Depends(read_body)], session: SessionDep
+    ctx: SettingsUpdate,
+    body: Annotated[RawBody, Depends(read_body)],
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> SettingsOut:
     if body.media_type in YAML_TYPES:
         limits = parse_limits_yaml(_decode(body.data))
@@ -203,9 +213,10 @@ def put_settings(
     given = _parse_json(body.data)
     changes = {
         key: value
-        for key in ("invitations", "machines", "storage", "security", "limits")
+        for key in ("invitations", "machines", "storage", "security", "sso", "limits")
         if (value := getattr(given, key)) is not None
     }
+    sso.check_org_provider(settings, changes)
     organizations.apply_settings(
         ctx, session, name=given.name, description=given.description, changes=changes
     )

@@ -38,6 +38,7 @@ from api.web import (
     routes_projects,
     routes_secrets,
     routes_settings,
+    routes_sso,
 )
 from api.web.core import STATIC, render
 from api.web.session import SignInRequired
@@ -177,6 +178,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_settings,
         routes_secrets,
         routes_profile,
+        routes_sso,
     ):
         pages.include_router(module.router)
     _install_errors(pages)

@@ -168,7 +168,11 @@ def org_page(
     org: Annotated[str, PathParam(max_length=64)], viewer: ViewerDep, session: SessionDep
 ) -> OrgPage:
     # Non-members get the service's 404 (the page does not reveal the org exists).
-    return OrgPage(viewer=viewer, ctx=member_context(session, org, viewer.user), session=session)
+    return OrgPage(
+        viewer=viewer,
+        ctx=member_context(session, org, viewer.user, token=viewer.token),
+        session=session,
+    )
 
 
 OrgPageDep = Annotated[OrgPage, Depends(org_page)]

@@ -81,6 +81,7 @@ from orgs.config import get_settings
 from orgs.context import member_context
 from orgs.db import Database
 from orgs.models import FormerMember, Invitation, JoinRequest, Membership, Organization, User
+from orgs.sso_config import SsoProvider
 from policies.permissions import ROLE_PERMISSIONS, Permission, Role
 from tests.integration.test_jobs_support import FakePrefect, jobs_app
 from tests.support import ApiClient, Person, password_for
@@ -95,6 +96,10 @@ PUBLIC_ROUTES = frozenset(
         "POST /auth/signup",
         "POST /auth/login",
         "POST /auth/login/2fa",  # the sign-in ticket is the credential
+        # Signing in through a provider (api/routers/sso.py).
+        "GET /auth/sso/providers",
+        "POST /auth/sso/{provider}/start",
+        "POST /auth/sso/poll",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",
@@ -118,6 +123,13 @@ PUBLIC_PAGES = frozenset(
         "POST /signup",
         "POST /logout",
         "GET /invitations/{code}",  # redirects to sign in, then back
+        # Signing in through a provider (api/web/routes_sso.py).
+        "GET /sso/{provider}/start",
+        "GET /sso/{provider}/callback",
+        "GET /sso/link",
+        "POST /sso/link",
+        "GET /sso/approve",
+        "POST /sso/approve",
     }
 )
 # Depending on this means "a signed-in viewer" (anonymous visitors are sent to /login).
@@ -548,6 +560,8 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "{request_id}": _join_request,
     # Removing a target that is not there is a plain save (the list stays as it is).
     "{target_id}": lambda w, role: str(uuid.uuid4()),
+    # The sign-in provider `_matrix_app` configures.
+    "{provider}": lambda w, role: "github",
 }
 
 # "METHOD /path" -> a minimal valid body for (world, role); routes not listed get `{}`.
@@ -758,6 +772,17 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
 
 # (console route, role) -> the status it must get instead of 200/201/303, and why.
 PAGE_OUTCOMES: dict[tuple[str, str], tuple[int, str]] = {
+    **{
+        (page, role): (422, "no provider sign-in in progress in this browser")
+        for page in (
+            "GET /sso/{provider}/callback",
+            "GET /sso/link",
+            "POST /sso/link",
+            "GET /sso/approve",
+            "POST /sso/approve",
+        )
+        for role in ROLES
+    },
     ("POST /orgs/{org}/leave", "owner"): (409, "the last owner cannot leave"),
     **{
         (page, role): (409, reason)
@@ -852,14 +877,14 @@ def check_page(rule: RouteRule, world: World, role: str, r: httpx.Response) -> N
             assert r.headers["content-type"].startswith("text/html"), f"{shown}; an HTML page"
         assert world.org_name not in r.text, f"{shown}; the page names the organization"
         return
-    if rule.kind == "public":  # it may send a visitor to sign in first, as it likes
-        assert r.status_code in PAGE_OK, f"{shown}; expected 200, 201 or 303"
-        return
-    why = f" ({rule.permission.value} is granted to {role})" if rule.permission else ""
     special = PAGE_OUTCOMES.get((rule.label, role))
     if special is not None:
         assert r.status_code == special[0], f"{shown}; expected {special[0]}: {special[1]}"
         return
+    if rule.kind == "public":  # it may send a visitor to sign in first, as it likes
+        assert r.status_code in PAGE_OK, f"{shown}; expected 200, 201 or 303"
+        return
+    why = f" ({rule.permission.value} is granted to {role})" if rule.permission else ""
     assert r.status_code in PAGE_OK and not to_sign_in, f"{shown}; expected to be allowed{why}"
 
 
@@ -995,7 +1020,15 @@ def _matrix_app(db: Database) -> Iterator[ApiClient]:
     orgs), so cases cannot see each other, and no case pays for a database or app start.
     """
     try:
-        with jobs_app(db, MatrixPrefect(), notifications_allow_loopback=True) as api:
+        with jobs_app(
+            db,
+            MatrixPrefect(),
+            notifications_allow_loopback=True,
+            # A provider whose sign-in starts without a network call (GitHub's URLs).
+            sso_providers=[
+                SsoProvider(name="github", kind="github", client_id="m", client_secret="s")
+            ],
+        ) as api:
             yield api
     finally:
         db.dispose()
