@@ -119,7 +119,9 @@ def pack(root: Path, files: Iterable[str], out: BinaryIO) -> Packed:
     sink = _HashingWriter(out)
     unpacked = 0
     with (
-        gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=GZIP_LEVEL, mtime=0) as gz,
+        gzip.GzipFile(
+            filename="", mode="wb", fileobj=sink, compresslevel=GZIP_LEVEL, mtime=0
+        ) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for name in names:

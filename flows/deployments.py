@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from datasets import code_bundles
 from flows import ledger
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import ACTIVE_STATES, HELD, Deployment, Job, Project, Schedule
@@ -58,6 +59,11 @@ MAX_TAGS: Final = 20
 DEFAULT_PULL_STEPS: Final[tuple[Mapping[str, Any], ...]] = (
     {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CSHARE_FLOWS_DIR }}"}},
 )
+# A bundle deployment: the agent unpacks the job's bundle into a fresh directory per job
+# and names it in CSHARE_CODE_DIR (agents.code_cache), so each job runs its own code.
+BUNDLE_PULL_STEPS: Final[tuple[Mapping[str, Any], ...]] = (
+    {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CSHARE_CODE_DIR }}"}},
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class DeploymentSpec:
     parameter_schema: Mapping[str, Any] = field(default_factory=dict)
     job_variables: Mapping[str, Any] = field(default_factory=dict)
     pull_steps: Sequence[Mapping[str, Any]] | None = None
+    # {"kind": "bundle", "digest": "sha256:..."}: the code travels (datasets.code_bundles);
+    # None: it is on the machines already (`path`, the file's pull steps).
+    code: Mapping[str, Any] | None = None
 
 
 def prefect_deployment_name(org_slug: str, name: str) -> str:
@@ -211,6 +220,7 @@ def _validate_spec(org: Organization, spec: DeploymentSpec) -> DeploymentSpec:
         parameter_schema=schema,
         job_variables=dict(spec.job_variables),
         pull_steps=spec.pull_steps,
+        code=spec.code,
     )
 
 
@@ -251,6 +261,7 @@ def _snapshot(dep: Deployment) -> dict[str, Any]:
         "flow_name": dep.flow_name,
         "tags": list(dep.tags or []),
         "parameters": dict(dep.parameters or {}),
+        "code": dict(dep.code) if dep.code else None,
     }
 
 
@@ -276,6 +287,7 @@ def register(
     ctx.require(Permission.deployments_register)
     org, slug = ctx.org, ctx.org.slug
     spec = _validate_spec(org, spec)
+    code = code_bundles.require(session, org, dict(spec.code)) if spec.code else None
     existing = find_deployment(session, org, spec.name)
     if existing is not None:
         ctx.require_own_or(existing.created_by, Permission.deployments_manage_all)
@@ -293,8 +305,11 @@ def register(
         flow_name=flow_name,
         entrypoint=spec.entrypoint,
         work_pool_name=pool,
-        working_directory=spec.path if spec.path and spec.pull_steps is None else None,
-        pull_steps=None if spec.path and spec.pull_steps is None else _pull_steps(spec),
+        working_directory=spec.path if spec.path and spec.pull_steps is None and not code else None,
+        pull_steps=None
+        if spec.path and spec.pull_steps is None and not code
+        else _pull_steps(spec),
+        version=str(code["digest"]) if code else None,
         parameters=spec.parameters,
         parameter_openapi_schema=spec.parameter_schema or None,
         tags=[*spec.tags, f"org:{slug}"],
@@ -330,6 +345,7 @@ def register(
     dep.parameters = dict(spec.parameters)
     dep.parameter_schema = dict(spec.parameter_schema)
     dep.job_variables = dict(spec.job_variables)
+    dep.code = code
     dep.prefect_deployment_id = prefect_id
     dep.updated_at = utcnow()
     for sched_id, prefect_schedule_id in recreated.items():
@@ -364,6 +380,8 @@ def schedule_slug(schedule_id: uuid.UUID) -> str:
 
 
 def _pull_steps(spec: DeploymentSpec) -> list[dict[str, Any]]:
+    if spec.code:
+        return [dict(step) for step in BUNDLE_PULL_STEPS]
     steps = spec.pull_steps if spec.pull_steps is not None else DEFAULT_PULL_STEPS
     return [dict(step) for step in steps]
 

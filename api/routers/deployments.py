@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Requires, SessionDep, SettingsDep
 from flows import deployments, projects
@@ -30,6 +30,13 @@ GatewayDep = Annotated[PrefectGateway, Depends(get_gateway)]
 DeploymentsView = Annotated[OrgContext, Depends(Requires(Permission.deployments_view))]
 DeploymentsRegister = Annotated[OrgContext, Depends(Requires(Permission.deployments_register))]
 NamePath = Annotated[str, Path(max_length=64)]
+
+
+class CodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["bundle"] = "bundle"
+    digest: str = Field(max_length=80, examples=["sha256:" + "0" * 64])
 
 
 class DeploymentIn(BaseModel):
@@ -61,6 +68,12 @@ class DeploymentIn(BaseModel):
     pull_steps: list[dict[str, Any]] | None = Field(
         None, max_length=20, description="Prefect pull steps (default: the machine's checkout)."
     )
+    code: CodeIn | None = Field(
+        None,
+        description="The code its jobs run: a bundle uploaded with PUT "
+        "/orgs/{org}/bundles/{digest} (`cshare deploy` does both). Null: the code is on "
+        "the machines already (`path`, pull steps).",
+    )
 
 
 class DeploymentOut(BaseModel):
@@ -79,6 +92,9 @@ class DeploymentOut(BaseModel):
     work_pool: str
     prefect_name: str
     prefect_deployment_id: uuid.UUID | None
+    code: dict[str, Any] | None = Field(
+        description="{kind: bundle, digest, size, files}; null: the machines' own copy."
+    )
     created_by: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
@@ -106,6 +122,7 @@ def deployment_out(dep: Deployment, org_slug: str) -> DeploymentOut:
         work_pool=work_pool_name(org_slug, dep.machine_type),
         prefect_name=f"{dep.flow_name}/{deployments.prefect_deployment_name(org_slug, dep.name)}",
         prefect_deployment_id=dep.prefect_deployment_id,
+        code=dict(dep.code) if dep.code else None,
         created_by=dep.created_by,
         created_at=dep.created_at,
         updated_at=dep.updated_at,
@@ -150,6 +167,7 @@ def register_deployment(
         parameter_schema=body.parameter_schema,
         job_variables=body.job_variables,
         pull_steps=body.pull_steps,
+        code=body.code.model_dump() if body.code is not None else None,
     )
     project = projects.resolve_for_deployment(session, ctx.org, body.project, deployment=body.name)
     dep, created = deployments.register(

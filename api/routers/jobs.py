@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from api.deps import Requires, SessionDep, SettingsDep, get_database
 from api.errors import error_body, status_for
 from api.routers.deployments import GatewayDep
-from flows import jobs
+from flows import jobs, lineage
 from flows.gateway import PrefectGateway
 from flows.models import FINAL_STATES, Deployment, Job
 from flows.prefect_access import ui_url_for_flow_run
@@ -107,6 +107,11 @@ class JobOut(BaseModel):
     started_at: datetime | None
     ended_at: datetime | None
     cancel_requested_at: datetime | None
+    code: dict[str, Any] | None = Field(
+        default=None,
+        description="The code the job runs: {kind: bundle, digest, size, files}, with "
+        "`fetch_ms` and `cached` once its machine fetched it; null: the machines' own copy.",
+    )
 
 
 class JobPage(BaseModel):
@@ -198,6 +203,7 @@ def job_out(
         started_at=job.started_at,
         ended_at=job.ended_at,
         cancel_requested_at=job.cancel_requested_at,
+        code=lineage.job_code(session, job),
     )
 
 
@@ -300,6 +306,26 @@ def get_job(
     gateway: GatewayDep,
 ) -> JobOut:
     return job_out(jobs.get_job(ctx, session, job_id), session, settings, gateway)
+
+
+@router.post("/orgs/{org}/jobs/{id}/rerun", status_code=status.HTTP_201_CREATED)
+def rerun_job(
+    job_id: JobId,
+    ctx: JobsSubmit,
+    session: SessionDep,
+    gateway: GatewayDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+    db: Annotated[Database, Depends(get_database)],
+) -> JobOut:
+    """Run a job again: a new job with exactly its deployment, parameters, pinned input
+    versions and code (even if the deployment was redeployed since), through admission
+    like any submission (you submit it). 409 `deployment_gone` when the deployment was
+    deleted."""
+    job = jobs.rerun(ctx, session, gateway, job_id, defer=(background.add_task, db))
+    out = job_out(job, session, settings, gateway, user_name=ctx.user.name)
+    session.commit()
+    return out
 
 
 @router.post("/orgs/{org}/jobs/{id}/cancel")

@@ -1,0 +1,233 @@
+"""Code bundles through the API, on SQLite and PostgreSQL, with the in-memory Prefect fake.
+
+Covers: upload once per digest (HEAD, PUT, 200 on a repeat), the server recomputing the
+digest (422 on a mismatch, nothing stored), ownership per org (another org's digest is
+404 even with the same bytes, until it uploads them itself), the storage quota and the
+size limit (413), deployments naming a bundle (422 when the org lacks it; Prefect's
+version and pull step), jobs keeping their code across redeploys, rerun, and the job's
+code read with its own job token only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datasets import bundle_format
+from flows import job_tokens
+from flows.models import Job
+from orgs.db import Database
+from tests.integration.test_jobs_support import FakePrefect, OrgSetup, jobs_app, setup_org
+from tests.support import ApiClient, Person
+
+pytestmark = pytest.mark.timeout(120)
+
+FLOW = "flow.py:hello"
+
+
+class RecordingPrefect(FakePrefect):
+    """The fake, remembering what each deployment upsert sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upserts: list[dict[str, Any]] = []
+
+    def ensure_deployment(self, *, name: str, flow_name: str, **kw: Any) -> uuid.UUID:
+        self.upserts.append({"name": name, **kw})
+        return super().ensure_deployment(name=name, flow_name=flow_name)
+
+
+@pytest.fixture
+def world(database: Database) -> Iterator[tuple[ApiClient, OrgSetup, RecordingPrefect]]:
+    fake = RecordingPrefect()
+    with jobs_app(database, fake) as api:
+        yield api, setup_org(api, f"cb{uuid.uuid4().hex[:6]}"), fake
+
+
+def bundle(tmp_path: Path, text: str) -> tuple[bytes, bundle_format.Packed]:
+    root = tmp_path / uuid.uuid4().hex
+    root.mkdir()
+    (root / "flow.py").write_text("from prefect import flow\n\n@flow\ndef hello():\n    pass\n")
+    (root / "helper.py").write_text(text)
+    out = io.BytesIO()
+    packed = bundle_format.pack(root, ["flow.py", "helper.py"], out)
+    return out.getvalue(), packed
+
+
+def url(org: OrgSetup, digest: str) -> str:
+    return f"/orgs/{org.slug}/bundles/{digest}"
+
+
+def put(api: ApiClient, org: OrgSetup, who: Person, data: bytes, digest: str) -> Any:
+    return api.put(
+        url(org, digest) + "?files=2",
+        who,
+        content=data,
+        headers={"Content-Type": bundle_format.MEDIA_TYPE},
+    )
+
+
+def test_upload_once_per_digest(
+    world: tuple[ApiClient, OrgSetup, RecordingPrefect], tmp_path: Path
+) -> None:
+    api, org, _ = world
+    data, packed = bundle(tmp_path, "V = 1\n")
+    assert api.request("HEAD", url(org, packed.digest), org.owner).status_code == 404
+    r = put(api, org, org.owner, data, packed.digest)
+    assert r.status_code == 201, r.text
+    assert r.json()["digest"] == packed.digest
+    assert r.json()["size"] == len(data) and r.json()["files"] == 2
+    head = api.request("HEAD", url(org, packed.digest), org.owner)
+    assert head.status_code == 200
+    assert head.headers["X-Cshare-Size"] == str(len(data))
+    assert put(api, org, org.owner, data, packed.digest).status_code == 200  # deduplicated
+    # A bare hex digest names the same bundle.
+    bare = packed.digest.removeprefix("sha256:")
+    assert api.get(url(org, bare), org.owner).json()["digest"] == packed.digest
+    r = api.get(url(org, "sha256:xyz"), org.owner)
+    assert r.status_code == 422 and r.json()["field"] == "digest"
+
+
+def test_a_body_that_is_not_the_digest_is_refused(
+    world: tuple[ApiClient, OrgSetup, RecordingPrefect], tmp_path: Path
+) -> None:
+    api, org, _ = world
+    data, packed = bundle(tmp_path, "V = 1\n")
+    wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+    r = put(api, org, org.owner, data, wrong)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "checksum_mismatch"
+    assert wrong in r.json()["detail"]
+    assert api.request("HEAD", url(org, wrong), org.owner).status_code == 404
+    assert api.request("HEAD", url(org, packed.digest), org.owner).status_code == 404
+
+
+def test_another_org_never_reads_it(
+    world: tuple[ApiClient, OrgSetup, RecordingPrefect], tmp_path: Path
+) -> None:
+    api, org, _ = world
+    other = setup_org(api, f"cx{uuid.uuid4().hex[:6]}")
+    data, packed = bundle(tmp_path, "SECRET = 42\n")
+    assert put(api, org, org.owner, data, packed.digest).status_code == 201
+    # Same digest, other org: 404 for its owner, 404 for an outsider to org A.
+    assert api.request("HEAD", url(other, packed.digest), other.owner).status_code == 404
+    assert api.get(url(other, packed.digest), other.owner).status_code == 404
+    assert api.get(url(org, packed.digest), other.owner).status_code == 404
+    # A deployment of org B naming it: 422 (it has no such bundle).
+    r = api.post(
+        f"/orgs/{other.slug}/deployments",
+        other.owner,
+        json={"name": "x", "entrypoint": FLOW, "code": {"kind": "bundle", "digest": packed.digest}},
+    )
+    assert r.status_code == 422 and r.json()["error"] == "bundle_missing"
+    # Org B uploading the same bytes gets its own row.
+    assert put(api, other, other.owner, data, packed.digest).status_code == 201
+
+
+def test_quota_and_size_limit(
+    world: tuple[ApiClient, OrgSetup, RecordingPrefect], tmp_path: Path
+) -> None:
+    api, org, _ = world
+    first, p1 = bundle(tmp_path, "A = 1\n")
+    second, p2 = bundle(tmp_path, "B = 2\n" * 50)
+    r = api.put(
+        f"/orgs/{org.slug}/settings",
+        org.owner,
+        json={"storage": {"max_bytes": len(first) + 10}},
+    )
+    assert r.status_code == 200, r.text
+    assert put(api, org, org.owner, first, p1.digest).status_code == 201
+    r = put(api, org, org.owner, second, p2.digest)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == "storage_quota_exceeded"  # the first bundle counts
+    assert api.request("HEAD", url(org, p2.digest), org.owner).status_code == 404
+    api.put(f"/orgs/{org.slug}/settings", org.owner, json={"storage": {"max_bytes": None}})
+    api.set_settings(bundle_max_bytes=len(second) - 1)
+    r = put(api, org, org.owner, second, p2.digest)
+    assert r.status_code == 413 and r.json()["error"] == "bundle_too_large"
+    assert "CSHARE_BUNDLE_MAX_BYTES" in r.json()["detail"]
+
+
+def _deploy(api: ApiClient, org: OrgSetup, digest: str) -> Any:
+    return api.post(
+        f"/orgs/{org.slug}/deployments",
+        org.owner,
+        json={"name": "hello", "entrypoint": FLOW, "code": {"kind": "bundle", "digest": digest}},
+    )
+
+
+def _token(db: Database, job_id: str) -> str:
+    with db.transaction() as s:
+        job = s.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        return job_tokens.issue_job_token(s, job, grace_s=600)
+
+
+def test_deployment_job_rerun_and_the_jobs_code(
+    world: tuple[ApiClient, OrgSetup, RecordingPrefect], tmp_path: Path, database: Database
+) -> None:
+    api, org, fake = world
+    v1, p1 = bundle(tmp_path, "V = 1\n")
+    v2, p2 = bundle(tmp_path, "V = 2\n")
+
+    r = _deploy(api, org, p1.digest)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "bundle_missing" and p1.digest in r.json()["detail"]
+    assert fake.upserts == []  # refused before Prefect heard of it
+
+    assert put(api, org, org.owner, v1, p1.digest).status_code == 201
+    r = _deploy(api, org, p1.digest)
+    assert r.status_code == 201, r.text
+    assert r.json()["code"] == {"kind": "bundle", "digest": p1.digest, "size": len(v1), "files": 2}
+    upsert = fake.upserts[-1]
+    assert upsert["version"] == p1.digest
+    assert upsert["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CSHARE_CODE_DIR }}"}}
+    ]
+    assert upsert["working_directory"] is None
+
+    old = org.submit(org.owner, "hello")
+    assert old.status_code == 201, old.text
+    old_job = old.json()
+    assert old_job["code"]["digest"] == p1.digest
+
+    assert put(api, org, org.owner, v2, p2.digest).status_code == 201
+    assert _deploy(api, org, p2.digest).status_code == 200
+    new_job = org.submit(org.owner, "hello").json()
+    assert new_job["code"]["digest"] == p2.digest
+    assert org.job(org.owner, old_job["id"])["code"]["digest"] == p1.digest  # kept
+
+    rerun = api.post(f"/orgs/{org.slug}/jobs/{old_job['id']}/rerun", org.owner)
+    assert rerun.status_code == 201, rerun.text
+    assert rerun.json()["id"] != old_job["id"]
+    assert rerun.json()["code"]["digest"] == p1.digest  # the old code, not the deployment's
+    assert rerun.json()["deployment"] == "hello"
+
+    # The job's code: its own token reads it; another job's token does not.
+    token = _token(database, old_job["id"])
+    code_url = f"/orgs/{org.slug}/jobs/{old_job['id']}/code"
+    got = api.client.get("/api/v1" + code_url, headers={"Authorization": f"Bearer {token}"})
+    assert got.status_code == 200, got.text
+    assert got.content == v1
+    assert "sha256:" + hashlib.sha256(got.content).hexdigest() == p1.digest
+    other_token = _token(database, new_job["id"])
+    refused = api.client.get(
+        "/api/v1" + code_url, headers={"Authorization": f"Bearer {other_token}"}
+    )
+    assert refused.status_code == 404
+    # The token may not list bundles or read them by digest (job-token scope).
+    scope = api.client.get(
+        f"/api/v1/orgs/{org.slug}/bundles/{p1.digest}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert scope.status_code == 403 and scope.json()["error"] == "job_token_scope"
+    # Members: the job's owner reads it, another member does not see the job.
+    assert api.get(code_url, org.owner).content == v1
+    bob = org.add_member()
+    assert api.get(code_url, bob).status_code == 404
