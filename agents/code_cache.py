@@ -124,14 +124,21 @@ class CodeCache:
 
     @staticmethod
     def _stamp(target: Path) -> list[list[Any]]:
+        # Plain strings and scandir, not pathlib: this runs at every cached job start.
         stamp: list[list[Any]] = []
-        for folder, dirs, files in os.walk(target):
-            dirs.sort()
-            for name in sorted(files):
-                p = Path(folder) / name
-                st = p.lstat()
-                rel = p.relative_to(target).as_posix()
+        pending = [("", os.fspath(target))]
+        while pending:
+            rel_dir, folder = pending.pop()
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((rel, entry.path))
+                    continue
+                st = entry.stat(follow_symlinks=False)
                 stamp.append([rel, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)])
+        stamp.sort(key=lambda item: item[0])
         return stamp
 
     def valid(self, digest: str) -> bool:
@@ -229,25 +236,31 @@ class CodeCache:
         return evicted
 
 
-def _link_or_copy(source: Path, dest: Path) -> None:
+def _link_or_copy(source: str, dest: str) -> None:
     try:
         os.link(source, dest)
     except OSError:  # another filesystem, or links refused: a read-only copy
         shutil.copyfile(source, dest)
-        dest.chmod(0o444)
+        os.chmod(dest, 0o444)
 
 
 def link_farm(cached: Path, dest: Path) -> int:
-    """`dest` (new) mirrors `cached`: its own directories, hard links to the files."""
+    """`dest` (new) mirrors `cached`: its own directories, hard links to the files.
+    Plain strings and scandir, not pathlib: this runs at every job start."""
     count = 0
     dest.mkdir(mode=0o755, parents=True)
-    for folder, dirs, files in os.walk(cached):
-        rel = Path(folder).relative_to(cached)
-        for name in dirs:
-            (dest / rel / name).mkdir(mode=0o755)
-        for name in files:
-            _link_or_copy(Path(folder) / name, dest / rel / name)
-            count += 1
+    pending = [(os.fspath(cached), os.fspath(dest))]
+    while pending:
+        source_dir, dest_dir = pending.pop()
+        with os.scandir(source_dir) as it:
+            for entry in it:
+                target = os.path.join(dest_dir, entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    os.mkdir(target, 0o755)
+                    pending.append((entry.path, target))
+                else:
+                    _link_or_copy(entry.path, target)
+                    count += 1
     return count
 
 

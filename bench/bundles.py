@@ -72,7 +72,9 @@ def make_project(root: Path, size: int, files: int) -> None:
     (root / "ignored" / "big.bin").write_bytes(os.urandom(size))
 
 
-def best(action: Callable[[], object], rounds: int, reset: Callable[[], object] | None = None) -> float:
+def best(
+    action: Callable[[], object], rounds: int, reset: Callable[[], object] | None = None
+) -> float:
     times = []
     for _ in range(rounds):
         if reset is not None:
@@ -180,7 +182,9 @@ def main() -> int:
             def cp_r() -> None:
                 subprocess.run(["cp", "-r", str(project), str(work / "cp")], check=True)
 
-            rows.append(("`cp -r` of the project", best(cp_r, rounds, lambda: _rm(work / "cp")), ""))
+            rows.append(
+                ("`cp -r` of the project", best(cp_r, rounds, lambda: _rm(work / "cp")), "")
+            )
             tarball = work / "p.tar.gz"
 
             def tar_c() -> None:
@@ -198,7 +202,9 @@ def main() -> int:
             rows.append(("`tar xzf` of it", best(tar_x, rounds, lambda: _rm(work / "x")), ""))
 
             data, packed = pack(project)
-            rows.append(("pack (select + deterministic tar.gz)", best(lambda: pack(project), rounds), ""))
+            rows.append(
+                ("pack (select + deterministic tar.gz)", best(lambda: pack(project), rounds), "")
+            )
 
             def deploy_new() -> None:
                 # New content each round: a marker file changes the digest.
