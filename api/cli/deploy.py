@@ -75,11 +75,17 @@ def read_prefect_yaml(path: Path) -> list[Planned]:
     return planned
 
 
-def load_flow(entrypoint: str, base: Path) -> tuple[str, dict[str, Any]]:
+def load_flow(
+    entrypoint: str, base: Path, *, root: Path | None = None
+) -> tuple[str, dict[str, Any]]:
     """(flow name, parameter schema) of `path.py:flow` (relative to `base`) or
-    `package.module:flow` (importable from `base`)."""
+    `package.module:flow` (importable from `base`). `root`: a bundle's project root,
+    importable here as it is on the machines (first on the job's PYTHONPATH)."""
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
+
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
 
     target = entrypoint
     file_part = entrypoint.rsplit(":", 1)[0]
@@ -210,11 +216,13 @@ def deploy(
     shipped: dict[Path, Shipped] = {}
     with connect(cfg) as client:
         for p in planned:
-            flow_name, schema = load_flow(p.entrypoint, p.base)
             entrypoint = p.entrypoint
             bundle: Shipped | None = None
+            root: Path | None = None
             if path is None and p.pull_steps is None:
                 root, entrypoint = entrypoint_in_bundle(p.entrypoint, p.base)
+            flow_name, schema = load_flow(p.entrypoint, p.base, root=root)
+            if root is not None:
                 if root not in shipped:
                     shipped[root] = ship(client, slug, root)
                 bundle = shipped[root]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +232,91 @@ def test_deployment_job_rerun_and_the_jobs_code(
     assert api.get(code_url, org.owner).content == v1
     bob = org.add_member()
     assert api.get(code_url, bob).status_code == 404
+
+
+# ------------------------------------------------------------------ `cshare deploy`
+
+JOB_FLOW = """\
+from prefect import flow
+
+from helpers.values import VALUE
+
+
+@flow
+def job(n: int = 1) -> int:
+    return n * VALUE
+"""
+
+
+def test_cli_deploy_packs_uploads_once_and_refuses_too_large(
+    sqlite_database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from api.app import create_app
+    from api.cli.main import app as cli_app
+    from tests.support import serve_in_thread
+
+    project = tmp_path / "proj"
+    (project / "flows").mkdir(parents=True)
+    (project / "helpers").mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+    (project / ".gitignore").write_text("*.bin\n")
+    (project / "flows" / "job.py").write_text(JOB_FLOW)
+    (project / "helpers" / "__init__.py").write_text("")
+    (project / "helpers" / "values.py").write_text("VALUE = 3\n")
+    (project / "weights.bin").write_bytes(b"w" * 50_000)
+    # `cshare deploy` loads the flow here (its parameter schema): the project root is
+    # importable then, as on the machines (`helpers` imports from flows/job.py).
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+    fake = RecordingPrefect()
+    with jobs_app(sqlite_database, fake) as api:
+        org = setup_org(api, f"cl{uuid.uuid4().hex[:6]}")
+    with serve_in_thread(create_app(None, sqlite_database, fake)) as url:  # type: ignore[arg-type]
+        env = {
+            "CSHARE_API_URL": url.removesuffix("/api/v1"),
+            "CSHARE_TOKEN": org.owner.token,
+            "CSHARE_CONFIG": str(tmp_path / "cli.toml"),
+            "CSHARE_ORG": org.slug,
+            "COLUMNS": "240",
+        }
+        runner = CliRunner()
+        target = f"{project / 'flows' / 'job.py'}:job"
+
+        def deploy(**extra_env: str) -> Any:
+            return runner.invoke(
+                cli_app, ["deploy", target, "--name", "job"], env={**env, **extra_env}
+            )
+
+        first = deploy()
+        assert first.exit_code == 0, (first.stdout, first.stderr)
+        assert "Code bundle sha256:" in first.stdout and "(uploaded)" in first.stdout
+        assert "5 files" in first.stdout  # weights.bin stayed behind
+        dep = api_get(url, org, "/deployments/job")
+        assert dep["entrypoint"] == "flows/job.py:job"
+        digest = dep["code"]["digest"]
+        assert fake.upserts[-1]["version"] == digest
+
+        again = deploy()
+        assert again.exit_code == 0 and "(already there)" in again.stdout, again.stdout
+        assert api_get(url, org, "/deployments/job")["code"]["digest"] == digest
+
+        (project / ".gitignore").write_text("")  # now weights.bin would travel
+        (project / "helpers" / "values.py").write_text("VALUE = 4\n")
+        refused = deploy(CSHARE_BUNDLE_MAX_BYTES="20000")
+        assert refused.exit_code == 1
+        assert "weights.bin" in refused.stderr and "CSHARE_BUNDLE_MAX_BYTES" in refused.stderr
+        assert api_get(url, org, "/deployments/job")["code"]["digest"] == digest  # unchanged
+
+
+def api_get(url: str, org: OrgSetup, path: str) -> Any:
+    import httpx
+
+    r = httpx.get(
+        f"{url}/orgs/{org.slug}{path}",
+        headers={"Authorization": f"Bearer {org.owner.token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
