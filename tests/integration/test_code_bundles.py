@@ -320,3 +320,57 @@ def api_get(url: str, org: OrgSetup, path: str) -> Any:
     )
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def test_a_schedules_jobs_run_the_deployments_code(
+    world: tuple[ApiClient, OrgSetup, RecordingPrefect], tmp_path: Path, database: Database
+) -> None:
+    from flows.dispatch.dispatcher import Dispatcher
+    from tests.integration.test_jobs_support import settings_with
+
+    api, org, fake = world
+    data, packed = bundle(tmp_path, "V = 1\n")
+    assert put(api, org, org.owner, data, packed.digest).status_code == 201
+    assert _deploy(api, org, packed.digest).status_code == 201
+    r = api.post(
+        f"/orgs/{org.slug}/schedules", org.owner, json={"deployment": "hello", "cron": "* * * * *"}
+    )
+    assert r.status_code == 201, r.text
+    Dispatcher(database, fake, settings_with(dispatcher_adopt_horizon_s=150)).run_once()
+    fired = [
+        j
+        for j in api.get(f"/orgs/{org.slug}/jobs", org.owner).json()["items"]
+        if j["source"] == "schedule"
+    ]
+    assert fired, "the dispatcher fired the schedule"
+    assert {j["code"]["digest"] for j in fired} == {packed.digest}
+
+
+def test_the_dataset_collector_keeps_an_object_that_is_also_a_bundle(
+    world: tuple[ApiClient, OrgSetup, RecordingPrefect], tmp_path: Path, database: Database
+) -> None:
+    from datasets import catalog
+    from orgs.config import get_settings
+
+    api, org, _ = world
+    data, packed = bundle(tmp_path, "SHARED = 1\n")
+    # The same bytes as a dataset version first, then as a bundle: one stored object.
+    assert (
+        api.post(f"/orgs/{org.slug}/datasets", org.owner, json={"name": "same"}).status_code == 201
+    )
+    r = api.post(
+        f"/orgs/{org.slug}/datasets/same/versions",
+        org.owner,
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 201, r.text
+    assert put(api, org, org.owner, data, packed.digest).status_code == 201
+    assert api.delete(f"/orgs/{org.slug}/datasets/same", org.owner).status_code == 200
+    with database.session() as s:
+        catalog.collect_garbage(s, get_settings())
+        s.commit()
+    assert _deploy(api, org, packed.digest).status_code == 201
+    job = org.submit(org.owner, "hello").json()
+    got = api.get(f"/orgs/{org.slug}/jobs/{job['id']}/code", org.owner)
+    assert got.status_code == 200 and got.content == data
