@@ -336,7 +336,8 @@ def test_a_schedules_jobs_run_the_deployments_code(
         f"/orgs/{org.slug}/schedules", org.owner, json={"deployment": "hello", "cron": "* * * * *"}
     )
     assert r.status_code == 201, r.text
-    Dispatcher(database, fake, settings_with(dispatcher_adopt_horizon_s=150)).run_once()
+    gateway: Any = fake  # the in-memory stand-in of PrefectGateway
+    Dispatcher(database, gateway, settings_with(dispatcher_adopt_horizon_s=150)).run_once()
     fired = [
         j
         for j in api.get(f"/orgs/{org.slug}/jobs", org.owner).json()["items"]
