@@ -27,6 +27,7 @@ import io
 import os
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,7 @@ def unpack(
                             raise BundleError(f"{name!r} is longer than its header says")
                         out.write(chunk)
                 target.chmod(_mode(member.mode))
-    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         if isinstance(exc, FileExistsError):
             raise BundleError(f"the bundle holds {exc.filename!r} twice") from None
         if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile):

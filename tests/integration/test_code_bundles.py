@@ -309,6 +309,16 @@ def test_cli_deploy_packs_uploads_once_and_refuses_too_large(
         assert "weights.bin" in refused.stderr and "CSHARE_BUNDLE_MAX_BYTES" in refused.stderr
         assert api_get(url, org, "/deployments/job")["code"]["digest"] == digest  # unchanged
 
+        # A prefect.yaml without pull steps ships its project the same way.
+        (project / "prefect.yaml").write_text(
+            "deployments:\n  - name: yjob\n    entrypoint: flows/job.py:job\n"
+        )
+        from_yaml = runner.invoke(cli_app, ["deploy", str(project / "prefect.yaml")], env=env)
+        assert from_yaml.exit_code == 0, (from_yaml.stdout, from_yaml.stderr)
+        ydep = api_get(url, org, "/deployments/yjob")
+        assert ydep["entrypoint"] == "flows/job.py:job"
+        assert ydep["code"]["digest"] not in (None, digest)
+
 
 def api_get(url: str, org: OrgSetup, path: str) -> Any:
     import httpx

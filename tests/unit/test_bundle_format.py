@@ -174,6 +174,20 @@ def test_unpack_refuses_a_bomb(tmp_path: Path) -> None:
         bundle_format.unpack(bundle, tmp_path / "out", max_bytes=1000)
 
 
+def test_unpack_refuses_a_damaged_archive(tmp_path: Path) -> None:
+    root = _project(tmp_path / "p")
+    data, _packed = _pack(root)
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0xFF
+    bundle = tmp_path / "damaged.tar.gz"
+    bundle.write_bytes(bytes(damaged))
+    with pytest.raises(bundle_format.BundleError, match="not a valid tar.gz"):
+        bundle_format.unpack(bundle, tmp_path / "out")
+    bundle.write_bytes(data[: len(data) // 2])  # cut short
+    with pytest.raises(bundle_format.BundleError, match="not a valid tar.gz"):
+        bundle_format.unpack(bundle, tmp_path / "out2")
+
+
 def test_digest_helpers() -> None:
     d = "sha256:" + "ab" * 32
     assert bundle_format.short(d) == "sha256:" + "ab" * 6
