@@ -181,10 +181,10 @@ def test_unpack_refuses_a_damaged_archive(tmp_path: Path) -> None:
     damaged[len(damaged) // 2] ^= 0xFF
     bundle = tmp_path / "damaged.tar.gz"
     bundle.write_bytes(bytes(damaged))
-    with pytest.raises(bundle_format.BundleError, match="not a valid tar.gz"):
+    with pytest.raises(bundle_format.BundleError, match=r"not a valid tar\.gz"):
         bundle_format.unpack(bundle, tmp_path / "out")
     bundle.write_bytes(data[: len(data) // 2])  # cut short
-    with pytest.raises(bundle_format.BundleError, match="not a valid tar.gz"):
+    with pytest.raises(bundle_format.BundleError, match=r"not a valid tar\.gz"):
         bundle_format.unpack(bundle, tmp_path / "out2")
 
 
