@@ -165,6 +165,8 @@ def job_out(
     deployment_name: str | None = None,
     with_position: bool = True,
 ) -> JobOut:
+    """One job as the API shows it. `with_position=False` (listings): no queue position
+    and no code fetch time (each is one more query per row)."""
     org = session.get(Organization, job.org_id)
     if user_name is None:
         user = session.get(User, job.user_id)
@@ -203,7 +205,9 @@ def job_out(
         started_at=job.started_at,
         ended_at=job.ended_at,
         cancel_requested_at=job.cancel_requested_at,
-        code=lineage.job_code(session, job),
+        code=lineage.job_code(session, job)
+        if with_position
+        else (dict(job.code) if job.code else None),
     )
 
 
