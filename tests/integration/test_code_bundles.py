@@ -300,6 +300,14 @@ def test_cli_deploy_packs_uploads_once_and_refuses_too_large(
 
         again = deploy()
         assert again.exit_code == 0 and "(already there)" in again.stdout, again.stdout
+
+        # A job shows its code: `cshare job show` and `cshare lineage --job`.
+        job = org.submit(org.owner, "job").json()
+        shown = runner.invoke(cli_app, ["job", "show", job["id"]], env=env)
+        assert shown.exit_code == 0 and f"bundle {digest[:19]} (5 files" in shown.stdout
+        graph = runner.invoke(cli_app, ["lineage", "--job", job["id"]], env=env)
+        assert graph.exit_code == 0, (graph.stdout, graph.stderr)
+        assert f"code: bundle {digest[:19]}" in graph.stdout, graph.stdout
         assert api_get(url, org, "/deployments/job")["code"]["digest"] == digest
 
         (project / ".gitignore").write_text("")  # now weights.bin would travel
