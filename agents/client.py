@@ -97,6 +97,8 @@ class ClaimAnswer:
     org: str | None = None
     job_token: str | None = None  # the flow's credential towards datasets (CSHARE_JOB_TOKEN)
     inputs: int = 0  # dataset inputs to materialise before the run
+    # The job's code bundle {kind, digest, size, files} (agents.code_cache); None: none.
+    code: dict[str, Any] | None = None
 
     @property
     def granted(self) -> bool:
@@ -205,6 +207,7 @@ class AgentClient:
                 org=data.get("org"),
                 job_token=data.get("job_token"),
                 inputs=int(data.get("inputs") or 0),
+                code=data["code"] if isinstance(data.get("code"), dict) else None,
             )
         if (
             response.status_code in (403, 409)

@@ -30,6 +30,9 @@ mode, Prefect's auth string. Nothing reaches the job unless a row below names it
     CSHARE_JOB_ID, CSHARE_ORG,        the job's (the runtime helpers, flows.runtime)
       CSHARE_API_URL, CSHARE_JOB_TOKEN, CSHARE_INPUTS_DIR, CSHARE_MAX_RUNTIME_S,
       CSHARE_MEMORY_MB, CSHARE_FLOWS_DIR
+    CSHARE_CODE_DIR                   the job's own copy of its code bundle
+                                      (agents.code_cache); also put first on PYTHONPATH
+                                      so the bundle's modules import
 
 Never passed, whatever asks for it: `CSHARE_TOKEN`, `CSHARE_MACHINE_TOKEN`, any other
 `CSHARE_*` or `PREFECT_*` of the agent, and the rest of the agent's environment.
@@ -93,6 +96,7 @@ JOB_NAMES: Final = frozenset(
         "CSHARE_MAX_RUNTIME_S",
         "CSHARE_MEMORY_MB",
         "CSHARE_FLOWS_DIR",
+        "CSHARE_CODE_DIR",
     }
 )
 # Compute Share's Prefect API proxy: <server>/prefect/api or <server>/prefect/<org>/api.
@@ -190,4 +194,8 @@ def job_env(
     env.update(engine)
     env.update({k: v for k, v in run.items() if k.startswith("PREFECT__")})
     env.update({k: v for k, v in job.items() if k in JOB_NAMES})
+    code_dir = env.get("CSHARE_CODE_DIR")
+    if code_dir:
+        rest = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = code_dir + (os.pathsep + rest if rest else "")
     return env

@@ -377,16 +377,20 @@ def report_run(
     token: str,
     *,
     code_dir: Path | None = None,
+    code: Mapping[str, Any] | None = None,
     machine: Mapping[str, Any] | None = None,
     resources_used: Mapping[str, Any] | None = None,
     image: str | None = None,
 ) -> None:
     """Record on the job's lineage what only the machine knows: the code version of
-    `code_dir` (git commit and dirty flag, or the bundle's checksum), the machine, the
+    `code_dir` (git commit and dirty flag, or the bundle's checksum; or `code` as
+    given: a fetched bundle's digest and fetch time), the machine, the
     image, the resources used. Failures are logged, never raised: lineage must not fail
     a run that otherwise succeeded."""
     body: dict[str, Any] = {}
-    if code_dir is not None:
+    if code is not None:
+        body["code"] = dict(code)
+    elif code_dir is not None:
         body["code"] = codeversion.code_version(code_dir)
     if machine is not None:
         body["machine"] = dict(machine)

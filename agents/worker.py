@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -70,10 +71,11 @@ from prefect.workers.process import (
 )
 from pydantic import PrivateAttr
 
+from agents import code_cache, job_env, limits, materialize
 from agents import config as agent_config
-from agents import job_env, limits, materialize
 from agents.client import AgentClient, ApiProblem, ClaimAnswer, MachineGone
 from agents.job_groups import JobGroups
+from datasets import bundle_format
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import Flow as APIFlow
@@ -446,6 +448,8 @@ class CshareWorker(ProcessWorker):
         # The machine's dataset cache bound (agents.materialize.InputCache).
         cache_mb = float(os.environ.get("CSHARE_INPUT_CACHE_MAX_MB", "20480"))
         self._input_cache_max_bytes = int(cache_mb * 2**20)
+        # The machine's code bundle cache bound (agents.code_cache.CodeCache).
+        self._code_cache_max_bytes = code_cache.max_bytes_from_env()
         self._on_machine_gone = on_machine_gone
         self._grants: dict[uuid.UUID, ClaimAnswer] = {}
         self._active: set[uuid.UUID] = set()  # claimed (or being claimed) until it ends
@@ -759,8 +763,13 @@ class CshareWorker(ProcessWorker):
         execution: FlowRunExecutionResult | None = None
         self._running.add(flow_run.id)
         try:
-            with private, self._inputs(grant, dirs.work) as inputs_env:
+            with (
+                private,
+                self._inputs(grant, dirs.work) as inputs_env,
+                self._code(grant, dirs.work, flow_run) as code_env,
+            ):
                 starter.job.update(await inputs_env())
+                starter.job.update(await code_env())
                 if self._closing:
                     # The agent is stopping and abort_all has ended this run already:
                     # start nothing (an exception as readiness: Prefect records no PID).
@@ -836,6 +845,53 @@ class CshareWorker(ProcessWorker):
         finally:
             if prepared:
                 materialize.release(job_dir)
+
+    @contextlib.contextmanager
+    def _code(
+        self, grant: ClaimAnswer, job_dir: Path, flow_run: FlowRun
+    ) -> Iterator[Callable[[], Awaitable[dict[str, str]]]]:
+        """The job's code bundle as its own directory (agents.code_cache), for the run's
+        duration. Yields an async function that prepares it and returns the environment
+        naming it (CSHARE_CODE_DIR); a failure raises, so the run never starts."""
+        stack = contextlib.ExitStack()
+
+        async def prepare() -> dict[str, str]:
+            code = grant.code
+            if not code or code.get("kind") != "bundle":
+                return {}
+            if not (grant.job_token and grant.org and grant.job_id):
+                raise code_cache.CodeFetchError("the claim gave no job token to fetch code with")
+            digest = str(code.get("digest") or "")
+            cache = code_cache.CodeCache(
+                agent_config.state_dir() / "code-cache", self._code_cache_max_bytes
+            )
+            fetch = code_cache.http_fetch(
+                self._control.api_url, grant.org, grant.job_id, grant.job_token, digest
+            )
+            prepared = await anyio.to_thread.run_sync(
+                stack.enter_context, code_cache.prepare(cache, digest, job_dir, fetch)
+            )
+            how = "cached" if prepared.cached else "downloaded"
+            self.get_flow_run_logger(flow_run).info(
+                "Code bundle %s: %d files ready in %d ms (%s).",
+                bundle_format.short(digest),
+                prepared.files,
+                prepared.fetch_ms,
+                how,
+            )
+            # The lineage report (shown by `cshare job show`) must not delay the start.
+            threading.Thread(
+                target=materialize.report_run,
+                args=(self._control.api_url, grant.org, grant.job_id, grant.job_token),
+                kwargs={"code": prepared.report()},
+                daemon=True,
+            ).start()
+            return {"CSHARE_CODE_DIR": str(prepared.code_dir)}
+
+        try:
+            yield prepare
+        finally:
+            stack.close()
 
     async def _report_limits(
         self,

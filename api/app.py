@@ -16,6 +16,7 @@ from api.routers import (
     accounts,
     agent,
     audit,
+    bundles,
     datasets,
     invitations,
     lineage,
@@ -138,6 +139,7 @@ def create_app(
         job_routes,
         schedule_routes,
         datasets,
+        bundles,
         lineage,
     )
     for router in (r.router for r in routers):

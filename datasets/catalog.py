@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy import ColumnElement, and_, delete, exists, func, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from datasets import access, quota, stores, wire
+from datasets import access, bundle_format, quota, stores, wire
 from datasets.access import (
     Caller,
     JobScope,
@@ -46,6 +46,7 @@ from datasets.models import (
     VISIBILITIES,
     VISIBILITY_ORG,
     Blob,
+    CodeBundle,
     Dataset,
     DatasetAccess,
     DatasetVersion,
@@ -919,6 +920,15 @@ def purge_unreferenced(session: Session, settings: Settings, blob_ids: Iterable[
     return purged
 
 
+def _bundle_ref() -> ColumnElement[bool]:
+    # A code bundle (datasets.code_bundles) with the same bytes keeps the object: both
+    # live in the same content-addressed store under the same name.
+    return exists().where(
+        CodeBundle.digest == literal(bundle_format.DIGEST_PREFIX) + Blob.sha256,
+        CodeBundle.store_id.is_not_distinct_from(Blob.store_id),
+    )
+
+
 def _purge_batch(session: Session, settings: Settings, blob_ids: list[int]) -> int:
     live_ref = exists().where(
         VersionFile.blob_id == Blob.id,
@@ -927,7 +937,7 @@ def _purge_batch(session: Session, settings: Settings, blob_ids: list[int]) -> i
     )
     blobs = session.scalars(
         select(Blob)
-        .where(Blob.id.in_(blob_ids), Blob.purged_at.is_(None), ~live_ref)
+        .where(Blob.id.in_(blob_ids), Blob.purged_at.is_(None), ~live_ref, ~_bundle_ref())
         .order_by(Blob.sha256)
         .with_for_update()
     ).all()
@@ -947,7 +957,9 @@ def collect_garbage(session: Session, settings: Settings) -> int:
         DatasetVersion.id == VersionFile.version_id,
         DatasetVersion.tombstoned_at.is_(None),
     )
-    ids = list(session.scalars(select(Blob.id).where(Blob.purged_at.is_(None), ~live_ref)))
+    ids = list(
+        session.scalars(select(Blob.id).where(Blob.purged_at.is_(None), ~live_ref, ~_bundle_ref()))
+    )
     session.commit()
     return purge_unreferenced(session, settings, ids)
 

@@ -222,3 +222,26 @@ class JobToken(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CodeBundle(Base):
+    """A code bundle an organization uploaded (`cshare deploy`): its bytes are one object
+    of the org's store at the time (`store_id`; NULL = the default store), named by the
+    digest. The row is what lets this org, and only this org, read it: another org
+    uploading the same bytes gets its own row."""
+
+    __tablename__ = "code_bundles"
+    __table_args__ = (UniqueConstraint("org_id", "digest"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(71))  # sha256:<hex> of the .tar.gz
+    size: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    store_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("data_stores.id", ondelete="SET NULL"), nullable=True
+    )
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,7 +1,8 @@
 """An organization's storage quota (`storage.max_bytes` in its settings).
 
-Usage is what the organization's live dataset versions hold, each counted at its size
-(identical bytes shared by two versions count twice: it is what members see listed).
+Usage is what the organization's live dataset versions and code bundles hold, each
+counted at its size (identical bytes shared by two versions count twice: it is what
+members see listed).
 The quota is checked before any byte of an upload is stored: against the announced
 `Content-Length` when there is one, and while streaming otherwise (`QuotaReader` stops
 the upload at the limit, so the store's temp file is removed and nothing is committed).
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from datasets.models import Dataset, DatasetVersion
+from datasets.models import CodeBundle, Dataset, DatasetVersion
 from datasets.wire import Reader
 from orgs.models import Organization
 from orgs.settings_doc import load as load_settings
@@ -28,13 +29,17 @@ CODE = "storage_quota_exceeded"
 
 
 def used_bytes(session: Session, org_id: uuid.UUID) -> int:
-    """Bytes of the organization's live versions (tombstones hold no bytes)."""
+    """Bytes of the organization's live versions (tombstones hold no bytes) and of its
+    code bundles."""
     total = session.scalar(
         select(func.coalesce(func.sum(DatasetVersion.size), 0))
         .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
         .where(Dataset.org_id == org_id, DatasetVersion.tombstoned_at.is_(None))
     )
-    return int(total or 0)
+    bundles = session.scalar(
+        select(func.coalesce(func.sum(CodeBundle.size), 0)).where(CodeBundle.org_id == org_id)
+    )
+    return int(total or 0) + int(bundles or 0)
 
 
 def owned_bytes(session: Session, org_id: uuid.UUID, user_id: uuid.UUID) -> int:

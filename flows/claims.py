@@ -401,6 +401,7 @@ def _adopt(
         source="schedule",
         machine_type=machine.machine_type,
         parameters=dict(info.parameters),
+        code=deployment.code if deployment else None,
         memory_mb=limits.max_job_memory,
         max_runtime_s=limits.max_job_runtime,
         tags=[f"schedule:{schedule.id}"],

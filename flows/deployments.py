@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from datasets import code_bundles
 from flows import ledger
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import ACTIVE_STATES, HELD, Deployment, Job, Project, Schedule
@@ -59,6 +60,11 @@ MAX_TAGS: Final = 20
 DEFAULT_PULL_STEPS: Final[tuple[Mapping[str, Any], ...]] = (
     {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CSHARE_FLOWS_DIR }}"}},
 )
+# A bundle deployment: the agent unpacks the job's bundle into a fresh directory per job
+# and names it in CSHARE_CODE_DIR (agents.code_cache), so each job runs its own code.
+BUNDLE_PULL_STEPS: Final[tuple[Mapping[str, Any], ...]] = (
+    {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $CSHARE_CODE_DIR }}"}},
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,9 @@ class DeploymentSpec:
     concurrency_limit: int | None = None
     collision_strategy: str = "enqueue"
     version: str | None = None
+    # {"kind": "bundle", "digest": "sha256:..."}: the code travels (datasets.code_bundles);
+    # None: it is on the machines already (`path`, the file's pull steps).
+    code: Mapping[str, Any] | None = None
 
 
 COLLISION_STRATEGIES: Final = ("enqueue", "cancel_new")
@@ -232,6 +241,7 @@ def _validate_spec(org: Organization, spec: DeploymentSpec) -> DeploymentSpec:
         concurrency_limit=spec.concurrency_limit,
         collision_strategy=spec.collision_strategy,
         version=spec.version,
+        code=spec.code,
     )
 
 
@@ -274,6 +284,7 @@ def _snapshot(dep: Deployment) -> dict[str, Any]:
         "parameters": dict(dep.parameters or {}),
         "concurrency_limit": dep.concurrency_limit,
         "collision_strategy": dep.collision_strategy,
+        "code": dict(dep.code) if dep.code else None,
     }
 
 
@@ -299,6 +310,7 @@ def register(
     ctx.require(Permission.deployments_register)
     org, slug = ctx.org, ctx.org.slug
     spec = _validate_spec(org, spec)
+    code = code_bundles.require(session, org, dict(spec.code)) if spec.code else None
     existing = find_deployment(session, org, spec.name)
     if existing is not None:
         ctx.require_own_or(existing.created_by, Permission.deployments_manage_all)
@@ -316,14 +328,17 @@ def register(
         flow_name=flow_name,
         entrypoint=spec.entrypoint,
         work_pool_name=pool,
-        working_directory=spec.path if spec.path and spec.pull_steps is None else None,
-        pull_steps=None if spec.path and spec.pull_steps is None else _pull_steps(spec),
+        working_directory=spec.path if spec.path and spec.pull_steps is None and not code else None,
+        pull_steps=None
+        if spec.path and spec.pull_steps is None and not code
+        else _pull_steps(spec),
+        # A bundle's digest is its version (what runs); else the file's `version`.
+        version=str(code["digest"]) if code else spec.version,
         parameters=spec.parameters,
         parameter_openapi_schema=spec.parameter_schema or None,
         tags=[*spec.tags, f"org:{slug}"],
         description=spec.description or None,
         job_variables=spec.job_variables,
-        version=spec.version,
         # No Prefect concurrency_limit: our admission enforces the limit (held jobs with
         # a reason); Prefect's would park runs we already admitted, behind our back.
     )
@@ -357,6 +372,7 @@ def register(
     dep.job_variables = dict(spec.job_variables)
     dep.concurrency_limit = spec.concurrency_limit
     dep.collision_strategy = spec.collision_strategy
+    dep.code = code
     dep.prefect_deployment_id = prefect_id
     dep.updated_at = utcnow()
     for sched_id, prefect_schedule_id in recreated.items():
@@ -391,6 +407,8 @@ def schedule_slug(schedule_id: uuid.UUID) -> str:
 
 
 def _pull_steps(spec: DeploymentSpec) -> list[dict[str, Any]]:
+    if spec.code:
+        return [dict(step) for step in BUNDLE_PULL_STEPS]
     steps = spec.pull_steps if spec.pull_steps is not None else DEFAULT_PULL_STEPS
     return [dict(step) for step in steps]
 

@@ -97,6 +97,7 @@ __all__ = [
     "job_logs",
     "list_jobs",
     "queue_position",
+    "rerun",
     "submit",
 ]
 
@@ -164,6 +165,8 @@ class SubmitSpec:
     priority: int = 0
     tags: Sequence[str] = ()
     idempotency_key: str | None = None
+    # The code to run instead of the deployment's current one (a rerun's: `rerun`).
+    code: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,7 @@ def submit(
         priority=spec.priority,
         tags=prep.tags,
         inputs=prep.inputs,
+        code=dict(spec.code) if spec.code is not None else prep.deployment.code,
         job_metadata={
             REQUESTED_KEY: {"memory_mb": spec.memory_mb, "max_runtime_s": spec.max_runtime_s},
             **({OUTPUTS_KEY: prep.outputs} if prep.outputs else {}),
@@ -374,6 +378,60 @@ def submit(
         session, gateway, job, deployment=prep.deployment, org=org, user=user, defer=defer
     )
     return job, True
+
+
+def rerun_spec(session: Session, job: Job) -> SubmitSpec:
+    """A submission of exactly what `job` ran: its deployment, parameters, pinned input
+    versions and code (even if the deployment was redeployed since), and its requests."""
+    dep = session.get(Deployment, job.deployment_id) if job.deployment_id else None
+    if dep is None:
+        raise Conflict(
+            "The job's deployment no longer exists, so it cannot run again.",
+            code="deployment_gone",
+        )
+    requested = (job.job_metadata or {}).get(REQUESTED_KEY) or {}
+    return SubmitSpec(
+        deployment=dep.name,
+        parameters=dict(job.parameters or {}),
+        machine_type=job.machine_type,
+        memory_mb=requested.get("memory_mb"),
+        max_runtime_s=requested.get("max_runtime_s"),
+        inputs=[
+            {"name": i["name"], "dataset": i["dataset"], "version": i["version"]}
+            for i in job.inputs or []
+        ],
+        outputs=list((job.job_metadata or {}).get(OUTPUTS_KEY) or []),
+        priority=job.priority,
+        tags=list(job.tags or []),
+        code=dict(job.code) if job.code else None,
+    )
+
+
+def rerun(
+    ctx: OrgContext,
+    session: Session,
+    gateway: PrefectGateway,
+    job_id: uuid.UUID,
+    *,
+    defer: Deferred | None = None,
+) -> Job:
+    """Submit again what the job ran (`rerun_spec`), through admission like any
+    submission, as the caller. Members rerun their own jobs; admins anyone's."""
+    ctx.require(Permission.jobs_submit)
+    old = get_job(ctx, session, job_id)
+    spec = rerun_spec(session, old)
+    if spec.code is None and old.code is None:
+        dep = find_deployment(session, ctx.org, spec.deployment)
+        if dep is not None and dep.code:
+            # The old job ran code already on the machines; its deployment ships code
+            # now: say so rather than run something else.
+            raise Conflict(
+                "The job ran code from the machines' own copy and its deployment now ships "
+                "a bundle; rerunning would not run the same code.",
+                code="code_changed",
+            )
+    job, _ = submit(ctx, session, gateway, spec, defer=defer)
+    return job
 
 
 def _by_idempotency_key(

@@ -17,7 +17,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -214,7 +214,7 @@ def job_record(session: Session, job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "ended_at": job.ended_at,
         "duration_s": duration,
-        "code": dict(row.code) if row and row.code else {},
+        "code": job_code(session, job, row) or (dict(row.code) if row and row.code else {}),
         "image": row.image if row else None,
         "parameters": dict(row.parameters)
         if row and row.parameters is not None
@@ -233,6 +233,22 @@ def job_record(session: Session, job: Job) -> dict[str, Any]:
         "tags": list(job.tags or []),
         "metadata": dict(row.job_metadata) if row and row.job_metadata else {},
     }
+
+
+# What the machine reports about fetching a bundle (agents.code_cache), shown with it.
+CODE_FETCH_KEYS: Final[tuple[str, ...]] = ("fetch_ms", "cached")
+
+
+def job_code(session: Session, job: Job, row: JobLineage | None = None) -> dict[str, Any] | None:
+    """The code the job runs (`jobs.code`, set at submission), with how its machine
+    fetched it (`fetch_ms`, `cached`) once reported; None when the job ran the machines'
+    own copy."""
+    if not job.code:
+        return None
+    row = row if row is not None else session.get(JobLineage, job.id)
+    reported = dict(row.code or {}) if row is not None else {}
+    fetch: dict[str, Any] = {k: reported[k] for k in CODE_FETCH_KEYS if k in reported}
+    return {**dict(job.code), **fetch}
 
 
 def rerun_spec(session: Session, job: Job) -> dict[str, Any]:
@@ -256,7 +272,7 @@ def rerun_spec(session: Session, job: Job) -> dict[str, Any]:
         "inputs": inputs,
         "outputs": sorted(declared_outputs(job) or ()),
         "tags": list(job.tags or []),
-        "code": dict(row.code) if row and row.code else {},
+        "code": dict(job.code) if job.code else (dict(row.code) if row and row.code else {}),
     }
 
 
@@ -432,6 +448,9 @@ class _Walker:
             if row is not None:
                 node["code"] = dict(row.code or {})
                 node["machine"] = (row.machine or {}).get("name")
+            code = job_code(self.session, job, row)
+            if code is not None:
+                node["code"] = code
         return node
 
 

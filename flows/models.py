@@ -82,6 +82,9 @@ class Deployment(Base):
     concurrency_limit: Mapped[int | None] = mapped_column(nullable=True)
     collision_strategy: Mapped[str] = mapped_column(String(16), default="enqueue")
     prefect_deployment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    # The code its jobs run: {"kind": "bundle", "digest": "sha256:...", "size", "files"};
+    # None: the code is already on the machines (`path`, legacy mode).
+    code: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_by: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
@@ -148,6 +151,8 @@ class Job(Base):
     tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
     inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
     job_metadata: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # The deployment's code when the job was submitted (kept: a rerun runs it again).
+    code: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
     flow_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, unique=True, nullable=True)
     prefect_state: Mapped[str] = mapped_column(String(64), default="")

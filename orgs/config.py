@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     # Directory versions are tar streams: the most bytes and files one may unpack to.
     archive_max_bytes: int = Field(default=10 << 30, ge=1)
     archive_max_files: int = Field(default=100_000, ge=1)
+    # The largest code bundle (`cshare deploy`) accepted; the CLI reads the same variable.
+    bundle_max_bytes: int = Field(default=100 << 20, ge=1)
 
     # Org secrets (orgs.secrets) are encrypted with this key: urlsafe-base64 32-byte
     # Fernet keys, comma-separated; the first encrypts, all decrypt (rotation: put the new

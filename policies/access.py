@@ -261,6 +261,7 @@ class JobTokenUse(StrEnum):
     read_inputs = "read-inputs"  # its job's pinned input versions: list, download
     write_outputs = "write-outputs"  # create and upload the datasets it writes, as outputs
     write_record = "write-record"  # its own metadata and run record (code, machine, ...)
+    read_code = "read-code"  # its job's code bundle (the agent fetches it before the run)
 
 
 class CredentialRule(StrEnum):
@@ -273,8 +274,8 @@ class CredentialRule(StrEnum):
 
 _RULE_SENTENCES: dict[CredentialRule, str] = {
     CredentialRule.job_token_scope: (
-        "A job token only reads its job's inputs, writes its outputs and records its own "
-        "metadata; use a member's token for anything else."
+        "A job token only reads its job's inputs and code, writes its outputs and records "
+        "its own metadata; use a member's token for anything else."
     ),
     CredentialRule.job_output_undeclared: (
         "This job writes only the outputs it declared at submission; this dataset is not "

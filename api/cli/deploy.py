@@ -3,28 +3,44 @@
 Each flow is loaded here, on the caller's machine, to compute its parameter schema
 (exactly as `prefect deploy` does), so the server can check a job's parameters before
 anything reaches Prefect. Loading imports Prefect: only this command pays for it.
+
+By default the code travels: the project around the entrypoint (the nearest ancestor
+holding prefect.yaml, pyproject.toml or .git) is packed into a deterministic bundle
+(`api.cli.bundle_files`, `datasets.bundle_format`), uploaded once per digest, and the
+deployment names that digest; each machine fetches it for each job. `--path DIR` (or a
+prefect.yaml deployment with its own pull steps) keeps the code where it already is on
+the machines.
 """
 
 from __future__ import annotations
 
+import io
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from api.cli import config, output
+from api.cli import bundle_files, config, output
 from api.cli.client import Client, connect, require_org, seg
 from api.cli.options import JsonOpt, OrgOpt
-from api.cli.output import CliError, UsageProblem
+from api.cli.output import ApiError, CliError, UsageProblem
 from api.cli.prefect_yaml import Planned, read_prefect_yaml, run_build_steps
+from datasets import bundle_format
 
 
-def load_flow(entrypoint: str, base: Path) -> tuple[str, dict[str, Any]]:
+def load_flow(
+    entrypoint: str, base: Path, *, root: Path | None = None
+) -> tuple[str, dict[str, Any]]:
     """(flow name, parameter schema) of `path.py:flow` (relative to `base`) or
-    `package.module:flow` (importable from `base`)."""
+    `package.module:flow` (importable from `base`). `root`: a bundle's project root,
+    importable here as it is on the machines (first on the job's PYTHONPATH)."""
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
+
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
 
     target = entrypoint
     file_part = entrypoint.rsplit(":", 1)[0]
@@ -38,6 +54,60 @@ def load_flow(entrypoint: str, base: Path) -> tuple[str, dict[str, Any]]:
         raise CliError(f"Cannot load the flow '{entrypoint}': {exc}") from None
     schema: dict[str, Any] = parameter_schema(flow.fn).model_dump_for_openapi()
     return str(flow.name), schema
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A project's bundle, in the org (uploaded now or before)."""
+
+    root: Path
+    packed: bundle_format.Packed
+    uploaded: bool
+
+
+def entrypoint_in_bundle(entrypoint: str, base: Path) -> tuple[Path, str]:
+    """(project root, the entrypoint relative to it) for `path.py:flow` (relative to
+    `base`) or `package.module:flow` (importable from `base`)."""
+    file_part, _, fn = entrypoint.rpartition(":")
+    if file_part.endswith(".py"):
+        path = (base / file_part).resolve()
+        if not path.is_file():
+            raise CliError(f"The entrypoint's file {path} does not exist.")
+        root = bundle_files.project_root(path)
+        return root, f"{path.relative_to(root).as_posix()}:{fn}"
+    root = bundle_files.project_root(base)
+    module_dir = base.resolve().relative_to(root)
+    prefix = ".".join(module_dir.parts)
+    return root, f"{prefix}.{file_part}:{fn}" if prefix else entrypoint
+
+
+def ship(client: Client, slug: str, root: Path) -> Shipped:
+    """Pack the project at `root`, upload it unless the org has it (HEAD), and return
+    what the deployment names."""
+    try:
+        selection = bundle_files.select_files(root)
+    except bundle_files.BundleTooLarge as exc:
+        raise CliError(str(exc)) from None
+    buffer = io.BytesIO()
+    packed = bundle_format.pack(root, selection.files, buffer)
+    path = f"/orgs/{seg(slug)}/bundles/{packed.digest}"
+    try:
+        client.request("HEAD", path)
+        return Shipped(root, packed, uploaded=False)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    client.put(
+        path,
+        params={"files": packed.files},
+        content=buffer.getvalue(),
+        headers={"Content-Type": bundle_format.MEDIA_TYPE},
+    )
+    return Shipped(root, packed, uploaded=True)
+
+
+def _human(n: int) -> str:
+    return f"{n / 1024:.1f} KB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MB"
 
 
 def deploy(
@@ -65,8 +135,8 @@ def deploy(
         str | None,
         typer.Option(
             "--path",
-            help="Where the code lives on the machines (default: the file's pull steps, "
-            "else $CSHARE_FLOWS_DIR on each machine).",
+            help="Where the code already lives on the machines (no bundle is shipped). "
+            "Default: the project is packed into a code bundle that each machine fetches.",
         ),
     ] = None,
     project: Annotated[
@@ -97,6 +167,7 @@ def deploy(
     slug = require_org(cfg, org)
     project = project or config.current_project(cfg, slug)
     results: list[dict[str, Any]] = []
+    shipped: dict[Path, Shipped] = {}
     with connect(cfg) as client:
         if file is not None:
             parsed = read_prefect_yaml(
@@ -114,10 +185,19 @@ def deploy(
         else:
             planned = [Planned(name="", entrypoint=target, base=Path.cwd())]
         for p in planned:
-            flow_name, schema = load_flow(p.entrypoint, p.base)
+            entrypoint = p.entrypoint
+            bundle: Shipped | None = None
+            root: Path | None = None
+            if path is None and p.pull_steps is None:
+                root, entrypoint = entrypoint_in_bundle(p.entrypoint, p.base)
+            flow_name, schema = load_flow(p.entrypoint, p.base, root=root)
+            if root is not None:
+                if root not in shipped:
+                    shipped[root] = ship(client, slug, root)
+                bundle = shipped[root]
             body: dict[str, Any] = {
                 "name": p.name or name or flow_name.replace("_", "-"),
-                "entrypoint": p.entrypoint,
+                "entrypoint": entrypoint,
                 "machine_type": p.machine_type or machine_type,
                 "flow_name": flow_name,
                 "description": p.description,
@@ -128,7 +208,9 @@ def deploy(
             }
             if project is not None:
                 body["project"] = project
-            if path is not None:
+            if bundle is not None:
+                body["code"] = {"kind": "bundle", "digest": bundle.packed.digest}
+            elif path is not None:
                 body["path"] = path
             elif p.pull_steps is not None:
                 body["pull_steps"] = p.pull_steps
@@ -137,6 +219,12 @@ def deploy(
     if json_:
         output.print_json({"items": results, "total": len(results)})
         return
+    for s in shipped.values():
+        verb = "uploaded" if s.uploaded else "already there"
+        output.say(
+            f"Code bundle {bundle_format.short(s.packed.digest)} of {s.root}: "
+            f"{s.packed.files} files, {_human(s.packed.size)} ({verb})."
+        )
     output.table(
         ["NAME", "PROJECT", "FLOW", "ENTRYPOINT", "POOL", "PREFECT"],
         (

@@ -1,4 +1,4 @@
-"""`cshare job ...`: submit (or explain), list, show, cancel, logs."""
+"""`cshare job ...`: submit (or explain), list, show, rerun, cancel, logs."""
 
 from __future__ import annotations
 
@@ -43,6 +43,22 @@ def parse_inputs(items: list[str] | None) -> list[dict[str, Any]]:
             entry["version"] = version
         inputs.append(entry)
     return inputs
+
+
+def describe_code(code: dict[str, Any] | None) -> str:
+    """`bundle sha256:1a2b3c4d5e6f (12 files, 40.1 KB); code fetch: 12 ms (cached)`."""
+    if not code:
+        return "the machines' own copy"
+    if code.get("kind") != "bundle":
+        return json.dumps(code)
+    digest = str(code.get("digest") or "")
+    text = f"bundle {digest[:19]}"
+    if code.get("files") is not None and code.get("size") is not None:
+        text += f" ({code['files']} files, {int(code['size']) / 1024:.1f} KB)"
+    if code.get("fetch_ms") is not None:
+        how = "cached" if code.get("cached") else "downloaded"
+        text += f"; code fetch: {code['fetch_ms']} ms ({how})"
+    return text
 
 
 def _describe(job: dict[str, Any]) -> str:
@@ -205,6 +221,7 @@ def show(job_id: JobArg, org: OrgOpt = None, json_: JsonOpt = False) -> None:
         ("Machine type", job.get("machine_type")),
         ("Resources", f"{res.get('memory_mb')} MB, {res.get('max_runtime_s')} s"),
         ("Parameters", json.dumps(job.get("parameters") or {})),
+        ("Code", describe_code(job.get("code"))),
         ("Priority", job.get("priority")),
         ("Created", job.get("created_at")),
         ("Released", job.get("released_at")),
@@ -214,6 +231,32 @@ def show(job_id: JobArg, org: OrgOpt = None, json_: JsonOpt = False) -> None:
         ("Prefect", job.get("prefect_url")),
     ]
     output.table(["FIELD", "VALUE"], ([k, v] for k, v in rows))
+
+
+@app.command("rerun")
+def rerun(
+    job_id: JobArg,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the new job is over.")] = False,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run a job again: same deployment, parameters, input versions and code (even if the
+    deployment was redeployed since). A new job, admitted like any submission."""
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    with connect(cfg) as client:
+        job = client.post(f"/orgs/{seg(slug)}/jobs/{seg(job_id)}/rerun")
+        if not json_:
+            output.say(f"Rerun of {job_id}: " + _describe(job))
+            output.say("Code: " + describe_code(job.get("code")))
+        if wait:
+            job = _wait(client, slug, str(job["id"]))
+    if json_:
+        output.print_json(job)
+    elif wait:
+        output.say(_describe(job))
+    if wait and job.get("state") != "completed":
+        raise typer.Exit(1)
 
 
 @app.command("cancel")

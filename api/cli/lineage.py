@@ -13,6 +13,7 @@ from rich.tree import Tree
 from api.cli import config, output
 from api.cli.client import connect, require_org, seg
 from api.cli.datasets import human_size, parse_ref
+from api.cli.jobs import describe_code
 from api.cli.options import JsonOpt, OrgOpt
 from api.cli.output import UsageProblem
 
@@ -101,7 +102,7 @@ def to_tree(graph: dict[str, Any]) -> Tree:
         for key, value in (
             ("deployment", job.get("deployment")),
             ("entrypoint", job.get("entrypoint")),
-            ("code", code.get("git_commit") or code.get("bundle_sha256")),
+            ("code", _code_text(code)),
             ("machine", (job.get("machine") or {}).get("name")),
             ("parameters", job.get("parameters")),
             ("duration", f"{job['duration_s']:.1f} s" if job.get("duration_s") else None),
@@ -110,6 +111,13 @@ def to_tree(graph: dict[str, Any]) -> Tree:
             if value not in (None, "", {}):
                 facts.add(Text(f"{key}: {value}"))
     return tree
+
+
+def _code_text(code: dict[str, Any]) -> str | None:
+    if code.get("kind") == "bundle":
+        return describe_code(code)
+    value = code.get("git_commit") or code.get("bundle_sha256")
+    return str(value) if value else None
 
 
 def _quote(text: str) -> str:

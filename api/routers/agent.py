@@ -108,6 +108,11 @@ class ClaimOut(BaseModel):
         description="The flow's own credential (datasets, outputs): `CSHARE_JOB_TOKEN`."
     )
     inputs: int = Field(description="Dataset inputs the agent materialises before the run.")
+    code: dict[str, Any] | None = Field(
+        default=None,
+        description="The job's code bundle {kind, digest, size, files}: the agent fetches "
+        "it (GET /orgs/{org}/jobs/{id}/code, job token) before the run; null: none.",
+    )
 
 
 class ClaimRefusedOut(ErrorOut):
@@ -266,6 +271,7 @@ def claim(
             limits=LimitsOut(memory_mb=result.memory_mb, max_runtime_s=result.max_runtime_s),
             job_token=job_token,
             inputs=len(job.inputs or []),
+            code=dict(job.code) if job.code else None,
         )
     return JSONResponse(
         error_body(

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -269,6 +270,7 @@ def _version_out(
 BATCH = 1 << 20
 DEPTH = 8
 _Item = bytes | Exception | None  # None: the body arrived whole
+_T = TypeVar("_T")
 
 
 async def _pump_body(stream: AsyncIterator[bytes], tx: MemoryObjectSendStream[_Item]) -> None:
@@ -316,15 +318,20 @@ def _thread_chunks(rx: MemoryObjectReceiveStream[_Item]) -> Iterator[bytes]:
 
 async def receive_body(request: Request, plan: catalog.UploadPlan) -> catalog.Received:
     """Stream the request body into the store through a worker thread."""
+    return await receive_with(request, partial(catalog.receive, plan))
+
+
+async def receive_with(request: Request, consume: Callable[[wire.Reader], _T]) -> _T:
+    """Hand the request body, streamed, to `consume` in a worker thread; its result."""
     tx, rx = anyio.create_memory_object_stream[_Item](DEPTH)
-    result: catalog.Received | None = None
+    result: _T | None = None
     error: Exception | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(_pump_body, request.stream(), tx)
         with rx:
             try:
                 reader = wire.IterReader(_thread_chunks(rx))
-                result = await anyio.to_thread.run_sync(catalog.receive, plan, reader)
+                result = await anyio.to_thread.run_sync(consume, reader)
             except Exception as exc:
                 error = exc
                 tg.cancel_scope.cancel()

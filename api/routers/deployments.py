@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Requires, SessionDep, SettingsDep
 from flows import deployments, projects, schedules
@@ -57,6 +57,13 @@ class DeclaredScheduleIn(BaseModel):
         return schedules.DeclaredSchedule(spec, dict(self.parameters), self.active)
 
 
+class CodeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["bundle"] = "bundle"
+    digest: str = Field(max_length=80, examples=["sha256:" + "0" * 64])
+
+
 class DeploymentIn(BaseModel):
     name: str = Field(max_length=64, examples=["train"])
     entrypoint: str = Field(
@@ -100,6 +107,12 @@ class DeploymentIn(BaseModel):
         "previous deploy (schedules made with `cshare schedule create` stay). Absent: "
         "unchanged.",
     )
+    code: CodeIn | None = Field(
+        None,
+        description="The code its jobs run: a bundle uploaded with PUT "
+        "/orgs/{org}/bundles/{digest} (`cshare deploy` does both). Null: the code is on "
+        "the machines already (`path`, pull steps).",
+    )
 
 
 class DeploymentOut(BaseModel):
@@ -123,6 +136,9 @@ class DeploymentOut(BaseModel):
     work_pool: str
     prefect_name: str
     prefect_deployment_id: uuid.UUID | None
+    code: dict[str, Any] | None = Field(
+        description="{kind: bundle, digest, size, files}; null: the machines' own copy."
+    )
     created_by: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
@@ -152,6 +168,7 @@ def deployment_out(dep: Deployment, org_slug: str) -> DeploymentOut:
         work_pool=work_pool_name(org_slug, dep.machine_type),
         prefect_name=f"{dep.flow_name}/{deployments.prefect_deployment_name(org_slug, dep.name)}",
         prefect_deployment_id=dep.prefect_deployment_id,
+        code=dict(dep.code) if dep.code else None,
         created_by=dep.created_by,
         created_at=dep.created_at,
         updated_at=dep.updated_at,
@@ -199,6 +216,7 @@ def register_deployment(
         concurrency_limit=body.concurrency_limit,
         collision_strategy=body.collision_strategy,
         version=body.version,
+        code=body.code.model_dump() if body.code is not None else None,
     )
     # Schedules are checked before anything is registered: a bad one changes nothing.
     declared = None

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from api.deps import Requires, SessionDep, SettingsDep, get_database
 from api.errors import error_body, status_for
 from api.routers.deployments import GatewayDep
-from flows import jobs
+from flows import jobs, lineage
 from flows.gateway import PrefectGateway
 from flows.models import FINAL_STATES, Deployment, Job
 from flows.prefect_access import ui_url_for_flow_run
@@ -107,6 +107,11 @@ class JobOut(BaseModel):
     started_at: datetime | None
     ended_at: datetime | None
     cancel_requested_at: datetime | None
+    code: dict[str, Any] | None = Field(
+        default=None,
+        description="The code the job runs: {kind: bundle, digest, size, files}, with "
+        "`fetch_ms` and `cached` once its machine fetched it; null: the machines' own copy.",
+    )
 
 
 class JobPage(BaseModel):
@@ -160,6 +165,8 @@ def job_out(
     deployment_name: str | None = None,
     with_position: bool = True,
 ) -> JobOut:
+    """One job as the API shows it. `with_position=False` (listings): no queue position
+    and no code fetch time (each is one more query per row)."""
     org = session.get(Organization, job.org_id)
     if user_name is None:
         user = session.get(User, job.user_id)
@@ -198,6 +205,9 @@ def job_out(
         started_at=job.started_at,
         ended_at=job.ended_at,
         cancel_requested_at=job.cancel_requested_at,
+        code=lineage.job_code(session, job)
+        if with_position
+        else (dict(job.code) if job.code else None),
     )
 
 
@@ -300,6 +310,26 @@ def get_job(
     gateway: GatewayDep,
 ) -> JobOut:
     return job_out(jobs.get_job(ctx, session, job_id), session, settings, gateway)
+
+
+@router.post("/orgs/{org}/jobs/{id}/rerun", status_code=status.HTTP_201_CREATED)
+def rerun_job(
+    job_id: JobId,
+    ctx: JobsSubmit,
+    session: SessionDep,
+    gateway: GatewayDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+    db: Annotated[Database, Depends(get_database)],
+) -> JobOut:
+    """Run a job again: a new job with exactly its deployment, parameters, pinned input
+    versions and code (even if the deployment was redeployed since), through admission
+    like any submission (you submit it). 409 `deployment_gone` when the deployment was
+    deleted."""
+    job = jobs.rerun(ctx, session, gateway, job_id, defer=(background.add_task, db))
+    out = job_out(job, session, settings, gateway, user_name=ctx.user.name)
+    session.commit()
+    return out
 
 
 @router.post("/orgs/{org}/jobs/{id}/cancel")

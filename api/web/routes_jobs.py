@@ -24,7 +24,7 @@ from flows import deployments, jobs, lineage
 from flows.models import ALL_STATES, FINAL_STATES
 from policies import access
 from policies.access import JobFacts
-from policies.errors import DomainError, Invalid
+from policies.errors import DomainError
 from policies.permissions import Permission
 
 log = logging.getLogger("cshare.web")
@@ -174,23 +174,13 @@ def cancel_job(request: Request, page: PageJobsCancelOwn, job_id: JobId) -> Resp
 
 @router.post("/orgs/{org}/jobs/{job_id}/rerun")
 def rerun_job(request: Request, page: PageJobsSubmit, job_id: JobId) -> Response:
-    """Submit the job again: same deployment, parameters, machine type, resources and
-    pinned input versions (the lineage module's `rerun_spec`, as `cshare job rerun`)."""
-    job = jobs.get_job(page.ctx, page.session, job_id)
-    spec = lineage.rerun_spec(page.session, job)
-    if not spec.get("deployment"):
-        raise Invalid("The job's deployment no longer exists.", field="deployment")
-    body = job_routes.JobIn.model_validate(
-        {
-            k: spec[k]
-            for k in ("deployment", "parameters", "machine_type", "resources", "inputs", "outputs")
-        }
-        | {"tags": spec.get("tags", []), "priority": job.priority}
-    )
+    """Submit the job again: same deployment, parameters, machine type, resources,
+    pinned input versions and code (`flows.jobs.rerun`, as `cshare job rerun`)."""
     try:
-        new, _created = jobs.submit(page.ctx, page.session, gateway_of(request), body.spec())
+        new = jobs.rerun(page.ctx, page.session, gateway_of(request), job_id)
     except DomainError as exc:
         if exc.code in ("job_not_found",):
             raise
+        page.session.rollback()
         return _job_page(request, page, job_id, code=422, error=exc.detail)
     return redirect(page.url(f"/jobs/{new.id}"), notice="rerun")

@@ -47,6 +47,7 @@ __all__ = ["world"]  # the fixture, shared with test_datasets
 # The only routes a job token may call; everything else must refuse it (403).
 JOB_TOKEN_ROUTES = {
     "GET /orgs/{org}/jobs/{id}/inputs",
+    "GET /orgs/{org}/jobs/{id}/code",
     "GET /orgs/{org}/datasets/{name}/versions/{version}/download",
     "POST /orgs/{org}/datasets",
     "POST /orgs/{org}/datasets/{name}/versions",

@@ -76,6 +76,7 @@ from api.web import csrf
 from api.web import session as web_session
 from api.web.app import PagesMount
 from api.web.core import OrgPage, PageRequires, org_page
+from datasets import bundle_format
 from orgs import accounts, join_requests, organizations, secrets
 from orgs.config import get_settings
 from orgs.context import member_context
@@ -467,13 +468,36 @@ def _dataset_version(w: World, role: str) -> str:
     return str(_created(r, "a dataset version")["version"])
 
 
+def _bundle(w: World, role: str | None = None) -> str:
+    """The digest of a code bundle the owner uploaded (the world's deployments ship it)."""
+    if "bundle" not in w.cache:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "flow.py").write_text(f"# {uuid.uuid4()}\n")
+            out = io.BytesIO()
+            packed = bundle_format.pack(Path(tmp), ["flow.py"], out)
+        r = w.api.put(
+            f"/orgs/{w.org_slug}/bundles/{packed.digest}",
+            w.people["owner"],
+            content=out.getvalue(),
+            headers={"Content-Type": bundle_format.MEDIA_TYPE},
+        )
+        w.cache["bundle"] = str(_created(r, "a code bundle")["digest"])
+    return w.cache["bundle"]
+
+
 def _deployment(w: World, role: str | None = None) -> str:
     """A deployment registered by `role`'s acting person, or the owner's shared one."""
     if role is None and "deployment" in w.cache:
         return w.cache["deployment"]
     who = w.people["owner"] if role is None else w.acting(role)
     name = _unique("deploy")
-    body = {"name": name, "entrypoint": "flows/library/train.py:train", "machine_type": "cpu"}
+    body: dict[str, Any] = {
+        "name": name,
+        "entrypoint": "flows/library/train.py:train",
+        "machine_type": "cpu",
+        # Shipped as a bundle, so a job's code (GET .../jobs/{id}/code) is there to read.
+        "code": {"kind": "bundle", "digest": _bundle(w)},
+    }
     _created(w.api.post(f"/orgs/{w.org_slug}/deployments", who, json=body), "a deployment")
     if role is None:
         w.cache["deployment"] = name
@@ -549,6 +573,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "datasets/{name}": _dataset,
     "versions/{version}": _dataset_version,
     "deployments/{name}": _deployment,
+    "bundles/{digest}": _bundle,
     "projects/{name}": _project,
     "jobs/{id}": _job,
     "schedules/{id}": _schedule,

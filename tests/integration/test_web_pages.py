@@ -8,10 +8,12 @@ this module checks what the pages show (headers, controls, forms) for each role.
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from api.web import csrf
+from datasets import bundle_format
 from flows import jobs
 from orgs.config import get_settings
 from orgs.context import member_context
@@ -569,6 +572,42 @@ def test_jobs_pages_show_own_jobs_to_members_and_all_to_admins(world: World) -> 
     assert r.status_code == 303 and "notice=rerun" in r.headers["location"]
     r = world.member.post(f"{base}/{mine['id']}/cancel")
     assert r.status_code == 303
+
+
+def test_job_page_shows_the_code_and_rerun_keeps_it(world: World, tmp_path: Path) -> None:
+    owner = world.owner.person
+    assert owner is not None
+    digests = []
+    for value in (1, 2):
+        (tmp_path / "flow.py").write_text(f"V = {value}\n")
+        out = io.BytesIO()
+        packed = bundle_format.pack(tmp_path, ["flow.py"], out)
+        r = world.api.put(
+            f"/orgs/{world.slug}/bundles/{packed.digest}?files=1",
+            owner,
+            content=out.getvalue(),
+            headers={"Content-Type": bundle_format.MEDIA_TYPE},
+        )
+        assert r.status_code == 201, r.text
+        digests.append(packed.digest)
+    body = {"name": "train", "entrypoint": "flow.py:train", "machine_type": "cpu"}
+    code = {"kind": "bundle", "digest": digests[0]}
+    r = world.api.post(f"/orgs/{world.slug}/deployments", owner, json={**body, "code": code})
+    assert r.status_code == 201, r.text
+    old = _submit(world, owner)
+    r = world.api.post(
+        f"/orgs/{world.slug}/deployments",
+        owner,
+        json={**body, "code": {"kind": "bundle", "digest": digests[1]}},
+    )
+    assert r.status_code == 200, r.text
+    base = f"/orgs/{world.slug}/jobs"
+    page = world.owner.get(f"{base}/{old}").text
+    assert digests[0][:19] in page and ">Rerun<" in page
+    r = world.owner.post(f"{base}/{old}/rerun")
+    assert r.status_code == 303, r.text
+    new_page = world.owner.get(r.headers["location"].split("?")[0]).text
+    assert digests[0][:19] in new_page and digests[1][:19] not in new_page
 
 
 # ------------------------------------------------------------------ the API around the pages

@@ -133,3 +133,20 @@ def test_the_proxy_is_recognised_by_its_path(url: str | None, proxy: bool) -> No
 def test_the_legacy_setting_defaults_to_sharing() -> None:
     assert job_env.share_auth_in_legacy_mode({}) is True
     assert job_env.share_auth_in_legacy_mode({"CSHARE_JOB_SHARE_PREFECT_AUTH": "false"}) is False
+
+
+def test_the_code_dir_is_passed_and_importable_first() -> None:
+    env = job_env.job_env(
+        machine={"PYTHONPATH": "/opt/lib"},
+        job_variables={"PYTHONPATH": "/from/deployment"},
+        engine={},
+        run={},
+        job={"CSHARE_CODE_DIR": "/jobs/j1/work/code"},
+        dirs=DIRS,
+    )
+    assert env["CSHARE_CODE_DIR"] == "/jobs/j1/work/code"
+    assert env["PYTHONPATH"] == "/jobs/j1/work/code:/from/deployment"
+    bare = job_env.job_env(
+        machine={}, job_variables={}, engine={}, run={}, job={"CSHARE_CODE_DIR": "/c"}, dirs=DIRS
+    )
+    assert bare["PYTHONPATH"] == "/c"
