@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -71,7 +72,7 @@ from prefect.workers.process import (
 )
 from pydantic import PrivateAttr
 
-from agents import code_cache, job_env, limits, materialize
+from agents import code_cache, job_env, limits, materialize, pyenv
 from agents import config as agent_config
 from agents.client import AgentClient, ApiProblem, ClaimAnswer, MachineGone
 from agents.job_groups import JobGroups
@@ -99,6 +100,15 @@ SKIP_BACKOFF_S: Final = 5.0
 ERROR_BACKOFF_S: Final = 2.0
 EVENT_RETRY_S: Final = 5.0
 SPAWN_RETRY_S: Final = 10.0
+
+
+@dataclass(frozen=True)
+class JobCode:
+    """A job's code, ready: the variables naming it, and the interpreter its
+    requirements need (None: the agent's own)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +301,13 @@ class _GatedStarter:
         self._control_channel = control_channel
         self.timed_out = False
 
+    def use_python(self, python: str) -> None:
+        """Run the engine on the job's own environment's interpreter (agents.pyenv): a
+        cold start, exec'd by the warm process after it applied the run's limits. A
+        deployment's own command wins."""
+        if self._command is None:
+            self._command = shlex.join([python, "-m", "prefect.engine"])
+
     def _run_env(self, flow_run: FlowRun, control_env: dict[str, str]) -> dict[str, str]:
         """An allowlist (agents.job_env), never the agent's environment."""
         job = dict(self.job, CSHARE_MAX_RUNTIME_S=str(self._max_runtime_s))
@@ -450,6 +467,8 @@ class CshareWorker(ProcessWorker):
         self._input_cache_max_bytes = int(cache_mb * 2**20)
         # The machine's code bundle cache bound (agents.code_cache.CodeCache).
         self._code_cache_max_bytes = code_cache.max_bytes_from_env()
+        # And of the bundles' Python environments (agents.pyenv).
+        self._python_env_max_bytes = pyenv.max_bytes_from_env()
         self._on_machine_gone = on_machine_gone
         self._grants: dict[uuid.UUID, ClaimAnswer] = {}
         self._active: set[uuid.UUID] = set()  # claimed (or being claimed) until it ends
@@ -769,7 +788,10 @@ class CshareWorker(ProcessWorker):
                 self._code(grant, dirs.work, flow_run) as code_env,
             ):
                 starter.job.update(await inputs_env())
-                starter.job.update(await code_env())
+                code = await code_env()
+                starter.job.update(code.env)
+                if code.python is not None:
+                    starter.use_python(code.python)
                 if self._closing:
                     # The agent is stopping and abort_all has ended this run already:
                     # start nothing (an exception as readiness: Prefect records no PID).
@@ -849,16 +871,18 @@ class CshareWorker(ProcessWorker):
     @contextlib.contextmanager
     def _code(
         self, grant: ClaimAnswer, job_dir: Path, flow_run: FlowRun
-    ) -> Iterator[Callable[[], Awaitable[dict[str, str]]]]:
+    ) -> Iterator[Callable[[], Awaitable[JobCode]]]:
         """The job's code bundle as its own directory (agents.code_cache), for the run's
-        duration. Yields an async function that prepares it and returns the environment
-        naming it (CSHARE_CODE_DIR); a failure raises, so the run never starts."""
+        duration, and the Python environment its requirements need (agents.pyenv).
+        Yields an async function that prepares both and returns the environment naming
+        the directory (CSHARE_CODE_DIR) and the interpreter; a failure raises, so the run
+        never starts (an install failure with the installer's message in the job log)."""
         stack = contextlib.ExitStack()
 
-        async def prepare() -> dict[str, str]:
+        async def prepare() -> JobCode:
             code = grant.code
             if not code or code.get("kind") != "bundle":
-                return {}
+                return JobCode()
             if not (grant.job_token and grant.org and grant.job_id):
                 raise code_cache.CodeFetchError("the claim gave no job token to fetch code with")
             digest = str(code.get("digest") or "")
@@ -879,19 +903,43 @@ class CshareWorker(ProcessWorker):
                 prepared.fetch_ms,
                 how,
             )
+            python = await self._python_env(prepared.code_dir, flow_run)
+            report = prepared.report()
+            if python is not None:
+                report["requirements_digest"] = python.digest
             # The lineage report (shown by `cshare job show`) must not delay the start.
             threading.Thread(
                 target=materialize.report_run,
                 args=(self._control.api_url, grant.org, grant.job_id, grant.job_token),
-                kwargs={"code": prepared.report()},
+                kwargs={"code": report},
                 daemon=True,
             ).start()
-            return {"CSHARE_CODE_DIR": str(prepared.code_dir)}
+            return JobCode(
+                {"CSHARE_CODE_DIR": str(prepared.code_dir)},
+                str(python.python) if python is not None else None,
+            )
 
         try:
             yield prepare
         finally:
             stack.close()
+
+    async def _python_env(self, code_dir: Path, flow_run: FlowRun) -> pyenv.PythonEnv | None:
+        """The environment of the bundle's requirements (None: it declares none)."""
+        run_logger = self.get_flow_run_logger(flow_run)
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(
+                    pyenv.ensure_env,
+                    code_dir,
+                    agent_config.state_dir() / "python-envs",
+                    log=run_logger.info,
+                    cap_bytes=self._python_env_max_bytes,
+                )
+            )
+        except pyenv.EnvFailed as exc:
+            run_logger.error("Installing the bundle's requirements failed:\n%s", exc.message)
+            raise
 
     async def _report_limits(
         self,

@@ -235,14 +235,16 @@ def job_record(session: Session, job: Job) -> dict[str, Any]:
     }
 
 
-# What the machine reports about fetching a bundle (agents.code_cache), shown with it.
-CODE_FETCH_KEYS: Final[tuple[str, ...]] = ("fetch_ms", "cached")
+# What the machine reports about fetching a bundle (agents.code_cache) and the Python
+# environment its requirements ran in (agents.pyenv), shown with it.
+CODE_FETCH_KEYS: Final[tuple[str, ...]] = ("fetch_ms", "cached", "requirements_digest")
 
 
 def job_code(session: Session, job: Job, row: JobLineage | None = None) -> dict[str, Any] | None:
     """The code the job runs (`jobs.code`, set at submission), with how its machine
-    fetched it (`fetch_ms`, `cached`) once reported; None when the job ran the machines'
-    own copy."""
+    fetched it (`fetch_ms`, `cached`) and the requirements environment it ran in
+    (`requirements_digest`) once reported; None when the job ran the machines' own
+    copy."""
     if not job.code:
         return None
     row = row if row is not None else session.get(JobLineage, job.id)

@@ -58,6 +58,8 @@ def describe_code(code: dict[str, Any] | None) -> str:
     if code.get("fetch_ms") is not None:
         how = "cached" if code.get("cached") else "downloaded"
         text += f"; code fetch: {code['fetch_ms']} ms ({how})"
+    if code.get("requirements_digest"):
+        text += f"; requirements env {str(code['requirements_digest'])[:12]}"
     return text
 
 
