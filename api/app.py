@@ -24,6 +24,7 @@ from api.routers import (
     organizations,
     overview,
     projects,
+    registries,
     secrets,
 )
 from api.routers import deployments as deployment_routes
@@ -121,6 +122,7 @@ def create_app(
         invitations,
         settings_routes,
         secrets,
+        registries,
         audit,
         overview,
         machines,

@@ -164,6 +164,8 @@ class SubmitSpec:
     priority: int = 0
     tags: Sequence[str] = ()
     idempotency_key: str | None = None
+    # A command job's image, {ref, digest} (flows.containers.prepare_command).
+    image: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,7 @@ def submit(
             **({OUTPUTS_KEY: prep.outputs} if prep.outputs else {}),
         },
         idempotency_key=spec.idempotency_key,
+        image=dict(spec.image) if spec.image else None,
     ).job
     _link_inputs(session, job)
     try:

@@ -215,7 +215,8 @@ def job_record(session: Session, job: Job) -> dict[str, Any]:
         "ended_at": job.ended_at,
         "duration_s": duration,
         "code": dict(row.code) if row and row.code else {},
-        "image": row.image if row else None,
+        # A container job's {ref, digest}; else what the machine reported (if anything).
+        "image": dict(job.image) if job.image else (row.image if row else None),
         "parameters": dict(row.parameters)
         if row and row.parameters is not None
         else dict(job.parameters or {}),

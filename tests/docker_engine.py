@@ -36,7 +36,7 @@ BUSYBOX_TOOLS = (
     "wc", "mkdir", "cp", "id", "yes", "sha256sum", "test", "[",
 )  # fmt: skip
 REGISTRY_USER = "robot"
-REGISTRY_PASSWORD = "s3cret-registry-pw"  # noqa: S105 - a throwaway test registry's
+REGISTRY_PASSWORD = "s3cret-registry-pw"  # a throwaway test registry's
 
 
 def _need(*binaries: str) -> dict[str, str]:
@@ -130,14 +130,10 @@ def docker_engine() -> Iterator[DockerEngine]:
         process = subprocess.Popen(
             [
                 paths["dockerd"],
-                "--data-root", str(root / "data"),
-                "--exec-root", str(root / "exec"),
-                "--pidfile", str(root / "docker.pid"),
-                "-H", f"unix://{socket}",
-                "--bridge", "none",
-                "--iptables=false",
-                "--ip-masq=false",
-            ],  # fmt: skip
+                *("--data-root", str(root / "data"), "--exec-root", str(root / "exec")),
+                *("--pidfile", str(root / "docker.pid"), "-H", f"unix://{socket}"),
+                *("--bridge", "none", "--iptables=false", "--ip-masq=false"),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

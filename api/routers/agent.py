@@ -31,7 +31,7 @@ from api.deps import CurrentMachine, SessionDep, SettingsDep
 from api.errors import error_body
 from api.routers.deployments import GatewayDep
 from api.schemas import ErrorOut
-from flows import claims, job_tokens
+from flows import claims, containers, job_tokens
 from flows.deployments import ensure_org_pool
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import Job
@@ -82,6 +82,9 @@ class HeartbeatIn(BaseModel):
         default_factory=list, max_length=1024, description="Flow runs the agent runs now."
     )
     free_slots: int | None = Field(None, ge=0, le=machines.MAX_SLOTS)
+    docker: dict[str, Any] | None = Field(
+        None, description="The Docker engine the agent reaches ({version}); null: none."
+    )
 
 
 class ClaimIn(BaseModel):
@@ -108,6 +111,11 @@ class ClaimOut(BaseModel):
         description="The flow's own credential (datasets, outputs): `CSHARE_JOB_TOKEN`."
     )
     inputs: int = Field(description="Dataset inputs the agent materialises before the run.")
+    container: dict[str, Any] | None = Field(
+        None,
+        description="A command job: {image, command, cpus, output}; run it with Docker "
+        "instead of the flow (flows.containers).",
+    )
 
 
 class ClaimRefusedOut(ErrorOut):
@@ -216,6 +224,8 @@ def heartbeat(
     gateway: GatewayDep,
 ) -> AgentStatusOut:
     machines.heartbeat(session, machine, running=len(body.running), now=utcnow())
+    if "docker" in body.model_fields_set:
+        machines.note_docker(machine, body.docker)
     out = _status(session, settings, machine)
     session.commit()
     if out.approved:
@@ -266,6 +276,7 @@ def claim(
             limits=LimitsOut(memory_mb=result.memory_mb, max_runtime_s=result.max_runtime_s),
             job_token=job_token,
             inputs=len(job.inputs or []),
+            container=containers.container_spec(job),
         )
     return JSONResponse(
         error_body(

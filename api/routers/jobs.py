@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from api.deps import Requires, SessionDep, SettingsDep, get_database
 from api.errors import error_body, status_for
 from api.routers.deployments import GatewayDep
-from flows import jobs
+from flows import containers, jobs
 from flows.gateway import PrefectGateway
 from flows.models import FINAL_STATES, Deployment, Job
 from flows.prefect_access import ui_url_for_flow_run
@@ -40,7 +40,13 @@ class ResourcesIn(BaseModel):
 
 
 class JobIn(BaseModel):
-    deployment: str = Field(max_length=64)
+    deployment: str = Field(
+        "", max_length=64, description="The flow's deployment (empty for a command job)."
+    )
+    # A command job (flows.containers): the image and the command instead of a flow.
+    image: str | None = Field(None, max_length=300, description="Image to run the command in.")
+    command: list[str] | None = Field(None, max_length=256, description="With `image`.")
+    cpus: float | None = Field(None, description="CPU cores for a command job's container.")
     parameters: dict[str, Any] = Field(default_factory=dict)
     machine_type: str | None = Field(None, max_length=32)
     resources: ResourcesIn = Field(default_factory=ResourcesIn)
@@ -107,6 +113,9 @@ class JobOut(BaseModel):
     started_at: datetime | None
     ended_at: datetime | None
     cancel_requested_at: datetime | None
+    image: dict[str, Any] | None = Field(
+        None, description="A command job's image: {ref, digest} (the digest once pulled)."
+    )
 
 
 class JobPage(BaseModel):
@@ -198,6 +207,7 @@ def job_out(
         started_at=job.started_at,
         ended_at=job.ended_at,
         cancel_requested_at=job.cancel_requested_at,
+        image=dict(job.image) if job.image else None,
     )
 
 
@@ -231,7 +241,19 @@ def submit_job(
     or resources above the maximum, 429 too many queued jobs. `flow_run_id` is null if
     Prefect was unreachable: the job is recorded and its run is created later.
     """
-    job, created = jobs.submit(ctx, session, gateway, body.spec(), defer=(background.add_task, db))
+    spec = body.spec()
+    if body.image is not None or body.command is not None:
+        spec = containers.prepare_command(
+            ctx,
+            session,
+            gateway,
+            spec,
+            image=body.image or "",
+            command=body.command,
+            cpus=body.cpus,
+            pool_type=settings.work_pool_type,
+        )
+    job, created = jobs.submit(ctx, session, gateway, spec, defer=(background.add_task, db))
     if not created:
         response.status_code = status.HTTP_200_OK
     out = job_out(job, session, settings, gateway, user_name=ctx.user.name)
