@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -272,8 +273,14 @@ def run_container(
         ) from None
     try:
         started(container.id)
+        # In this thread's context: Prefect's settings (the API the lines go to) live in
+        # context variables, which a new thread does not inherit by itself.
+        context = contextvars.copy_context()
         pump = threading.Thread(
-            target=_pump_logs, args=(container, emit, outcome), daemon=True, name="cshare-logs"
+            target=context.run,
+            args=(_pump_logs, container, emit, outcome),
+            daemon=True,
+            name="cshare-logs",
         )
         pump.start()
         deadline_hit = not _wait(container, stop_requested, max_runtime_s)
@@ -385,6 +392,13 @@ async def _watch_cancel(prefect: Any, flow_run_id: uuid.UUID, stop: threading.Ev
         stop.set()
 
 
+def _root(exc: BaseException) -> BaseException:
+    """The one error inside (nested) task-group groups, which say nothing themselves."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _tail_text(outcome: Outcome) -> str:
     lines = list(outcome.tail)[-TAIL_LINES:]
     return ("\nLast lines:\n" + "\n".join(lines)) if lines else ""
@@ -449,7 +463,8 @@ async def execute(
             finally:
                 stop.set()
                 group.cancel_scope.cancel()
-    except Exception as exc:  # ContainerFailed names image and registry; others as they are
+    except Exception as raised:  # ContainerFailed names image and registry; others as is
+        exc = _root(raised)
         message = str(exc) if isinstance(exc, ContainerFailed) else f"{type(exc).__name__}: {exc}"
         logger.error("%s", message)
         await _set_state(hooks.prefect, flow_run_id, Failed(message=message), force=True)
