@@ -29,7 +29,14 @@ router = APIRouter(tags=["registries"])
 
 RegistriesManage = Annotated[OrgContext, Depends(Requires(Permission.registries_manage))]
 JobRegistryAuth = Annotated[
-    Caller, Depends(JobOnly(Permission.jobs_view_own, use=JobTokenUse.registry_auth))
+    Caller,
+    Depends(
+        JobOnly(
+            Permission.jobs_view_own,
+            use=JobTokenUse.registry_auth,
+            rule=CredentialRule.registry_auth_job_only,
+        )
+    ),
 ]
 
 

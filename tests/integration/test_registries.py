@@ -12,11 +12,17 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from flows import ledger
+from flows.models import Job
 from orgs import registries
 from orgs.models import AuditEvent, Organization
 from orgs.secrets import OrgSecret
 from policies.errors import Invalid
-from tests.support import ApiClient, Person
+from policies.job_states import JobEvent
+from tests.integration.test_datasets import World, as_job, job_token, make_job, world
+from tests.support import PREFIX, ApiClient, Person
+
+__all__ = ["world"]  # the datasets' world fixture, used by name
 
 
 def _password() -> str:
@@ -184,3 +190,60 @@ def test_the_registry_login_route_refuses_member_tokens(org: Org) -> None:
     r = org.api.get(f"/orgs/{org.slug}/jobs/{uuid.uuid4()}/registry-auth", org.owner)
     assert r.status_code in (403, 404), r.text
     assert "password" not in r.text
+
+
+# ------------------------------------------------------------ the job's login
+
+
+def _container_job(api: ApiClient, w: World, image: str | None) -> Job:
+    job = make_job(api.db, w.slug, w.alice.id, state="running")
+    if image is not None:
+        with api.db.transaction() as s:
+            fresh = s.get(Job, job.id)
+            assert fresh is not None
+            ledger.record_image(s, fresh, {"ref": image, "digest": None})
+    return job
+
+
+def test_a_job_token_gets_the_login_for_its_own_image_only(api: ApiClient, world: World) -> None:
+    w = world
+    password = _password()
+    body = {"registry": "127.0.0.1:5000/team", "username": "robot", "password": password}
+    assert api.post(f"/orgs/{w.slug}/registries", w.owner, json=body).status_code == 201
+    private = _container_job(api, w, "127.0.0.1:5000/team/tool:1")
+    public = _container_job(api, w, "ghcr.io/someone/tool:2")
+    flow = _container_job(api, w, None)
+    token = job_token(api.db, private)
+
+    def auth(job: Job, tok: str) -> httpx.Response:
+        r: httpx.Response = api.client.get(
+            f"{PREFIX}/orgs/{w.slug}/jobs/{job.id}/registry-auth", headers=as_job(tok)
+        )
+        return r
+
+    r = auth(private, token)
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "image": "127.0.0.1:5000/team/tool:1",
+        "registry": "127.0.0.1:5000",
+        "anonymous": False,
+        "username": "robot",
+        "password": password,
+    }
+    # Another job's login is not this token's to read.
+    assert auth(public, token).status_code in (403, 404)
+    r = auth(public, job_token(api.db, public))
+    assert r.status_code == 200 and r.json()["anonymous"] is True and password not in r.text
+    r = auth(flow, job_token(api.db, flow))
+    assert r.status_code == 409 and r.json()["error"] == "not_a_container_job", r.text
+    # Members (the owner included) never get it: only the machine running the job.
+    for who in (w.owner, w.alice):
+        r = api.get(f"/orgs/{w.slug}/jobs/{private.id}/registry-auth", who)
+        assert r.status_code == 403 and r.json()["error"] == "registry_auth_job_only", r.text
+        assert password not in r.text
+    # The job's end revokes its token, and with it the login.
+    with api.db.transaction() as s:
+        fresh = s.get(Job, private.id)
+        assert fresh is not None
+        ledger.apply(s, fresh, JobEvent.observe_completed, actor=None)
+    assert auth(private, token).status_code == 401
