@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy.exc import IntegrityError
@@ -224,6 +224,33 @@ def container_spec(job: Job) -> dict[str, Any] | None:
         "cpus": params.get("cpus"),
         "output": outputs[0] if outputs else None,
     }
+
+
+def pinned_ref(image: Mapping[str, Any]) -> str:
+    """`repo@sha256:...` once the digest is known (the tag dropped: the digest decides),
+    else the reference as submitted."""
+    ref, digest = str(image.get("ref") or ""), image.get("digest")
+    if not digest:
+        return ref
+    name = ref.split("@", 1)[0]
+    if name.rfind(":") > name.rfind("/"):
+        name = name[: name.rfind(":")]
+    return f"{name}@{digest}"
+
+
+def rerun_fields(job: Job) -> dict[str, Any] | None:
+    """What reruns a command job exactly: the image by digest, the same command and cpus
+    (a `POST /orgs/{org}/jobs` body's fields); None for a flow job."""
+    if not job.image:
+        return None
+    params = job.parameters or {}
+    fields: dict[str, Any] = {
+        "image": pinned_ref(job.image),
+        "command": [str(a) for a in params.get("command") or []],
+    }
+    if params.get("cpus") is not None:
+        fields["cpus"] = params["cpus"]
+    return fields
 
 
 def record_digest(session: Session, job: Job, digest: str) -> None:

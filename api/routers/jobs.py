@@ -220,6 +220,26 @@ async def admission_rejected_handler(_request: Request, exc: Exception) -> JSONR
     return JSONResponse(error_body(exc.rule, exc.detail, **extra), status_code=status_for(exc))
 
 
+def submit_spec(
+    body: JobIn, ctx: OrgContext, session: Session, gateway: PrefectGateway, settings: Settings
+) -> jobs.SubmitSpec:
+    """The submission `body` asks for: a flow's deployment, or a command in an image
+    (flows.containers, on the org's built-in command deployment)."""
+    spec = body.spec()
+    if body.image is None and body.command is None:
+        return spec
+    return containers.prepare_command(
+        ctx,
+        session,
+        gateway,
+        spec,
+        image=body.image or "",
+        command=body.command,
+        cpus=body.cpus,
+        pool_type=settings.work_pool_type,
+    )
+
+
 @router.post(
     "/orgs/{org}/jobs",
     status_code=status.HTTP_201_CREATED,
@@ -241,18 +261,7 @@ def submit_job(
     or resources above the maximum, 429 too many queued jobs. `flow_run_id` is null if
     Prefect was unreachable: the job is recorded and its run is created later.
     """
-    spec = body.spec()
-    if body.image is not None or body.command is not None:
-        spec = containers.prepare_command(
-            ctx,
-            session,
-            gateway,
-            spec,
-            image=body.image or "",
-            command=body.command,
-            cpus=body.cpus,
-            pool_type=settings.work_pool_type,
-        )
+    spec = submit_spec(body, ctx, session, gateway, settings)
     job, created = jobs.submit(ctx, session, gateway, spec, defer=(background.add_task, db))
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -123,7 +123,8 @@ def _job_page(
         final=job.state in FINAL_STATES,
         can_cancel=job.state not in FINAL_STATES
         and access.can_cancel_job(page.ctx.viewer, JobFacts.of(job)),
-        can_rerun=page.can(Permission.jobs_submit) and job.deployment_id is not None,
+        can_rerun=page.can(Permission.jobs_submit)
+        and (job.deployment_id is not None or job.image is not None),
         lineage=_lineage(page, job),
         times=jobs.summary_times(job),
         error=error,
@@ -178,17 +179,20 @@ def rerun_job(request: Request, page: PageJobsSubmit, job_id: JobId) -> Response
     pinned input versions (the lineage module's `rerun_spec`, as `cshare job rerun`)."""
     job = jobs.get_job(page.ctx, page.session, job_id)
     spec = lineage.rerun_spec(page.session, job)
-    if not spec.get("deployment"):
+    if not spec.get("deployment") and not spec.get("image"):
         raise Invalid("The job's deployment no longer exists.", field="deployment")
     body = job_routes.JobIn.model_validate(
         {
             k: spec[k]
             for k in ("deployment", "parameters", "machine_type", "resources", "inputs", "outputs")
         }
+        | {k: spec[k] for k in ("image", "command", "cpus") if k in spec}
         | {"tags": spec.get("tags", []), "priority": job.priority}
     )
     try:
-        new, _created = jobs.submit(page.ctx, page.session, gateway_of(request), body.spec())
+        gateway = gateway_of(request)
+        submit = job_routes.submit_spec(body, page.ctx, page.session, gateway, settings_of(request))
+        new, _created = jobs.submit(page.ctx, page.session, gateway, submit)
     except DomainError as exc:
         if exc.code in ("job_not_found",):
             raise

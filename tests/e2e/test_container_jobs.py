@@ -287,3 +287,19 @@ def test_bad_registry_credentials_fail_the_job_naming_the_registry(env: Env) -> 
         assert env.registry.host in reason and "refused" in reason, job
     finally:
         s.ok("DELETE", f"/orgs/{s.slug}/registries/{env.registry.host}/team/tool", s.owner)
+
+
+def test_a_rerun_runs_the_same_image_by_digest(env: Env) -> None:
+    s = env.stack
+    first = env.run(["echo", "once"])
+    job = s.wait_final(first, 180)
+    assert job["state"] == "completed", job
+    digest = job["image"]["digest"]
+    rerun = s.ok("GET", f"/orgs/{s.slug}/jobs/{first}/lineage", s.member)["rerun"]
+    repo = env.registry.image.rsplit(":", 1)[0]
+    assert rerun["image"] == f"{repo}@{digest}" and rerun["command"] == ["echo", "once"]
+    body = {k: v for k, v in rerun.items() if k != "code"}
+    again = s.ok("POST", f"/orgs/{s.slug}/jobs", s.member, json=body)
+    job = s.wait_final(str(again["id"]), 180)
+    assert job["state"] == "completed", (job, env.logs(str(again["id"])))
+    assert job["image"] == {"ref": f"{repo}@{digest}", "digest": digest}
