@@ -303,3 +303,11 @@ def test_a_rerun_runs_the_same_image_by_digest(env: Env) -> None:
     job = s.wait_final(str(again["id"]), 180)
     assert job["state"] == "completed", (job, env.logs(str(again["id"])))
     assert job["image"] == {"ref": f"{repo}@{digest}", "digest": digest}
+
+
+def test_a_job_past_its_max_runtime_is_stopped_naming_the_limit(env: Env) -> None:
+    job_id = env.run(["sleep", "120"], resources={"max_runtime_s": 3})
+    job = env.stack.wait_final(job_id, 120)
+    assert job["state"] == "failed", job
+    assert "exceeded max runtime 3 s" in (job["reason"] or ""), job
+    assert env.job_containers() == []
