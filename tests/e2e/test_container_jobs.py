@@ -311,3 +311,18 @@ def test_a_job_past_its_max_runtime_is_stopped_naming_the_limit(env: Env) -> Non
     assert job["state"] == "failed", job
     assert "exceeded max runtime 3 s" in (job["reason"] or ""), job
     assert env.job_containers() == []
+
+
+def test_the_cli_runs_a_command_job_and_manages_registries(env: Env) -> None:
+    s = env.stack
+    ran = _cli(s, "job", "run", "--image", env.registry.image, "--wait", "--", "echo", "via-cli")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "completed" in ran.stdout and f"{env.registry.image}@sha256:" in ran.stdout
+    added = _cli(
+        s, "registry", "add", "other.example.com", "-u", "x", "--password-stdin", stdin="p"
+    )
+    assert added.returncode == 0, added.stderr
+    removed = _cli(s, "registry", "remove", "other.example.com", "--yes")
+    assert removed.returncode == 0, removed.stderr
+    listed = _cli(s, "registry", "list")
+    assert "other.example.com" not in listed.stdout and env.registry.host in listed.stdout
