@@ -374,6 +374,15 @@ async def _set_state(prefect: Any, flow_run_id: uuid.UUID, state: Any, *, force:
     return None
 
 
+async def _being_cancelled(prefect: Any, flow_run_id: uuid.UUID) -> bool:
+    from prefect.client.schemas.objects import StateType
+
+    with contextlib.suppress(Exception):
+        run = await prefect.read_flow_run(flow_run_id)
+        return run.state is not None and run.state.type is StateType.CANCELLING
+    return False
+
+
 async def _watch_cancel(prefect: Any, flow_run_id: uuid.UUID, stop: threading.Event) -> None:
     from prefect.client.schemas.objects import StateType
 
@@ -424,6 +433,13 @@ async def execute(
     status = getattr(running, "status", None)
     if status is not None and str(getattr(status, "value", status)).upper() != "ACCEPT":
         logger.warning("Prefect did not let the run start (%s); not starting it.", running)
+        if await _being_cancelled(hooks.prefect, flow_run_id):
+            await _set_state(
+                hooks.prefect,
+                flow_run_id,
+                Cancelled(message="Cancelled before the container started."),
+                force=True,
+            )
         return 0
     stop = threading.Event()
     outcome: Outcome | None = None
@@ -444,20 +460,23 @@ async def execute(
                     logger.info("Pulled %s (%s).", job.image, digest)
                     await anyio.to_thread.run_sync(report_image, job, digest)
                     inputs_dir = job_dir / "inputs"
-                    outcome = await anyio.to_thread.run_sync(
-                        partial(
-                            run_container,
-                            client,
-                            job,
-                            inputs_dir=inputs_dir if inputs_dir.exists() else None,
-                            outputs_dir=outputs_dir,
-                            emit=logger.info,
-                            started=lambda cid: logger.info("Container %s started.", cid[:12]),
-                            stop_requested=stop,
-                            max_runtime_s=max_runtime_s,
-                        ),
-                        abandon_on_cancel=False,
-                    )
+                    if stop.is_set():  # cancelled during the pull: start nothing
+                        outcome = Outcome(cancelled=True)
+                    else:
+                        outcome = await anyio.to_thread.run_sync(
+                            partial(
+                                run_container,
+                                client,
+                                job,
+                                inputs_dir=inputs_dir if inputs_dir.exists() else None,
+                                outputs_dir=outputs_dir,
+                                emit=logger.info,
+                                started=lambda c: logger.info("Container %s started.", c[:12]),
+                                stop_requested=stop,
+                                max_runtime_s=max_runtime_s,
+                            ),
+                            abandon_on_cancel=False,
+                        )
                 finally:
                     client.close()
             finally:
