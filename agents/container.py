@@ -383,6 +383,13 @@ async def _being_cancelled(prefect: Any, flow_run_id: uuid.UUID) -> bool:
     return False
 
 
+async def _ended(prefect: Any, flow_run_id: uuid.UUID) -> bool:
+    with contextlib.suppress(Exception):
+        run = await prefect.read_flow_run(flow_run_id)
+        return run.state is not None and bool(run.state.is_final())
+    return False
+
+
 async def _watch_cancel(prefect: Any, flow_run_id: uuid.UUID, stop: threading.Event) -> None:
     from prefect.client.schemas.objects import StateType
 
@@ -390,9 +397,10 @@ async def _watch_cancel(prefect: Any, flow_run_id: uuid.UUID, stop: threading.Ev
         while not stop.is_set():
             with contextlib.suppress(Exception):
                 run = await prefect.read_flow_run(flow_run_id)
-                if run.state is not None and run.state.type in (
-                    StateType.CANCELLING,
-                    StateType.CANCELLED,
+                # Cancelling (a member cancels), or ended from outside (the agent stops:
+                # its worker's abort_all ends the run Crashed): the container stops.
+                if run.state is not None and (
+                    run.state.type is StateType.CANCELLING or run.state.is_final()
                 ):
                     return
             await anyio.sleep(CANCEL_POLL_S)
@@ -490,7 +498,9 @@ async def execute(
         return 0
     assert outcome is not None
     if outcome.cancelled:
-        logger.info("Cancelled: the container was stopped and removed.")
+        logger.info("Stopped: the container was stopped and removed.")
+        if await _ended(hooks.prefect, flow_run_id):
+            return 0  # ended from outside (the agent stops): that end stays
         await _set_state(
             hooks.prefect,
             flow_run_id,

@@ -21,6 +21,7 @@ adds its login (`cshare registry add`), and then:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -326,3 +327,18 @@ def test_the_cli_runs_a_command_job_and_manages_registries(env: Env) -> None:
     assert removed.returncode == 0, removed.stderr
     listed = _cli(s, "registry", "list")
     assert "other.example.com" not in listed.stdout and env.registry.host in listed.stdout
+
+
+def test_stopping_the_agent_stops_its_container(env: Env) -> None:
+    """Last (it stops the docker agent): SIGTERM mid-job ends the job and removes the
+    container; nothing is left running on the engine."""
+    s = env.stack
+    job_id = env.run(["sh", "-c", "echo up; sleep 300"])
+    wait_for("the job to run", lambda: any(x == "up" for x in env.logs(job_id)), 120)
+    assert f"cshare-job-{job_id}" in env.job_containers()
+    agent = s.agents[DOCKER_BOX]
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(timeout=60)
+    wait_for("the container to be removed", lambda: env.job_containers() == [], 30)
+    job = s.wait_final(job_id, 60)
+    assert job["state"] in ("crashed", "cancelled"), job
