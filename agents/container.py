@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import hashlib
 import logging
 import threading
 import time
@@ -46,10 +47,12 @@ __all__ = [
     "ContainerJob",
     "Hooks",
     "Outcome",
+    "agent_identity",
     "engine",
     "execute",
     "fetch_registry_auth",
     "pull",
+    "remove_leftovers",
     "report_image",
     "run_container",
     "upload_outputs",
@@ -62,6 +65,9 @@ TAIL_LINES: Final = 20
 MAX_LINE: Final = 10_000
 STOP_GRACE_S: Final = 5
 LABEL: Final = "io.compute-share.job-id"
+# Which agent started a container (agent_identity): a restarted agent removes what a
+# killed one left running, and nothing of another agent sharing the engine.
+AGENT_LABEL: Final = "io.compute-share.agent"
 HTTP_TIMEOUT: Final = httpx.Timeout(300.0, connect=10.0)
 POLL_S: Final = 0.5
 CANCEL_POLL_S: Final = 1.0
@@ -82,6 +88,7 @@ class ContainerJob:
     memory_mb: int
     cpus: float | None = None
     output: str | None = None  # the dataset /outputs becomes a version of
+    agent: str = ""  # agent_identity() of the worker running it
 
 
 @dataclass
@@ -202,6 +209,33 @@ def report_image(job: ContainerJob, digest: str) -> None:
         log.warning("image report for job %s failed: %s", job.job_id, exc)
 
 
+def agent_identity(api_url: str, work_pool: str, worker_name: str) -> str:
+    """A short, stable name for one agent (control plane, pool, worker name)."""
+    return hashlib.sha256(f"{api_url}|{work_pool}|{worker_name}".encode()).hexdigest()[:24]
+
+
+def remove_leftovers(agent: str) -> list[str]:
+    """Remove the containers a previous run of this agent left (killed with -9, say);
+    their names. Nothing (and no error) when no engine answers."""
+    try:
+        client = engine(5)
+    except Exception:
+        return []
+    removed: list[str] = []
+    try:
+        for leftover in client.containers.list(
+            all=True, filters={"label": f"{AGENT_LABEL}={agent}"}
+        ):
+            with contextlib.suppress(Exception):
+                leftover.remove(force=True)
+                removed.append(str(leftover.name))
+    except Exception as exc:  # the engine went away meanwhile: the next start tries again
+        log.warning("could not look for leftover containers: %s", exc)
+    finally:
+        client.close()
+    return removed
+
+
 def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
     pending = b""
     for chunk in chunks:
@@ -254,7 +288,7 @@ def run_container(
         "command": job.command,
         "name": f"cshare-job-{job.job_id}",
         "detach": True,
-        "labels": {LABEL: job.job_id},
+        "labels": {LABEL: job.job_id, AGENT_LABEL: job.agent},
         "mem_limit": f"{job.memory_mb}m",
         "memswap_limit": f"{job.memory_mb}m",
         "network_mode": "none",
@@ -374,6 +408,13 @@ async def _set_state(prefect: Any, flow_run_id: uuid.UUID, state: Any, *, force:
     return None
 
 
+async def _current_type(prefect: Any, flow_run_id: uuid.UUID) -> str | None:
+    with contextlib.suppress(Exception):
+        run = await prefect.read_flow_run(flow_run_id)
+        return str(run.state.type.value) if run.state is not None else None
+    return None
+
+
 async def _being_cancelled(prefect: Any, flow_run_id: uuid.UUID) -> bool:
     from prefect.client.schemas.objects import StateType
 
@@ -439,7 +480,13 @@ async def execute(
     logger = hooks.logger
     running = await _set_state(hooks.prefect, flow_run_id, Running(), force=False)
     status = getattr(running, "status", None)
-    if status is not None and str(getattr(status, "value", status)).upper() != "ACCEPT":
+    # A retried request whose first attempt went through is rejected as a duplicate
+    # transition: what counts is whether the run is Running now.
+    if (
+        status is not None
+        and str(getattr(status, "value", status)).upper() != "ACCEPT"
+        and await _current_type(hooks.prefect, flow_run_id) != "RUNNING"
+    ):
         logger.warning("Prefect did not let the run start (%s); not starting it.", running)
         if await _being_cancelled(hooks.prefect, flow_run_id):
             await _set_state(

@@ -463,6 +463,10 @@ class CshareWorker(ProcessWorker):
 
     # -- what the agent reads -----------------------------------------------------
 
+    @property
+    def _agent_identity(self) -> str:
+        return container.agent_identity(self._control.api_url, self._work_pool_name, self.name)
+
     def active_flow_runs(self) -> list[uuid.UUID]:
         """Runs this worker has claimed and not finished (for heartbeats)."""
         return sorted(self._active)
@@ -542,6 +546,9 @@ class CshareWorker(ProcessWorker):
                     len(killed),
                     ", ".join(killed),
                 )
+        gone = await anyio.to_thread.run_sync(container.remove_leftovers, self._agent_identity)
+        if gone:
+            log.warning("Removed %d container(s) a previous agent left: %s", len(gone), gone)
         self._api = AgentClient(self._control.api_url, self._control.machine_token)
         if os.environ.get("CSHARE_MEMORY_METHOD", "auto") != "rlimit":
             cgroups = limits.CgroupV2()
@@ -824,6 +831,7 @@ class CshareWorker(ProcessWorker):
             memory_mb=grant.memory_mb,
             cpus=spec.get("cpus"),
             output=spec.get("output"),
+            agent=self._agent_identity,
         )
         identifier = f"container:{grant.job_id}"
         self._running.add(flow_run.id)

@@ -329,6 +329,23 @@ def test_the_cli_runs_a_command_job_and_manages_registries(env: Env) -> None:
     assert "other.example.com" not in listed.stdout and env.registry.host in listed.stdout
 
 
+def test_a_restarted_agent_removes_what_a_killed_one_left_running(env: Env) -> None:
+    """kill -9 of the agent mid-job leaves its container running (nothing is left to
+    stop it); the same agent, started again, removes it before taking work."""
+    s = env.stack
+    job_id = env.run(["sh", "-c", "echo up; sleep 300"])
+    wait_for("the job to run", lambda: any(x == "up" for x in env.logs(job_id)), 120)
+    s.agents[DOCKER_BOX].kill()
+    s.agents[DOCKER_BOX].wait(timeout=30)
+    assert f"cshare-job-{job_id}" in env.job_containers()
+    s.start_agent(DOCKER_BOX, "cpu", 2, extra_env=env.engine.env())
+    wait_for("the leftover container to be removed", lambda: env.job_containers() == [], 60)
+    assert "Removed 1 container(s) a previous agent left" in s.agent_log(DOCKER_BOX)
+    job = s.wait_final(job_id, 120)
+    assert job["state"] == "crashed", job
+    wait_for("the agent online", lambda: s.machines()[DOCKER_BOX]["health"] == "online", 60)
+
+
 def test_stopping_the_agent_stops_its_container(env: Env) -> None:
     """Last (it stops the docker agent): SIGTERM mid-job ends the job and removes the
     container; nothing is left running on the engine."""
