@@ -72,7 +72,7 @@ from prefect.workers.process import (
 )
 from pydantic import PrivateAttr
 
-from agents import code_cache, job_env, limits, materialize, pyenv
+from agents import code_cache, container, job_env, limits, materialize, pyenv
 from agents import config as agent_config
 from agents.client import AgentClient, ApiProblem, ClaimAnswer, MachineGone
 from agents.job_groups import JobGroups
@@ -486,6 +486,10 @@ class CshareWorker(ProcessWorker):
 
     # -- what the agent reads -----------------------------------------------------
 
+    @property
+    def _agent_identity(self) -> str:
+        return container.agent_identity(self._control.api_url, self._work_pool_name, self.name)
+
     def active_flow_runs(self) -> list[uuid.UUID]:
         """Runs this worker has claimed and not finished (for heartbeats)."""
         return sorted(self._active)
@@ -565,6 +569,9 @@ class CshareWorker(ProcessWorker):
                     len(killed),
                     ", ".join(killed),
                 )
+        gone = await anyio.to_thread.run_sync(container.remove_leftovers, self._agent_identity)
+        if gone:
+            log.warning("Removed %d container(s) a previous agent left: %s", len(gone), gone)
         self._api = AgentClient(self._control.api_url, self._control.machine_token)
         if os.environ.get("CSHARE_MEMORY_METHOD", "auto") != "rlimit":
             cgroups = limits.CgroupV2()
@@ -736,6 +743,8 @@ class CshareWorker(ProcessWorker):
         if grant is None or grant.memory_mb is None or grant.max_runtime_s is None:
             # Unreachable through _submit_run; a guard against any other entry point.
             raise RuntimeError(f"Flow run {flow_run.id} was not claimed; it will not run here.")
+        if grant.container is not None:
+            return await self._run_container(flow_run, grant, task_status)
         assert self._executor_ctx is not None
         memory = self._memory_limit(flow_run.id, grant.memory_mb)
         job: dict[str, str] = {}
@@ -835,6 +844,57 @@ class CshareWorker(ProcessWorker):
         return ProcessWorkerResult(
             status_code=execution.status_code, identifier=str(execution.handle.pid)
         )
+
+    async def _run_container(
+        self, flow_run: FlowRun, grant: ClaimAnswer, task_status: anyio.abc.TaskStatus[int]
+    ) -> ProcessWorkerResult:
+        """A command job: its container instead of a flow process (agents.container)."""
+        spec = grant.container or {}
+        if not (grant.job_id and grant.job_token and grant.org and grant.memory_mb):
+            raise RuntimeError(f"Flow run {flow_run.id}: the claim lacks the job's credential.")
+        job = container.ContainerJob(
+            api_url=self._control.api_url,
+            org=grant.org,
+            job_id=grant.job_id,
+            job_token=grant.job_token,
+            image=str(spec.get("image")),
+            command=[str(a) for a in spec.get("command") or []],
+            memory_mb=grant.memory_mb,
+            cpus=spec.get("cpus"),
+            output=spec.get("output"),
+            agent=self._agent_identity,
+        )
+        identifier = f"container:{grant.job_id}"
+        self._running.add(flow_run.id)
+        # Not a PID: Prefect only stores it (nothing here is killed by PID).
+        task_status.started(identifier)  # type: ignore[arg-type]
+
+        async def report_limit(which: str, message: str) -> bool:
+            kind: Literal["memory", "runtime"] = "memory" if which == "memory" else "runtime"
+            return await self._report_limit_to_ledger(flow_run.id, kind, message)
+
+        private, dirs = _job_dirs(None)
+        try:
+            with private, self._inputs(grant, dirs.work) as prepare:
+                hooks = container.Hooks(
+                    prefect=self.client,
+                    logger=self.get_flow_run_logger(flow_run),
+                    prepare_inputs=prepare,
+                    report_limit=report_limit,
+                )
+                code = await container.execute(
+                    flow_run.id,
+                    job,
+                    job_dir=dirs.work,
+                    max_runtime_s=grant.max_runtime_s or 0,
+                    hooks=hooks,
+                )
+        finally:
+            self._running.discard(flow_run.id)
+            self._active.discard(flow_run.id)
+            self._grants.pop(flow_run.id, None)
+            self._not_before.pop(flow_run.id, None)
+        return ProcessWorkerResult(status_code=code, identifier=identifier)
 
     @contextlib.contextmanager
     def _inputs(

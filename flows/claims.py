@@ -256,6 +256,12 @@ def _claim_from_ledger(
             f"The job needs a '{job.machine_type}' machine; this one is '{machine.machine_type}'.",
             job,
         )
+    if job.image and not (machine.hardware or {}).get("docker"):
+        return _skip(
+            flow_run_id,
+            "The job runs in a container; this machine's agent reaches no Docker engine.",
+            job,
+        )
     full = _full(machine, running)
     if full:
         return _skip(flow_run_id, full, job)

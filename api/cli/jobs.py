@@ -224,6 +224,7 @@ def show(job_id: JobArg, org: OrgOpt = None, json_: JsonOpt = False) -> None:
         ("Resources", f"{res.get('memory_mb')} MB, {res.get('max_runtime_s')} s"),
         ("Parameters", json.dumps(job.get("parameters") or {})),
         ("Code", describe_code(job.get("code"))),
+        ("Image", "@".join(filter(None, (job.get("image") or {}).values())) or None),
         ("Priority", job.get("priority")),
         ("Created", job.get("created_at")),
         ("Released", job.get("released_at")),

@@ -103,6 +103,7 @@ def to_tree(graph: dict[str, Any]) -> Tree:
             ("deployment", job.get("deployment")),
             ("entrypoint", job.get("entrypoint")),
             ("code", _code_text(code)),
+            ("image", _image(job.get("image"))),
             ("machine", (job.get("machine") or {}).get("name")),
             ("parameters", job.get("parameters")),
             ("duration", f"{job['duration_s']:.1f} s" if job.get("duration_s") else None),
@@ -118,6 +119,13 @@ def _code_text(code: dict[str, Any]) -> str | None:
         return describe_code(code)
     value = code.get("git_commit") or code.get("bundle_sha256")
     return str(value) if value else None
+
+
+def _image(image: Any) -> str | None:
+    """`ref@sha256:...` of a container job's {ref, digest}; a reported string as is."""
+    if isinstance(image, dict):
+        return "@".join(str(v) for v in (image.get("ref"), image.get("digest")) if v) or None
+    return str(image) if image else None
 
 
 def _quote(text: str) -> str:
