@@ -224,6 +224,12 @@ class AgentClient:
             return ClaimAnswer(data["decision"], str(data.get("detail") or ""))
         raise _problem(response)
 
+    async def report_usage(self, flow_run_id: uuid.UUID, used: dict[str, float]) -> None:
+        """Tell the control plane what a run used (wall time, CPU seconds, peak memory)."""
+        response = await self._http.post(f"/agent/runs/{flow_run_id}/usage", json=used)
+        if response.status_code != 204:
+            raise _problem(response)
+
     async def report_limit(self, flow_run_id: uuid.UUID, limit: str, message: str) -> None:
         """Tell the control plane a run was stopped at its memory or runtime limit."""
         response = await self._http.post(

@@ -72,7 +72,7 @@ from prefect.workers.process import (
 )
 from pydantic import PrivateAttr
 
-from agents import code_cache, container, job_env, limits, materialize, pyenv
+from agents import code_cache, container, job_env, limits, materialize, pyenv, reaper
 from agents import config as agent_config
 from agents.client import AgentClient, ApiProblem, ClaimAnswer, MachineGone
 from agents.job_groups import JobGroups
@@ -147,6 +147,11 @@ class WarmPool:
         self._wanted = anyio.Event()
         self._closed = False
         self._home: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def home(self) -> Path | None:
+        """The pool's own home (HOME of its processes; agents.reaper leaves usage there)."""
+        return Path(self._home.name) if self._home is not None else None
 
     def _startup_env(self) -> dict[str, str]:
         """What every job's environment has in common (agents.job_env), with an empty
@@ -300,6 +305,8 @@ class _GatedStarter:
         self._max_runtime_s = max_runtime_s
         self._control_channel = control_channel
         self.timed_out = False
+        # What the job used (wall time, CPU seconds, peak memory), once its process ended.
+        self.resources_used: dict[str, float] | None = None
 
     def use_python(self, python: str) -> None:
         """Run the engine on the job's own environment's interpreter (agents.pyenv): a
@@ -378,6 +385,7 @@ class _GatedStarter:
             cgroup = self._memory.cgroup if self._memory is not None else None
             with contextlib.suppress(OSError):
                 self._groups.record(record, process.pid, cgroup)
+        started = time.monotonic()
         try:
             with anyio.move_on_after(self._max_runtime_s) as watchdog:
                 await process.wait()
@@ -393,11 +401,25 @@ class _GatedStarter:
             if process.returncode is None:  # cancelled while it runs: the job ends here
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
+            self.resources_used = self._usage(process.pid, time.monotonic() - started)
             if self._memory is not None and self._memory.cgroup:
                 limits.CgroupV2.kill(self._memory.cgroup)  # what left the process group
             if self._groups is not None:
                 with contextlib.suppress(OSError):
                     self._groups.forget(record)
+
+    def _usage(self, reaper_pid: int, wall_s: float) -> dict[str, float]:
+        """Wall time here; CPU seconds and peak memory as the job's reaper measured them
+        (agents.reaper), when it could."""
+        used: dict[str, float] = {"wall_s": round(wall_s, 3)}
+        home = self._pool.home
+        path = reaper.usage_path(reaper_pid, str(home)) if home is not None else None
+        if path is not None:
+            with contextlib.suppress(OSError, ValueError):
+                measured = json.loads(path.read_text())
+                path.unlink()
+                used.update({k: float(measured[k]) for k in ("cpu_s", "max_rss_mb")})
+        return used
 
     @staticmethod
     async def _stop(process: anyio.abc.Process) -> None:
@@ -832,6 +854,7 @@ class CshareWorker(ProcessWorker):
             await self._report_limits(
                 flow_run, starter, memory, grant.max_runtime_s, reported=runtime_reported
             )
+            await self._report_usage(flow_run.id, starter.resources_used)
         finally:
             self._running.discard(flow_run.id)
             self._active.discard(flow_run.id)
@@ -983,6 +1006,16 @@ class CshareWorker(ProcessWorker):
             yield prepare
         finally:
             stack.close()
+
+    async def _report_usage(self, flow_run_id: uuid.UUID, used: dict[str, float] | None) -> None:
+        """The job's lineage gets what it used (`cshare lineage --job`)."""
+        if used is None or self._api is None:
+            return
+        try:
+            with anyio.fail_after(10):
+                await self._api.report_usage(flow_run_id, used)
+        except Exception as exc:  # lineage must not fail a run that otherwise succeeded
+            self._logger.info("could not report the usage of %s: %s", flow_run_id, exc)
 
     async def _python_env(self, code_dir: Path, flow_run: FlowRun) -> pyenv.PythonEnv | None:
         """The environment of the bundle's requirements (None: it declares none)."""

@@ -107,11 +107,24 @@ def to_tree(graph: dict[str, Any]) -> Tree:
             ("machine", (job.get("machine") or {}).get("name")),
             ("parameters", job.get("parameters")),
             ("duration", f"{job['duration_s']:.1f} s" if job.get("duration_s") else None),
+            ("used", _used((job.get("resources") or {}).get("used") or {})),
             ("state", job.get("state")),
         ):
             if value not in (None, "", {}):
                 facts.add(Text(f"{key}: {value}"))
     return tree
+
+
+def _used(used: dict[str, Any]) -> str | None:
+    """`12.3 s wall, 4.1 CPU s, peak 210 MB` (what the machine measured)."""
+    parts = []
+    if used.get("wall_s") is not None:
+        parts.append(f"{float(used['wall_s']):.1f} s wall")
+    if used.get("cpu_s") is not None:
+        parts.append(f"{float(used['cpu_s']):.1f} CPU s")
+    if used.get("max_rss_mb") is not None:
+        parts.append(f"peak {float(used['max_rss_mb']):.0f} MB")
+    return ", ".join(parts) or None
 
 
 def _code_text(code: dict[str, Any]) -> str | None:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentMachine, SessionDep, SettingsDep
@@ -299,6 +299,25 @@ def claim(
 class LimitReportIn(BaseModel):
     limit: Literal["memory", "runtime"]
     message: str = Field(max_length=2000, description="What the run's Prefect state says.")
+
+
+class UsageReportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wall_s: float = Field(ge=0, le=10**8, description="From the process's start to its end.")
+    cpu_s: float | None = Field(None, ge=0, le=10**9, description="User + system CPU.")
+    max_rss_mb: float | None = Field(None, ge=0, le=10**8, description="Peak memory.")
+
+
+@router.post("/runs/{flow_run_id}/usage", status_code=status.HTTP_204_NO_CONTENT)
+def report_usage(
+    flow_run_id: Annotated[uuid.UUID, Path()],
+    body: UsageReportIn,
+    machine: CurrentMachine,
+    session: SessionDep,
+) -> None:
+    """What the run used on this machine, for the job's lineage (`cshare lineage`)."""
+    claims.report_usage(session, machine, flow_run_id, body.model_dump(exclude_none=True))
 
 
 @router.post("/runs/{flow_run_id}/limit", status_code=status.HTTP_204_NO_CONTENT)

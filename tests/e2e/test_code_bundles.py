@@ -241,6 +241,17 @@ def test_code_travels_to_a_bare_machine(stack: Stack, tmp_path_factory: Any) -> 
     assert list(agent_home.rglob("big.bin")) == []
     assert list((agent_home / "code-cache" / "objects").glob("*/helper.py"))
 
+    # What the job used, measured on the machine, is on its lineage.
+    used = wait_for(
+        "the resources the job used",
+        lambda: stack.ok("GET", f"/orgs/{stack.slug}/jobs/{job1}/lineage", stack.member)["job"][
+            "resources"
+        ]["used"],
+        30,
+    )
+    assert used["wall_s"] >= 3 and used["cpu_s"] > 0 and used["max_rss_mb"] > 10, used
+    assert "CPU s" in cshare(stack, outside, "lineage", "--job", job1)
+
     shown = wait_for(
         "the code fetch time in `cshare job show`",
         lambda: "code fetch:" in (o := cshare(stack, outside, "job", "show", job1)) and o,
