@@ -183,7 +183,7 @@ class Agent:
                 # Once the agent stops, its pieces may fail as their credential dies
                 # under them (the worker's client closed, a 401 mid-request): that is
                 # part of ending, not a crash; one line says what it was.
-                log.info("while stopping: %s", _describe(exc))
+                log.info("while stopping: %s", _describe(exc, detail=False))
         say(self._last_words())
         return self._exit_code
 
@@ -359,8 +359,8 @@ class Agent:
             except Exception as exc:
                 if not self._stop.is_set():
                     say(f"The worker stopped ({_describe(exc)}); restarting it.")
-                else:
-                    log.info("the worker ended with %s", _describe(exc))
+                else:  # the reason was said already: which error it was is enough here
+                    log.info("the worker ended with %s", _describe(exc, detail=False))
             else:
                 if not self._stop.is_set():
                     say("The worker stopped; restarting it.")
@@ -425,8 +425,10 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, *, detail: bool = True) -> str:
+    """`Type: message` of the error(s) inside `exc`; only the type names without
+    `detail` (a refusal's message repeats the reason the agent says once)."""
     exc = _unwrap(exc)
     if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(e) for e in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}"
+        return "; ".join(_describe(e, detail=detail) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}" if detail else type(exc).__name__
