@@ -241,7 +241,9 @@ def submit_job(
     or resources above the maximum, 429 too many queued jobs. `flow_run_id` is null if
     Prefect was unreachable: the job is recorded and its run is created later.
     """
-    job, created = jobs.submit(ctx, session, gateway, body.spec(), defer=(background.add_task, db))
+    job, created = jobs.submit(
+        ctx, session, gateway, body.spec(), defer=(background.add_task, db), settings=settings
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     out = job_out(job, session, settings, gateway, user_name=ctx.user.name)
