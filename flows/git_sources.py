@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from datasets import gitauth
+from flows.git_urls import deploy_key_secret, token_secret, validate_git_url
 from flows.models import Project
-from flows.projects import deploy_key_secret, token_secret, validate_git_url
 from orgs import secrets
 from orgs.config import Settings, get_settings
 from orgs.models import Organization
