@@ -12,15 +12,17 @@ commit, and the job's code answer: the credential only for the job's own token.
 from __future__ import annotations
 
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orgs.db import Database
 from tests.git_servers import GitDaemon, GitHttp, free_port
-from tests.integration.test_code_bundles import RecordingPrefect, _token
+from tests.integration.test_code_bundles import RecordingPrefect, _token, api_get
 from tests.integration.test_jobs_support import OrgSetup, jobs_app, setup_org
 from tests.support import ApiClient
 
@@ -199,3 +201,123 @@ def test_private_repository_with_the_projects_token(
     mine = api.get(code_url, org.owner)
     assert mine.status_code == 200 and mine.json()["credential"] is None
     assert git_http.token not in mine.text
+
+
+def test_cli_deploy_git_and_prefect_yaml_git_clone(
+    sqlite_database: Database,
+    git_daemon: GitDaemon,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from api.app import create_app
+    from api.cli.main import app as cli_app
+    from tests.support import serve_in_thread
+
+    repo = git_daemon.repo("yaml")
+    first = repo.commit({"flows/hello.py": SOURCE.format(n=1)})
+    url = git_daemon.url(repo)
+    monkeypatch.setenv("CSHARE_GIT_HOST_ALLOWLIST", "127.0.0.1/32")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    fake = RecordingPrefect()
+    with jobs_app(sqlite_database, fake) as api:
+        org = setup_org(api, f"gy{uuid.uuid4().hex[:6]}")
+    with serve_in_thread(create_app(None, sqlite_database, fake)) as server:  # type: ignore[arg-type]
+        env = {
+            "CSHARE_API_URL": server.removesuffix("/api/v1"),
+            "CSHARE_TOKEN": org.owner.token,
+            "CSHARE_CONFIG": str(tmp_path / "cli.toml"),
+            "CSHARE_ORG": org.slug,
+            "COLUMNS": "240",
+        }
+        runner = CliRunner()
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        monkeypatch.chdir(empty)  # no checkout here: the entrypoint is the repository's
+
+        done = runner.invoke(cli_app, ["deploy", FLOW, "--ref", "main"], env=env)
+        assert done.exit_code != 0 and "--git" in done.stderr, done.stderr
+        done = runner.invoke(
+            cli_app, ["deploy", FLOW, "--name", "hello", "--git", url, "--ref", "main"], env=env
+        )
+        assert done.exit_code == 0, (done.stdout, done.stderr)
+        assert f"commit {first[:12]} (pinned)" in done.stdout, done.stdout
+        dep = api_get(server, org, "/deployments/hello")
+        assert dep["entrypoint"] == FLOW and dep["code"]["commit"] == first
+        done = runner.invoke(
+            cli_app, ["deploy", FLOW, "--name", "hello", "--git", url, "--ref", "nope"], env=env
+        )
+        assert done.exit_code != 0 and "'nope'" in done.stderr, done.stderr
+        assert api_get(server, org, "/deployments/hello")["code"]["commit"] == first
+
+        # A prefect.yaml cloning a repository deploys from Git the same way.
+        (empty / "prefect.yaml").write_text(
+            "deployments:\n"
+            "  - name: yhello\n"
+            f"    entrypoint: {FLOW}\n"
+            "    pull:\n"
+            "      - prefect.deployments.steps.git_clone:\n"
+            f"          repository: {url}\n"
+            "          branch: main\n"
+            "          access_token: '{{ prefect.blocks.secret.token }}'\n"
+        )
+        done = runner.invoke(cli_app, ["deploy", "prefect.yaml"], env=env)
+        assert done.exit_code == 0, (done.stdout, done.stderr)
+        assert "access_token" in done.stderr and "not used" in done.stderr, done.stderr
+        ydep = api_get(server, org, "/deployments/yhello")
+        assert ydep["code"] == {
+            "kind": "git",
+            "repository": url,
+            "ref": "main",
+            "commit": first,
+            "track": False,
+        }
+        assert fake.upserts[-1]["pull_steps"] == [
+            {
+                "prefect.deployments.steps.set_working_directory": {
+                    "directory": "{{ $CSHARE_CODE_DIR }}"
+                }
+            }
+        ]
+
+
+def test_the_machine_lays_out_a_git_job_like_a_bundle(git_http: GitHttp, tmp_path: Path) -> None:
+    """agents.code_cache.prepare_git: the commit checked out once (with the token) into
+    the code cache, a fresh hard-link copy per job, the lineage report, removed after."""
+    from agents import code_cache
+
+    repo = git_http.repo("machine")
+    commit = repo.commit({"flows/hello.py": SOURCE.format(n=1), "helper.py": "V = 1\n"})
+    source = {
+        "kind": "git",
+        "repository": git_http.url(repo),
+        "commit": commit,
+        "credential": {"kind": "token", "user": git_http.user, "token": git_http.token},
+    }
+    cache = tmp_path / "code-cache"
+    with code_cache.prepare_git(cache, tmp_path / "job1", source, 1 << 30) as one:
+        assert not one.cached and one.files == 2
+        assert (one.code_dir / "helper.py").read_text() == "V = 1\n"
+        assert not (one.code_dir / ".git").exists()
+        assert one.report() == {
+            "kind": "git",
+            "repository": source["repository"],
+            "commit": commit,
+            "fetch_ms": one.fetch_ms,
+            "cached": False,
+        }
+        with code_cache.prepare_git(cache, tmp_path / "job2", source) as two:
+            assert two.cached and two.code_dir != one.code_dir
+            (two.code_dir / "scratch.txt").write_text("mine")  # the job's own directory
+            assert not (one.code_dir / "scratch.txt").exists()
+        assert not two.code_dir.exists()
+    assert not one.code_dir.exists()
+    assert git_http.token not in "".join(str(p) for p in cache.rglob("*"))
+    wrong = {**source, "credential": {"kind": "token", "user": "x", "token": "wrong"}}
+    other = {**wrong, "commit": "0" * 40}
+    with (
+        pytest.raises(code_cache.CodeFetchError, match=r"Git commit 0{40}"),
+        code_cache.prepare_git(cache, tmp_path / "job3", other),
+    ):
+        pass
