@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from orgs.db import Database
-from tests.git_servers import GitDaemon, GitHttp, free_port
+from tests.git_servers import GitDaemon, GitHttp, GitSshd, free_port
 from tests.integration.test_code_bundles import RecordingPrefect, _token, api_get
 from tests.integration.test_jobs_support import OrgSetup, jobs_app, setup_org
 from tests.support import ApiClient
@@ -321,3 +321,47 @@ def test_the_machine_lays_out_a_git_job_like_a_bundle(git_http: GitHttp, tmp_pat
         code_cache.prepare_git(cache, tmp_path / "job3", other),
     ):
         pass
+
+
+def test_private_repository_over_ssh_with_the_projects_deploy_key(
+    world: tuple[ApiClient, OrgSetup, RecordingPrefect],
+    git_sshd: GitSshd,
+    database: Database,
+    tmp_path: Path,
+) -> None:
+    """Deploy with the project's generated key (pasted into the server's authorized
+    keys), then the machine checks the commit out with the key its job token got."""
+    from agents import code_cache
+
+    api, org, _ = world
+    repo = git_sshd.repo("keyed")
+    commit = repo.commit({"helper.py": "V = 'ssh'\n"})
+    url = git_sshd.url(repo)
+    assert (
+        api.post(f"/orgs/{org.slug}/projects", org.owner, json={"name": "keyed"}).status_code == 201
+    )
+    key = api.post(f"/orgs/{org.slug}/projects/keyed/deploy-key", org.owner, json={})
+    assert key.status_code == 201, key.text
+    body = {"name": "hello", "entrypoint": FLOW, "project": "keyed"}
+    body["git"] = {"repository": url, "ref": "main"}
+    refused = api.post(f"/orgs/{org.slug}/deployments", org.owner, json=body)
+    assert refused.status_code == 422 and refused.json()["field"] == "git", refused.text
+    git_sshd.authorize(key.json()["public_key"])
+    r = api.post(f"/orgs/{org.slug}/deployments", org.owner, json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["code"]["commit"] == commit
+
+    job = org.submit(org.owner, "hello").json()
+    token = _token(database, job["id"])
+    got = api.client.get(
+        f"/api/v1/orgs/{org.slug}/jobs/{job['id']}/code",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert got.status_code == 200, got.text
+    source = got.json()
+    assert source["credential"]["kind"] == "ssh"
+    with code_cache.prepare_git(tmp_path / "cache", tmp_path / "job", source) as prepared:
+        assert (prepared.code_dir / "helper.py").read_text() == "V = 'ssh'\n"
+    assert "PRIVATE KEY" not in "".join(
+        p.read_text(errors="replace") for p in (tmp_path / "cache").rglob("*") if p.is_file()
+    )
