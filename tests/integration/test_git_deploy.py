@@ -23,7 +23,7 @@ import pytest
 from orgs.db import Database
 from tests.git_servers import GitDaemon, GitHttp, GitSshd, free_port
 from tests.integration.test_code_bundles import RecordingPrefect, _token, api_get
-from tests.integration.test_jobs_support import OrgSetup, jobs_app, setup_org
+from tests.integration.test_jobs_support import OrgSetup, jobs_app, settings_with, setup_org
 from tests.support import ApiClient
 
 pytestmark = pytest.mark.timeout(120)
@@ -218,12 +218,12 @@ def test_cli_deploy_git_and_prefect_yaml_git_clone(
     repo = git_daemon.repo("yaml")
     first = repo.commit({"flows/hello.py": SOURCE.format(n=1)})
     url = git_daemon.url(repo)
-    monkeypatch.setenv("CSHARE_GIT_HOST_ALLOWLIST", "127.0.0.1/32")
     monkeypatch.setattr(sys, "path", list(sys.path))
     fake = RecordingPrefect()
     with jobs_app(sqlite_database, fake) as api:
         org = setup_org(api, f"gy{uuid.uuid4().hex[:6]}")
-    with serve_in_thread(create_app(None, sqlite_database, fake)) as server:  # type: ignore[arg-type]
+    settings = settings_with(git_host_allowlist="127.0.0.1/32")
+    with serve_in_thread(create_app(settings, sqlite_database, fake)) as server:  # type: ignore[arg-type]
         env = {
             "CSHARE_API_URL": server.removesuffix("/api/v1"),
             "CSHARE_TOKEN": org.owner.token,
@@ -342,7 +342,7 @@ def test_private_repository_over_ssh_with_the_projects_deploy_key(
     )
     key = api.post(f"/orgs/{org.slug}/projects/keyed/deploy-key", org.owner, json={})
     assert key.status_code == 201, key.text
-    body = {"name": "hello", "entrypoint": FLOW, "project": "keyed"}
+    body: dict[str, Any] = {"name": "hello", "entrypoint": FLOW, "project": "keyed"}
     body["git"] = {"repository": url, "ref": "main"}
     refused = api.post(f"/orgs/{org.slug}/deployments", org.owner, json=body)
     assert refused.status_code == 422 and refused.json()["field"] == "git", refused.text
