@@ -61,6 +61,8 @@ log = logging.getLogger("cshare.agent")
 EXIT_STOPPED: Final = 0  # SIGINT/SIGTERM
 EXIT_PROBLEM: Final = 1  # cannot start: not registered and no member token, refused, ...
 EXIT_ENDED: Final = 3  # the machine may not work any more: do not restart it as is
+# Heartbeats between two looks for a Docker engine (each costs a socket round trip).
+DOCKER_CHECK_EVERY: Final = 30
 EXIT_UNREACHABLE: Final = 75  # EX_TEMPFAIL: the API is unreachable at start; try later
 WORKER_RESTART_S: Final = 3.0
 STATUS_RETRY_S: Final = 2.0
@@ -308,10 +310,15 @@ class Agent:
             )
 
     async def _heartbeats(self, api: AgentClient) -> None:
+        beats = 0
+        docker: dict[str, Any] | None = None
         while not self._stop.is_set():
             running = self._worker.active_flow_runs() if self._worker is not None else []
+            if beats % DOCKER_CHECK_EVERY == 0:  # an engine started or stopped meanwhile
+                docker = await anyio.to_thread.run_sync(hardware.docker_engine)
+            beats += 1
             try:
-                self._update(await api.heartbeat(running))
+                self._update(await api.heartbeat(running, docker=docker))
             except ApiProblem as exc:
                 if isinstance(exc, MachineGone) or exc.status == 403:
                     self._refused(exc)

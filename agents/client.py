@@ -99,6 +99,8 @@ class ClaimAnswer:
     inputs: int = 0  # dataset inputs to materialise before the run
     # The job's code bundle {kind, digest, size, files} (agents.code_cache); None: none.
     code: dict[str, Any] | None = None
+    # A command job: {image, command, cpus, output}, run with Docker (agents.container).
+    container: dict[str, Any] | None = None
 
     @property
     def granted(self) -> bool:
@@ -178,10 +180,14 @@ class AgentClient:
             raise _problem(response)
         return AgentStatus.from_json(response.json())
 
-    async def heartbeat(self, running: list[uuid.UUID]) -> AgentStatus:
-        response = await self._http.post(
-            "/agent/heartbeat", json={"running": [str(r) for r in running]}
-        )
+    async def heartbeat(
+        self, running: list[uuid.UUID], *, docker: dict[str, Any] | bool | None = False
+    ) -> AgentStatus:
+        """`docker`: the engine this machine reaches now (None: none); False: not said."""
+        body: dict[str, Any] = {"running": [str(r) for r in running]}
+        if docker is not False:
+            body["docker"] = docker
+        response = await self._http.post("/agent/heartbeat", json=body)
         if response.status_code != 200:
             raise _problem(response)
         return AgentStatus.from_json(response.json())
@@ -208,6 +214,7 @@ class AgentClient:
                 job_token=data.get("job_token"),
                 inputs=int(data.get("inputs") or 0),
                 code=data["code"] if isinstance(data.get("code"), dict) else None,
+                container=data.get("container") or None,
             )
         if (
             response.status_code in (403, 409)
@@ -216,6 +223,12 @@ class AgentClient:
         ):
             return ClaimAnswer(data["decision"], str(data.get("detail") or ""))
         raise _problem(response)
+
+    async def report_usage(self, flow_run_id: uuid.UUID, used: dict[str, float]) -> None:
+        """Tell the control plane what a run used (wall time, CPU seconds, peak memory)."""
+        response = await self._http.post(f"/agent/runs/{flow_run_id}/usage", json=used)
+        if response.status_code != 204:
+            raise _problem(response)
 
     async def report_limit(self, flow_run_id: uuid.UUID, limit: str, message: str) -> None:
         """Tell the control plane a run was stopped at its memory or runtime limit."""

@@ -92,6 +92,23 @@ def _gpus(runner: Runner | None) -> tuple[list[dict[str, Any]], str | None]:
     return parse_nvidia_smi(output), None
 
 
+def docker_engine(timeout_s: float = 3.0) -> dict[str, Any] | None:
+    """The Docker engine this agent reaches (`DOCKER_HOST`, else the default socket):
+    `{"version", "api_version"}`, or None when there is none (or it does not answer in
+    `timeout_s`). Container jobs go only to machines that report one."""
+    try:
+        import docker  # the agent's only use of it besides agents.container
+
+        client = docker.from_env(timeout=max(1, int(timeout_s)))
+        try:
+            info = client.version()
+        finally:
+            client.close()
+    except Exception:  # no socket, no permission, not an engine: no Docker here
+        return None
+    return {"version": str(info.get("Version", "")), "api_version": str(info.get("ApiVersion", ""))}
+
+
 def detect(*, nvidia_smi: Runner | None = None) -> dict[str, Any]:
     """The machine's hardware as a JSON-ready mapping (see the module docstring)."""
     gpus, gpu_error = _gpus(nvidia_smi)
@@ -108,6 +125,7 @@ def detect(*, nvidia_smi: Runner | None = None) -> dict[str, Any]:
     }
     if gpu_error:
         info["gpu_error"] = gpu_error
+    info["docker"] = docker_engine()
     return {k: v for k, v in info.items() if v is not None}
 
 

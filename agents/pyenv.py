@@ -40,6 +40,7 @@ __all__ = [
     "UvOptions",
     "ensure_env",
     "evict",
+    "max_bytes_from_env",
     "read_requirements",
     "requirements_digest",
 ]
@@ -179,6 +180,14 @@ def requirements_digest(requirements: Sequence[str], base_python: str) -> str:
 
 
 # --------------------------------------------------------------------------- envs
+
+
+def max_bytes_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """The cap on the machine's environments (CSHARE_AGENT_PYTHON_ENVS_MAX_BYTES)."""
+    value = (environ if environ is not None else os.environ).get(
+        "CSHARE_AGENT_PYTHON_ENVS_MAX_BYTES", ""
+    )
+    return int(value) if value.strip().isdecimal() else DEFAULT_CAP_BYTES
 
 
 def ensure_env(

@@ -18,7 +18,10 @@ the worker watches this PID as it would the engine's. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -110,9 +113,31 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the spec is the engine's to read
     os.close(devnull)
-    _pid, status = os.waitpid(pid, 0)
+    _pid, status, usage = os.wait4(pid, 0)
+    _record_usage(usage)
     _kill_rest_of_group()
     _exit_like(status)
+
+
+def _record_usage(usage: resource.struct_rusage) -> None:
+    """What the engine and the processes it waited for used (CPU seconds, peak memory),
+    for the worker to report with the job (`usage_path`). Never fails the job."""
+    path = usage_path(os.getpid())
+    if path is None:
+        return
+    body = {
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        "max_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
+    }
+    with contextlib.suppress(OSError):
+        path.write_text(json.dumps(body))
+
+
+def usage_path(reaper_pid: int, home: str | None = None) -> Path | None:
+    """Where the reaper of `reaper_pid` leaves its job's usage: the warm pool's own home
+    (HOME of every reaper), which no job reads."""
+    base = home if home is not None else os.environ.get("HOME")
+    return Path(base) / f".usage-{reaper_pid}.json" if base else None
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -71,7 +72,7 @@ from prefect.workers.process import (
 )
 from pydantic import PrivateAttr
 
-from agents import code_cache, job_env, limits, materialize
+from agents import code_cache, container, job_env, limits, materialize, pyenv, reaper
 from agents import config as agent_config
 from agents.client import AgentClient, ApiProblem, ClaimAnswer, MachineGone
 from agents.job_groups import JobGroups
@@ -98,6 +99,15 @@ SKIP_BACKOFF_S: Final = 5.0
 ERROR_BACKOFF_S: Final = 2.0
 EVENT_RETRY_S: Final = 5.0
 SPAWN_RETRY_S: Final = 10.0
+
+
+@dataclass(frozen=True)
+class JobCode:
+    """A job's code, ready: the variables naming it, and the interpreter its
+    requirements need (None: the agent's own)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,11 @@ class WarmPool:
         self._wanted = anyio.Event()
         self._closed = False
         self._home: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def home(self) -> Path | None:
+        """The pool's own home (HOME of its processes; agents.reaper leaves usage there)."""
+        return Path(self._home.name) if self._home is not None else None
 
     def _startup_env(self) -> dict[str, str]:
         """What every job's environment has in common (agents.job_env), with an empty
@@ -289,6 +304,15 @@ class _GatedStarter:
         self._max_runtime_s = max_runtime_s
         self._control_channel = control_channel
         self.timed_out = False
+        # What the job used (wall time, CPU seconds, peak memory), once its process ended.
+        self.resources_used: dict[str, float] | None = None
+
+    def use_python(self, python: str) -> None:
+        """Run the engine on the job's own environment's interpreter (agents.pyenv): a
+        cold start, exec'd by the warm process after it applied the run's limits. A
+        deployment's own command wins."""
+        if self._command is None:
+            self._command = shlex.join([python, "-m", "prefect.engine"])
 
     def _run_env(self, flow_run: FlowRun, control_env: dict[str, str]) -> dict[str, str]:
         """An allowlist (agents.job_env), never the agent's environment."""
@@ -360,6 +384,7 @@ class _GatedStarter:
             cgroup = self._memory.cgroup if self._memory is not None else None
             with contextlib.suppress(OSError):
                 self._groups.record(record, process.pid, cgroup)
+        started = time.monotonic()
         try:
             with anyio.move_on_after(self._max_runtime_s) as watchdog:
                 await process.wait()
@@ -375,11 +400,25 @@ class _GatedStarter:
             if process.returncode is None:  # cancelled while it runs: the job ends here
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
+            self.resources_used = self._usage(process.pid, time.monotonic() - started)
             if self._memory is not None and self._memory.cgroup:
                 limits.CgroupV2.kill(self._memory.cgroup)  # what left the process group
             if self._groups is not None:
                 with contextlib.suppress(OSError):
                     self._groups.forget(record)
+
+    def _usage(self, reaper_pid: int, wall_s: float) -> dict[str, float]:
+        """Wall time here; CPU seconds and peak memory as the job's reaper measured them
+        (agents.reaper), when it could."""
+        used: dict[str, float] = {"wall_s": round(wall_s, 3)}
+        home = self._pool.home
+        path = reaper.usage_path(reaper_pid, str(home)) if home is not None else None
+        if path is not None:
+            with contextlib.suppress(OSError, ValueError):
+                measured = json.loads(path.read_text())
+                path.unlink()
+                used.update({k: float(measured[k]) for k in ("cpu_s", "max_rss_mb")})
+        return used
 
     @staticmethod
     async def _stop(process: anyio.abc.Process) -> None:
@@ -449,6 +488,8 @@ class CshareWorker(ProcessWorker):
         self._input_cache_max_bytes = int(cache_mb * 2**20)
         # The machine's code bundle cache bound (agents.code_cache.CodeCache).
         self._code_cache_max_bytes = code_cache.max_bytes_from_env()
+        # And of the bundles' Python environments (agents.pyenv).
+        self._python_env_max_bytes = pyenv.max_bytes_from_env()
         self._on_machine_gone = on_machine_gone
         self._grants: dict[uuid.UUID, ClaimAnswer] = {}
         self._active: set[uuid.UUID] = set()  # claimed (or being claimed) until it ends
@@ -465,6 +506,10 @@ class CshareWorker(ProcessWorker):
         self._loops: anyio.CancelScope | None = None
 
     # -- what the agent reads -----------------------------------------------------
+
+    @property
+    def _agent_identity(self) -> str:
+        return container.agent_identity(self._control.api_url, self._work_pool_name, self.name)
 
     def active_flow_runs(self) -> list[uuid.UUID]:
         """Runs this worker has claimed and not finished (for heartbeats)."""
@@ -545,6 +590,9 @@ class CshareWorker(ProcessWorker):
                     len(killed),
                     ", ".join(killed),
                 )
+        gone = await anyio.to_thread.run_sync(container.remove_leftovers, self._agent_identity)
+        if gone:
+            log.warning("Removed %d container(s) a previous agent left: %s", len(gone), gone)
         self._api = AgentClient(self._control.api_url, self._control.machine_token)
         if os.environ.get("CSHARE_MEMORY_METHOD", "auto") != "rlimit":
             cgroups = limits.CgroupV2()
@@ -716,6 +764,8 @@ class CshareWorker(ProcessWorker):
         if grant is None or grant.memory_mb is None or grant.max_runtime_s is None:
             # Unreachable through _submit_run; a guard against any other entry point.
             raise RuntimeError(f"Flow run {flow_run.id} was not claimed; it will not run here.")
+        if grant.container is not None:
+            return await self._run_container(flow_run, grant, task_status)
         assert self._executor_ctx is not None
         memory = self._memory_limit(flow_run.id, grant.memory_mb)
         job: dict[str, str] = {}
@@ -768,7 +818,10 @@ class CshareWorker(ProcessWorker):
                 self._code(grant, dirs.work, flow_run) as code_env,
             ):
                 starter.job.update(await inputs_env())
-                starter.job.update(await code_env())
+                code = await code_env()
+                starter.job.update(code.env)
+                if code.python is not None:
+                    starter.use_python(code.python)
                 if self._closing:
                     # The agent is stopping and abort_all has ended this run already:
                     # start nothing (an exception as readiness: Prefect records no PID).
@@ -800,6 +853,7 @@ class CshareWorker(ProcessWorker):
             await self._report_limits(
                 flow_run, starter, memory, grant.max_runtime_s, reported=runtime_reported
             )
+            await self._report_usage(flow_run.id, starter.resources_used)
         finally:
             self._running.discard(flow_run.id)
             self._active.discard(flow_run.id)
@@ -812,6 +866,57 @@ class CshareWorker(ProcessWorker):
         return ProcessWorkerResult(
             status_code=execution.status_code, identifier=str(execution.handle.pid)
         )
+
+    async def _run_container(
+        self, flow_run: FlowRun, grant: ClaimAnswer, task_status: anyio.abc.TaskStatus[int]
+    ) -> ProcessWorkerResult:
+        """A command job: its container instead of a flow process (agents.container)."""
+        spec = grant.container or {}
+        if not (grant.job_id and grant.job_token and grant.org and grant.memory_mb):
+            raise RuntimeError(f"Flow run {flow_run.id}: the claim lacks the job's credential.")
+        job = container.ContainerJob(
+            api_url=self._control.api_url,
+            org=grant.org,
+            job_id=grant.job_id,
+            job_token=grant.job_token,
+            image=str(spec.get("image")),
+            command=[str(a) for a in spec.get("command") or []],
+            memory_mb=grant.memory_mb,
+            cpus=spec.get("cpus"),
+            output=spec.get("output"),
+            agent=self._agent_identity,
+        )
+        identifier = f"container:{grant.job_id}"
+        self._running.add(flow_run.id)
+        # Not a PID: Prefect only stores it (nothing here is killed by PID).
+        task_status.started(identifier)  # type: ignore[arg-type]
+
+        async def report_limit(which: str, message: str) -> bool:
+            kind: Literal["memory", "runtime"] = "memory" if which == "memory" else "runtime"
+            return await self._report_limit_to_ledger(flow_run.id, kind, message)
+
+        private, dirs = _job_dirs(None)
+        try:
+            with private, self._inputs(grant, dirs.work) as prepare:
+                hooks = container.Hooks(
+                    prefect=self.client,
+                    logger=self.get_flow_run_logger(flow_run),
+                    prepare_inputs=prepare,
+                    report_limit=report_limit,
+                )
+                code = await container.execute(
+                    flow_run.id,
+                    job,
+                    job_dir=dirs.work,
+                    max_runtime_s=grant.max_runtime_s or 0,
+                    hooks=hooks,
+                )
+        finally:
+            self._running.discard(flow_run.id)
+            self._active.discard(flow_run.id)
+            self._grants.pop(flow_run.id, None)
+            self._not_before.pop(flow_run.id, None)
+        return ProcessWorkerResult(status_code=code, identifier=identifier)
 
     @contextlib.contextmanager
     def _inputs(
@@ -848,17 +953,19 @@ class CshareWorker(ProcessWorker):
     @contextlib.contextmanager
     def _code(
         self, grant: ClaimAnswer, job_dir: Path, flow_run: FlowRun
-    ) -> Iterator[Callable[[], Awaitable[dict[str, str]]]]:
+    ) -> Iterator[Callable[[], Awaitable[JobCode]]]:
         """The job's code bundle or Git commit as its own directory (agents.code_cache),
-        for the run's duration. Yields an async function that prepares it and returns the
-        environment naming it (CSHARE_CODE_DIR); a failure raises, so the run never
-        starts."""
+        for the run's duration, and the Python environment its requirements need
+        (agents.pyenv). Yields an async function that prepares both and returns the
+        environment naming the directory (CSHARE_CODE_DIR) and the interpreter; a failure
+        raises, so the run never starts (an install failure with the installer's message
+        in the job log)."""
         stack = contextlib.ExitStack()
 
-        async def prepare() -> dict[str, str]:
+        async def prepare() -> JobCode:
             code = grant.code
             if not code or code.get("kind") not in ("bundle", "git"):
-                return {}
+                return JobCode()
             if not (grant.job_token and grant.org and grant.job_id):
                 raise code_cache.CodeFetchError("the claim gave no job token to fetch code with")
             cache_root = agent_config.state_dir() / "code-cache"
@@ -890,19 +997,53 @@ class CshareWorker(ProcessWorker):
                 prepared.fetch_ms,
                 how,
             )
+            python = await self._python_env(prepared.code_dir, flow_run)
+            report = prepared.report()
+            if python is not None:
+                report["requirements_digest"] = python.digest
             # The lineage report (shown by `cshare job show`) must not delay the start.
             threading.Thread(
                 target=materialize.report_run,
                 args=(self._control.api_url, grant.org, grant.job_id, grant.job_token),
-                kwargs={"code": prepared.report()},
+                kwargs={"code": report},
                 daemon=True,
             ).start()
-            return {"CSHARE_CODE_DIR": str(prepared.code_dir)}
+            return JobCode(
+                {"CSHARE_CODE_DIR": str(prepared.code_dir)},
+                str(python.python) if python is not None else None,
+            )
 
         try:
             yield prepare
         finally:
             stack.close()
+
+    async def _report_usage(self, flow_run_id: uuid.UUID, used: dict[str, float] | None) -> None:
+        """The job's lineage gets what it used (`cshare lineage --job`)."""
+        if used is None or self._api is None:
+            return
+        try:
+            with anyio.fail_after(10):
+                await self._api.report_usage(flow_run_id, used)
+        except Exception as exc:  # lineage must not fail a run that otherwise succeeded
+            self._logger.info("could not report the usage of %s: %s", flow_run_id, exc)
+
+    async def _python_env(self, code_dir: Path, flow_run: FlowRun) -> pyenv.PythonEnv | None:
+        """The environment of the bundle's requirements (None: it declares none)."""
+        run_logger = self.get_flow_run_logger(flow_run)
+        try:
+            return await anyio.to_thread.run_sync(
+                partial(
+                    pyenv.ensure_env,
+                    code_dir,
+                    agent_config.state_dir() / "python-envs",
+                    log=run_logger.info,
+                    cap_bytes=self._python_env_max_bytes,
+                )
+            )
+        except pyenv.EnvFailed as exc:
+            run_logger.error("Installing the bundle's requirements failed:\n%s", exc.message)
+            raise
 
     async def _report_limits(
         self,

@@ -27,6 +27,7 @@ from api.routers import (
     overview,
     project_git,
     projects,
+    registries,
     secrets,
     sso,
 )
@@ -129,6 +130,7 @@ def create_app(
         invitations,
         settings_routes,
         secrets,
+        registries,
         audit,
         overview,
         machines,

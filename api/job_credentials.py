@@ -64,10 +64,21 @@ class JobAware(Requires):
 
 
 class JobOnly(JobAware):
-    """Only the job's own token: a member (who sees the org) gets 403 `lineage_job_only`."""
+    """Only the job's own token: a member (who sees the org) gets 403 `rule`
+    (`lineage_job_only` unless the route names another)."""
+
+    def __init__(
+        self,
+        permission: Permission,
+        *,
+        use: JobTokenUse,
+        rule: CredentialRule = CredentialRule.lineage_job_only,
+    ) -> None:
+        super().__init__(permission, use=use)
+        self.rule = rule
 
     def member(self, caller: Caller) -> Caller:
-        access.require_rule(False, CredentialRule.lineage_job_only)
+        access.require_rule(False, self.rule)
         return caller
 
 

@@ -44,7 +44,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from flows import ledger
+from flows import ledger, lineage
 from flows.gateway import FlowRunInfo, PrefectGateway, StateType, work_pool_name
 from flows.models import (
     CANCELLING,
@@ -256,6 +256,12 @@ def _claim_from_ledger(
             f"The job needs a '{job.machine_type}' machine; this one is '{machine.machine_type}'.",
             job,
         )
+    if job.image and not (machine.hardware or {}).get("docker"):
+        return _skip(
+            flow_run_id,
+            "The job runs in a container; this machine's agent reaches no Docker engine.",
+            job,
+        )
     full = _full(machine, running)
     if full:
         return _skip(flow_run_id, full, job)
@@ -464,6 +470,19 @@ def report_limit(
     )
     session.commit()
     return job
+
+
+def report_usage(
+    session: Session, machine: Machine, flow_run_id: uuid.UUID, used: dict[str, float]
+) -> None:
+    """What a run used on the machine (wall time, CPU seconds, peak memory), recorded
+    on its job's lineage. Sent with the machine's credential: the job's own may already
+    be revoked when its process ends. Only the machine that ran the job may report."""
+    job = session.scalars(select(Job).where(Job.flow_run_id == flow_run_id)).first()
+    if job is None or job.org_id != machine.org_id or job.machine_id != machine.id:
+        raise _run_not_found()
+    lineage.record_job_lineage(session, job.id, resources_used=used)
+    session.commit()
 
 
 # ---------------------------------------------------- machines that stop working

@@ -169,6 +169,8 @@ class SubmitSpec:
     idempotency_key: str | None = None
     # The code to run instead of the deployment's current one (a rerun's: `rerun`).
     code: Mapping[str, Any] | None = None
+    # A command job's image, {ref, digest} (flows.containers.prepare_command).
+    image: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,7 @@ def submit(
             **({OUTPUTS_KEY: prep.outputs} if prep.outputs else {}),
         },
         idempotency_key=spec.idempotency_key,
+        image=dict(spec.image) if spec.image else None,
     ).job
     _link_inputs(session, job)
     try:

@@ -196,6 +196,12 @@ def record_prefect(job: Job, prefect_state: str, *, started_at: datetime | None 
         job.started_at = started_at
 
 
+def record_image(session: Session, job: Job, image: Mapping[str, Any]) -> None:
+    """A container job's image as pulled, `{ref, digest}` (flows.containers). No commit."""
+    job.image = dict(image)
+    session.add(job)
+
+
 def _set_outcome(
     job: Job,
     table_rule: Rule,

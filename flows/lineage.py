@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from datasets.access import can_read
 from datasets.models import Dataset, DatasetVersion, JobInput, JobLineage
+from flows.containers import rerun_fields
 from flows.job_data import declared_outputs
 from flows.models import Deployment, Job
 from orgs.context import OrgContext
@@ -215,7 +216,8 @@ def job_record(session: Session, job: Job) -> dict[str, Any]:
         "ended_at": job.ended_at,
         "duration_s": duration,
         "code": job_code(session, job, row) or (dict(row.code) if row and row.code else {}),
-        "image": row.image if row else None,
+        # A container job's {ref, digest}; else what the machine reported (if anything).
+        "image": dict(job.image) if job.image else (row.image if row else None),
         "parameters": dict(row.parameters)
         if row and row.parameters is not None
         else dict(job.parameters or {}),
@@ -235,14 +237,16 @@ def job_record(session: Session, job: Job) -> dict[str, Any]:
     }
 
 
-# What the machine reports about fetching a bundle (agents.code_cache), shown with it.
-CODE_FETCH_KEYS: Final[tuple[str, ...]] = ("fetch_ms", "cached")
+# What the machine reports about fetching a bundle (agents.code_cache) and the Python
+# environment its requirements ran in (agents.pyenv), shown with it.
+CODE_FETCH_KEYS: Final[tuple[str, ...]] = ("fetch_ms", "cached", "requirements_digest")
 
 
 def job_code(session: Session, job: Job, row: JobLineage | None = None) -> dict[str, Any] | None:
     """The code the job runs (`jobs.code`, set at submission), with how its machine
-    fetched it (`fetch_ms`, `cached`) once reported; None when the job ran the machines'
-    own copy."""
+    fetched it (`fetch_ms`, `cached`) and the requirements environment it ran in
+    (`requirements_digest`) once reported; None when the job ran the machines' own
+    copy."""
     if not job.code:
         return None
     row = row if row is not None else session.get(JobLineage, job.id)
@@ -262,6 +266,20 @@ def rerun_spec(session: Session, job: Job) -> dict[str, Any]:
         for e in (job.inputs or [])
         if isinstance(e, Mapping) and e.get("dataset") and e.get("version")
     ]
+    container = rerun_fields(job)
+    if container is not None:
+        # A command job runs again in the very image it pulled (by digest).
+        return {
+            "deployment": "",
+            "parameters": {},
+            **container,
+            "machine_type": job.machine_type,
+            "resources": {"memory_mb": job.memory_mb, "max_runtime_s": job.max_runtime_s},
+            "inputs": inputs,
+            "outputs": sorted(declared_outputs(job) or ()),
+            "tags": list(job.tags or []),
+            "code": {},
+        }
     return {
         "deployment": deployment.name if deployment else None,
         "parameters": dict(row.parameters)

@@ -164,6 +164,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A container job's image: {ref, digest}; the digest is the machine's (flows.containers).
+    image: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class JobSubrun(Base):

@@ -10,6 +10,7 @@ import flows.models  # noqa: F401  (every module that defines tables is imported
 import orgs.login_throttle
 import orgs.models
 import orgs.notifications as _notification_tables  # noqa: F401
+import orgs.registries
 import orgs.secrets
 import orgs.two_factor  # noqa: F401
 from orgs.db import Base, normalize_url

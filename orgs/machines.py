@@ -547,6 +547,23 @@ def heartbeat(session: Session, machine: Machine, *, running: int, now: datetime
     return machine
 
 
+def docker_summary(hardware: Mapping[str, Any]) -> str:
+    """`yes (engine 20.10.24)` or `no`, from what the agent reported."""
+    engine = hardware.get("docker")
+    if not isinstance(engine, Mapping):
+        return "no"
+    version = engine.get("version")
+    return f"yes (engine {version})" if version else "yes"
+
+
+def note_docker(machine: Machine, docker: Mapping[str, Any] | None) -> None:
+    """The Docker engine the agent reaches now (`hardware.docker`: {version} or None):
+    container jobs are claimed only by machines with one. No commit."""
+    engine = _validate_hardware({"docker": dict(docker) if docker else None})["docker"]
+    if (machine.hardware or {}).get("docker") != engine:
+        machine.hardware = {**(machine.hardware or {}), "docker": engine}
+
+
 def offline_after_s(session: Session, machine: Machine) -> int:
     org = session.get(Organization, machine.org_id)
     return _machine_settings(org).offline_after_s if org is not None else 60

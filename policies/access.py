@@ -262,6 +262,7 @@ class JobTokenUse(StrEnum):
     write_outputs = "write-outputs"  # create and upload the datasets it writes, as outputs
     write_record = "write-record"  # its own metadata and run record (code, machine, ...)
     read_code = "read-code"  # its job's code bundle (the agent fetches it before the run)
+    registry_auth = "registry-auth"  # the registry login for its own container image
 
 
 class CredentialRule(StrEnum):
@@ -270,6 +271,7 @@ class CredentialRule(StrEnum):
     job_token_scope = "job_token_scope"  # noqa: S105  (an error code, not a secret)
     job_output_undeclared = "job_output_undeclared"
     lineage_job_only = "lineage_job_only"
+    registry_auth_job_only = "registry_auth_job_only"
 
 
 _RULE_SENTENCES: dict[CredentialRule, str] = {
@@ -284,6 +286,10 @@ _RULE_SENTENCES: dict[CredentialRule, str] = {
     CredentialRule.lineage_job_only: (
         "A job's lineage (its outputs, metadata and run record) is written only by the job "
         "itself, with its job token; members may not attach or change it."
+    ),
+    CredentialRule.registry_auth_job_only: (
+        "A registry login is handed only to the machine running a container job, with that "
+        "job's own token, for that job's image."
     ),
 }
 

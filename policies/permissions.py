@@ -67,6 +67,8 @@ class Permission(StrEnum):
     storage_configure = "storage:configure"
     # org secrets (write-only: nobody reads a value back through the API)
     secrets_manage = "secrets:manage"
+    # private Docker registries (their passwords are org secrets)
+    registries_manage = "registries:manage"
 
 
 _MEMBER: frozenset[Permission] = frozenset(
@@ -109,6 +111,7 @@ _ADMIN: frozenset[Permission] = _MEMBER | {
     Permission.datasets_manage_all,
     Permission.storage_configure,
     Permission.secrets_manage,
+    Permission.registries_manage,
 }
 _OWNER: frozenset[Permission] = _ADMIN | {
     Permission.org_delete,
@@ -142,6 +145,9 @@ _DENIAL: dict[Permission, str] = {
     Permission.datasets_manage_all: "Only the dataset's creator or an admin may change it.",
     Permission.storage_configure: "Only admins and owners may configure the data store.",
     Permission.secrets_manage: "Only admins and owners may manage the organization's secrets.",
+    Permission.registries_manage: (
+        "Only admins and owners may manage the organization's registries."
+    ),
 }
 
 

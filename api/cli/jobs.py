@@ -62,6 +62,8 @@ def describe_code(code: dict[str, Any] | None) -> str:
     if code.get("fetch_ms") is not None:
         how = "cached" if code.get("cached") else "downloaded"
         text += f"; code fetch: {code['fetch_ms']} ms ({how})"
+    if code.get("requirements_digest"):
+        text += f"; requirements env {str(code['requirements_digest'])[:12]}"
     return text
 
 
@@ -226,6 +228,7 @@ def show(job_id: JobArg, org: OrgOpt = None, json_: JsonOpt = False) -> None:
         ("Resources", f"{res.get('memory_mb')} MB, {res.get('max_runtime_s')} s"),
         ("Parameters", json.dumps(job.get("parameters") or {})),
         ("Code", describe_code(job.get("code"))),
+        ("Image", "@".join(filter(None, (job.get("image") or {}).values())) or None),
         ("Priority", job.get("priority")),
         ("Created", job.get("created_at")),
         ("Released", job.get("released_at")),

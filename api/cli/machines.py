@@ -104,6 +104,7 @@ def show(machine: MachineArg, org: OrgOpt = None, json_: JsonOpt = False) -> Non
         ["GPUs", gpus or "none"],
         ["OS", f"{hw.get('os', '')} {hw.get('os_release', '')}".strip()],
         ["Python", hw.get("python")],
+        ["Docker", m.get("docker") or "no"],
         ["Registered", output.when(m.get("created_at"))],
         ["Last heartbeat", output.when(m.get("last_heartbeat_at"))],
     ]

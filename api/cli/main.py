@@ -24,6 +24,7 @@ from api.cli import (
     orgs,
     output,
 )
+from api.cli import containers as container_cmds
 from api.cli import datasets as dataset_cmds
 from api.cli import deploy as deploy_cmd
 from api.cli import jobs as job_cmds
@@ -77,6 +78,8 @@ app.add_typer(job_cmds.app, name="job")
 app.add_typer(schedule_cmds.app, name="schedule")
 app.add_typer(dataset_cmds.app, name="dataset")
 app.add_typer(secret_cmds.app, name="secret")
+app.add_typer(container_cmds.registry_app, name="registry")
+job_cmds.app.command("run")(container_cmds.run)
 app.command("lineage")(lineage_cmds.lineage)
 orgs.app.command("overview")(overview_cmds.org_overview)
 app.command("usage")(overview_cmds.usage)

@@ -24,14 +24,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentMachine, SessionDep, SettingsDep
 from api.errors import error_body
 from api.routers.deployments import GatewayDep
 from api.schemas import ErrorOut
-from flows import claims, job_tokens
+from flows import claims, containers, job_tokens
 from flows.deployments import ensure_org_pool
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import Job
@@ -82,6 +82,9 @@ class HeartbeatIn(BaseModel):
         default_factory=list, max_length=1024, description="Flow runs the agent runs now."
     )
     free_slots: int | None = Field(None, ge=0, le=machines.MAX_SLOTS)
+    docker: dict[str, Any] | None = Field(
+        None, description="The Docker engine the agent reaches ({version}); null: none."
+    )
 
 
 class ClaimIn(BaseModel):
@@ -112,6 +115,11 @@ class ClaimOut(BaseModel):
         default=None,
         description="The job's code bundle {kind, digest, size, files}: the agent fetches "
         "it (GET /orgs/{org}/jobs/{id}/code, job token) before the run; null: none.",
+    )
+    container: dict[str, Any] | None = Field(
+        None,
+        description="A command job: {image, command, cpus, output}; run it with Docker "
+        "instead of the flow (flows.containers).",
     )
 
 
@@ -221,6 +229,8 @@ def heartbeat(
     gateway: GatewayDep,
 ) -> AgentStatusOut:
     machines.heartbeat(session, machine, running=len(body.running), now=utcnow())
+    if "docker" in body.model_fields_set:
+        machines.note_docker(machine, body.docker)
     out = _status(session, settings, machine)
     session.commit()
     if out.approved:
@@ -272,6 +282,7 @@ def claim(
             job_token=job_token,
             inputs=len(job.inputs or []),
             code=dict(job.code) if job.code else None,
+            container=containers.container_spec(job),
         )
     return JSONResponse(
         error_body(
@@ -288,6 +299,25 @@ def claim(
 class LimitReportIn(BaseModel):
     limit: Literal["memory", "runtime"]
     message: str = Field(max_length=2000, description="What the run's Prefect state says.")
+
+
+class UsageReportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wall_s: float = Field(ge=0, le=10**8, description="From the process's start to its end.")
+    cpu_s: float | None = Field(None, ge=0, le=10**9, description="User + system CPU.")
+    max_rss_mb: float | None = Field(None, ge=0, le=10**8, description="Peak memory.")
+
+
+@router.post("/runs/{flow_run_id}/usage", status_code=status.HTTP_204_NO_CONTENT)
+def report_usage(
+    flow_run_id: Annotated[uuid.UUID, Path()],
+    body: UsageReportIn,
+    machine: CurrentMachine,
+    session: SessionDep,
+) -> None:
+    """What the run used on this machine, for the job's lineage (`cshare lineage`)."""
+    claims.report_usage(session, machine, flow_run_id, body.model_dump(exclude_none=True))
 
 
 @router.post("/runs/{flow_run_id}/limit", status_code=status.HTTP_204_NO_CONTENT)

@@ -90,8 +90,11 @@ def show_bundle(digest: DigestPath, ctx: DeploymentsView, session: SessionDep) -
     openapi_extra={
         "requestBody": {
             "required": True,
+            "description": "The bundle's bytes (the .tar.gz `cshare deploy` packs), streamed; "
+            "any content type (the digest, recomputed here, is what counts).",
             "content": {
-                bundle_format.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in (bundle_format.MEDIA_TYPE, "application/octet-stream")
             },
         }
     },

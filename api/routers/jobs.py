@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from api.deps import Requires, SessionDep, SettingsDep, get_database
 from api.errors import error_body, status_for
 from api.routers.deployments import GatewayDep
-from flows import jobs, lineage
+from flows import containers, jobs, lineage
 from flows.gateway import PrefectGateway
 from flows.models import FINAL_STATES, Deployment, Job
 from flows.prefect_access import ui_url_for_flow_run
@@ -40,7 +40,13 @@ class ResourcesIn(BaseModel):
 
 
 class JobIn(BaseModel):
-    deployment: str = Field(max_length=64)
+    deployment: str = Field(
+        "", max_length=64, description="The flow's deployment (empty for a command job)."
+    )
+    # A command job (flows.containers): the image and the command instead of a flow.
+    image: str | None = Field(None, max_length=300, description="Image to run the command in.")
+    command: list[str] | None = Field(None, max_length=256, description="With `image`.")
+    cpus: float | None = Field(None, description="CPU cores for a command job's container.")
     parameters: dict[str, Any] = Field(default_factory=dict)
     machine_type: str | None = Field(None, max_length=32)
     resources: ResourcesIn = Field(default_factory=ResourcesIn)
@@ -111,6 +117,9 @@ class JobOut(BaseModel):
         default=None,
         description="The code the job runs: {kind: bundle, digest, size, files}, with "
         "`fetch_ms` and `cached` once its machine fetched it; null: the machines' own copy.",
+    )
+    image: dict[str, Any] | None = Field(
+        None, description="A command job's image: {ref, digest} (the digest once pulled)."
     )
 
 
@@ -208,6 +217,7 @@ def job_out(
         code=lineage.job_code(session, job)
         if with_position
         else (dict(job.code) if job.code else None),
+        image=dict(job.image) if job.image else None,
     )
 
 
@@ -218,6 +228,26 @@ async def admission_rejected_handler(_request: Request, exc: Exception) -> JSONR
     if exc.field:
         extra["field"] = exc.field
     return JSONResponse(error_body(exc.rule, exc.detail, **extra), status_code=status_for(exc))
+
+
+def submit_spec(
+    body: JobIn, ctx: OrgContext, session: Session, gateway: PrefectGateway, settings: Settings
+) -> jobs.SubmitSpec:
+    """The submission `body` asks for: a flow's deployment, or a command in an image
+    (flows.containers, on the org's built-in command deployment)."""
+    spec = body.spec()
+    if body.image is None and body.command is None:
+        return spec
+    return containers.prepare_command(
+        ctx,
+        session,
+        gateway,
+        spec,
+        image=body.image or "",
+        command=body.command,
+        cpus=body.cpus,
+        pool_type=settings.work_pool_type,
+    )
 
 
 @router.post(
@@ -241,8 +271,9 @@ def submit_job(
     or resources above the maximum, 429 too many queued jobs. `flow_run_id` is null if
     Prefect was unreachable: the job is recorded and its run is created later.
     """
+    spec = submit_spec(body, ctx, session, gateway, settings)
     job, created = jobs.submit(
-        ctx, session, gateway, body.spec(), defer=(background.add_task, db), settings=settings
+        ctx, session, gateway, spec, defer=(background.add_task, db), settings=settings
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -325,10 +356,17 @@ def rerun_job(
     db: Annotated[Database, Depends(get_database)],
 ) -> JobOut:
     """Run a job again: a new job with exactly its deployment, parameters, pinned input
-    versions and code (even if the deployment was redeployed since), through admission
-    like any submission (you submit it). 409 `deployment_gone` when the deployment was
-    deleted."""
-    job = jobs.rerun(ctx, session, gateway, job_id, defer=(background.add_task, db))
+    versions and code (even if the deployment was redeployed since), or a command job's
+    image (by the digest it pulled) and command, through admission like any submission
+    (you submit it). 409 `deployment_gone` when the deployment was deleted."""
+    job = containers.rerun(
+        ctx,
+        session,
+        gateway,
+        job_id,
+        pool_type=settings.work_pool_type,
+        defer=(background.add_task, db),
+    )
     out = job_out(job, session, settings, gateway, user_name=ctx.user.name)
     session.commit()
     return out

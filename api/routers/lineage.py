@@ -20,7 +20,7 @@ from api.job_credentials import JobOnly
 from api.routers.datasets import JobId, MemberCaller, job_in_org
 from datasets import catalog
 from datasets.access import Caller
-from flows import lineage
+from flows import containers, lineage
 from flows.models import Job
 from orgs.context import OrgContext
 from policies import access
@@ -78,6 +78,11 @@ class RunRecordIn(BaseModel):
         default=None, description="{source, git_commit, git_dirty} or {bundle_sha256}."
     )
     image: str | None = Field(default=None, max_length=512)
+    image_digest: str | None = Field(
+        default=None,
+        max_length=80,
+        description="A container job's image digest as pulled (sha256:...).",
+    )
     machine: dict[str, Any] | None = Field(default=None, description="{name, hardware, ...}")
     parameters: dict[str, Any] | None = Field(default=None, description="As the flow ran.")
     resources_used: dict[str, Any] | None = Field(
@@ -138,6 +143,8 @@ def record_job_run(
     """Record how and where the job ran (the job's own token only): code version, image,
     machine, parameters as run, resources used. Write-once. Returns the job's record."""
     job = writable_job(session, caller, job_id)
+    if body.image_digest is not None:
+        containers.record_digest(session, job, body.image_digest)
     lineage.record_job_run(
         session,
         job.id,

@@ -60,6 +60,10 @@ class MachineOut(BaseModel):
     free_slots: int = Field(description="Slots that could take a job now (approved and online).")
     idle: bool = Field(description="Online and running nothing.")
     hardware: dict[str, Any]
+    docker: str = Field(
+        description="`yes (engine X)` when its agent reaches a Docker engine (container "
+        "jobs run only there), else `no`."
+    )
     work_pool: str = Field(description="The Prefect work pool its agent polls.")
     created_at: datetime
     decided_at: datetime | None
@@ -87,6 +91,7 @@ def machine_out(org_slug: str, v: MachineView) -> MachineOut:
         free_slots=v.free_slots,
         idle=v.idle,
         hardware=dict(m.hardware or {}),
+        docker=machines.docker_summary(m.hardware or {}),
         work_pool=work_pool_name(org_slug, m.machine_type),
         created_at=m.created_at,
         decided_at=m.decided_at,

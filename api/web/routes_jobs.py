@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from api.routers import jobs as job_routes
 from api.web.core import OrgPage, PageRequires, redirect, render, settings_of
 from api.web.routes_data import gateway_of
-from flows import deployments, jobs, lineage
+from flows import containers, deployments, jobs, lineage
 from flows.models import ALL_STATES, FINAL_STATES
 from policies import access
 from policies.access import JobFacts
@@ -123,7 +123,8 @@ def _job_page(
         final=job.state in FINAL_STATES,
         can_cancel=job.state not in FINAL_STATES
         and access.can_cancel_job(page.ctx.viewer, JobFacts.of(job)),
-        can_rerun=page.can(Permission.jobs_submit) and job.deployment_id is not None,
+        can_rerun=page.can(Permission.jobs_submit)
+        and (job.deployment_id is not None or job.image is not None),
         lineage=_lineage(page, job),
         times=jobs.summary_times(job),
         error=error,
@@ -175,9 +176,16 @@ def cancel_job(request: Request, page: PageJobsCancelOwn, job_id: JobId) -> Resp
 @router.post("/orgs/{org}/jobs/{job_id}/rerun")
 def rerun_job(request: Request, page: PageJobsSubmit, job_id: JobId) -> Response:
     """Submit the job again: same deployment, parameters, machine type, resources,
-    pinned input versions and code (`flows.jobs.rerun`, as `cshare job rerun`)."""
+    pinned input versions and code, or the same image (by digest) and command
+    (`flows.containers.rerun`, as `cshare job rerun`)."""
     try:
-        new = jobs.rerun(page.ctx, page.session, gateway_of(request), job_id)
+        new = containers.rerun(
+            page.ctx,
+            page.session,
+            gateway_of(request),
+            job_id,
+            pool_type=settings_of(request).work_pool_type,
+        )
     except DomainError as exc:
         if exc.code in ("job_not_found",):
             raise

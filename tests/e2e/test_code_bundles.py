@@ -35,6 +35,7 @@ from flows.gateway import PrefectGateway
 from tests.e2e.test_agents import CSHARE, Stack, _clean_env, _start_api, wait_for
 from tests.prefect_server import PREFECT_STALL_S, _start_server, _stop
 from tests.smtp_server import running_smtp_server
+from tests.unit.test_pyenv import build_wheel
 
 pytestmark = [pytest.mark.prefect, pytest.mark.xdist_group("prefect"), pytest.mark.slow]
 
@@ -172,6 +173,12 @@ def deploy(stack: Stack, project: Path) -> tuple[str, str]:
     return out, str(dep["code"]["digest"])
 
 
+def wheels_dir(stack: Stack) -> Path:
+    wheels = stack.home / "wheels"
+    wheels.mkdir(exist_ok=True)
+    return wheels
+
+
 def start_bare_agent(stack: Stack, name: str) -> subprocess.Popen[bytes]:
     """An agent in an empty directory with an empty HOME: no project code anywhere."""
     bare = stack.home / f"bare-{name}"
@@ -182,6 +189,9 @@ def start_bare_agent(stack: Stack, name: str) -> subprocess.Popen[bytes]:
         CSHARE_AGENT_HOME=str(stack.home / "agent"),
         PREFECT_HOME=str(bare / "prefect"),
         CSHARE_POLL_INTERVAL_S="1",
+        # Bundles' requirements install from the test's own wheels, never an index.
+        CSHARE_AGENT_UV_FIND_LINKS=str(wheels_dir(stack)),
+        CSHARE_AGENT_UV_NO_INDEX="1",
     )
     env.pop("CSHARE_FLOWS_DIR", None)
     log = (stack.home / f"agent-{name}.log").open("ab")
@@ -238,6 +248,17 @@ def test_code_travels_to_a_bare_machine(stack: Stack, tmp_path_factory: Any) -> 
     assert list(agent_home.rglob("big.bin")) == []
     assert list((agent_home / "code-cache" / "objects").glob("*/helper.py"))
 
+    # What the job used, measured on the machine, is on its lineage.
+    used = wait_for(
+        "the resources the job used",
+        lambda: stack.ok("GET", f"/orgs/{stack.slug}/jobs/{job1}/lineage", stack.member)["job"][
+            "resources"
+        ]["used"],
+        30,
+    )
+    assert used["wall_s"] >= 3 and used["cpu_s"] > 0 and used["max_rss_mb"] > 10, used
+    assert "CPU s" in cshare(stack, outside, "lineage", "--job", job1)
+
     shown = wait_for(
         "the code fetch time in `cshare job show`",
         lambda: "code fetch:" in (o := cshare(stack, outside, "job", "show", job1)) and o,
@@ -276,3 +297,63 @@ def test_code_travels_to_a_bare_machine(stack: Stack, tmp_path_factory: Any) -> 
     out4, digest4 = deploy(stack, copy)
     assert digest4 == digest2
     assert "already there" in out4, out4
+
+
+DEPS_FLOW = r"""
+import os
+import sys
+from pathlib import Path
+
+from prefect import flow
+
+
+@flow
+def with_deps(out_dir: str) -> str:
+    import cshare_testdep
+
+    out = Path(out_dir) / (os.environ["CSHARE_JOB_ID"] + ".txt")
+    out.write_text(f"answer={cshare_testdep.answer()} prefix={sys.prefix}\n0 0\n")
+    return "ok"
+"""
+
+
+def test_a_bundles_requirements_run_in_their_own_environment(
+    stack: Stack, tmp_path_factory: Any
+) -> None:
+    build_wheel(wheels_dir(stack), "cshare_testdep", "1.0", "def answer():\n    return 42\n")
+    if "ship-box" not in stack.agents:
+        start_bare_agent(stack, "ship-box")
+    (stack.home / "out").mkdir(exist_ok=True)
+    project = tmp_path_factory.mktemp("deps-project")
+    (project / "pyproject.toml").write_text("[project]\nname = 'deps'\nversion = '0'\n")
+    (project / "flow.py").write_text(DEPS_FLOW)
+    (project / "requirements.txt").write_text("cshare_testdep==1.0\n")
+    cshare(stack, project, "deploy", "flow.py:with_deps", "--name", "with-deps")
+    job = stack.submit("with-deps", parameters={"out_dir": str(stack.home / "out")})
+    result, _, _ = result_of(stack, job)
+    assert result.startswith("answer=42 prefix="), result
+    prefix = Path(result.split("prefix=", 1)[1])
+    assert prefix.is_relative_to(stack.home / "agent"), prefix  # the machine's env cache
+    shown = wait_for(
+        "the requirements environment in `cshare job show`",
+        lambda: "requirements env" in (o := cshare(stack, project, "job", "show", job)) and o,
+        30,
+    )
+    assert prefix.name[:12] in shown, shown
+
+    # A requirement nobody can install fails the job, with uv's reason in its log.
+    (project / "requirements.txt").write_text("cshare_testdep==9.9\n")
+    cshare(stack, project, "deploy", "flow.py:with_deps", "--name", "with-deps")
+    failed = stack.wait_final(
+        stack.submit("with-deps", parameters={"out_dir": str(stack.home / "out")}),
+        timeout=120 + PREFECT_STALL_S,
+    )
+    assert failed["state"] in ("failed", "crashed"), failed
+    logs = wait_for(
+        "uv's message in the job log",
+        lambda: (
+            "cshare-testdep" in (o := cshare(stack, project, "job", "logs", failed["id"])) and o
+        ),
+        30,
+    )
+    assert "Installing the bundle's requirements failed" in logs, logs

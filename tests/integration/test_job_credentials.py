@@ -53,6 +53,7 @@ JOB_TOKEN_ROUTES = {
     "POST /orgs/{org}/datasets/{name}/versions",
     "POST /orgs/{org}/jobs/{id}/metadata",
     "POST /orgs/{org}/jobs/{id}/lineage",
+    "GET /orgs/{org}/jobs/{id}/registry-auth",  # a container job's login (test_registries)
 }
 
 

@@ -77,7 +77,7 @@ from api.web import session as web_session
 from api.web.app import PagesMount
 from api.web.core import OrgPage, PageRequires, org_page
 from datasets import bundle_format
-from orgs import accounts, join_requests, organizations, secrets
+from orgs import accounts, join_requests, organizations, registries, secrets
 from orgs.config import get_settings
 from orgs.context import member_context
 from orgs.db import Database
@@ -556,6 +556,17 @@ def _join_request(w: World, role: str) -> str:
         return str(found)
 
 
+def _registry(w: World, role: str) -> str:
+    """A registry the owner added (through the service: members may not add one)."""
+    with w.api.db.session() as s:
+        owner = w.user(s, w.people["owner"])
+        ctx = member_context(s, w.org_slug, owner)
+        info, _ = registries.add_registry(
+            ctx, s, f"r{uuid.uuid4().hex[:8]}.example.com", "u", "pw", settings=get_settings()
+        )
+    return str(info.id)
+
+
 # Path parameter -> example value for (world, role). Keyed "{param}", or "segment/{param}"
 # where the parameter's meaning depends on the segment before it (`{id}`, `{name}`).
 PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
@@ -578,6 +589,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "jobs/{id}": _job,
     "schedules/{id}": _schedule,
     "secrets/{name}": _secret,
+    "registries/{key}": _registry,
     # The console's parameter names.
     "{machine_id}": _machine,
     "{job_id}": _job,
@@ -635,6 +647,11 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
     "PATCH /orgs/{org}/schedules/{id}": lambda w, role: {"active": False},
     "PUT /orgs/{org}/secrets/{name}": lambda w, role: {"value": "matrix-value"},
     "PUT /orgs/{org}/projects/{name}/git-token": lambda w, role: {"token": "matrix-token"},
+    "POST /orgs/{org}/registries": lambda w, role: {
+        "registry": f"r{uuid.uuid4().hex[:8]}.example.com",
+        "username": "matrix",
+        "password": "matrix-value",
+    },
 }
 
 

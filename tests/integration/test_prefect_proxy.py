@@ -250,11 +250,11 @@ def test_no_credential_of_a_member_reaches_another_org(stack: Stack) -> None:
             json={"flow_runs": {"id": {"any_": [b_run]}}},
         )
         assert named.status_code == 200 and named.json() == []
-        # Prefect's raw run creation is not on the allowlist for anyone.
+        # Prefect's raw run creation is a job's subflow only: never a person's.
         raw = stack.call(
             "POST", "/flow_runs/", token, org_a.slug, json={"flow_id": str(uuid.uuid4())}
         )
-        assert raw.status_code == 403 and raw.json()["error"] == "allowlist"
+        assert raw.status_code == 403 and raw.json()["error"] == "member_endpoints"
     for token in (machine_token, job_token):
         for slug in (None, org_a.slug, org_b.slug):
             r = stack.call("POST", create, token, slug, json={})
