@@ -1,5 +1,7 @@
 """A job's code bundle on the machine: fetched once per digest, verified, unpacked into a
-read-only cache, and laid out as the job's own working copy.
+read-only cache, and laid out as the job's own working copy. A Git job's commit takes
+the same path (`prepare_git`): one read-only tree per (repository, commit) under
+`cache/git/` (agents.git_code), then the same per-job hard-link farm.
 
     cache/objects/<hex>/          the unpacked bundle: files 0444, directories 0555
     cache/objects/<hex>.json      what was verified (path, size, mtime, mode per file);
@@ -39,6 +41,7 @@ from urllib.parse import quote
 
 import httpx
 
+from agents import git_code
 from datasets import bundle_format
 
 log = logging.getLogger("cshare.agent.code")
@@ -56,19 +59,34 @@ class CodeFetchError(RuntimeError):
 @dataclass(frozen=True)
 class PreparedCode:
     code_dir: Path
-    digest: str
-    cached: bool  # True: the bundle was in the cache already (no download)
+    digest: str  # a bundle's digest; a Git job's commit
+    cached: bool  # True: the bundle (or Git tree) was in the cache already (no download)
     fetch_ms: int  # from asking the cache to the job's copy being ready
     files: int
+    repository: str | None = None  # a Git job's repository URL
 
     def report(self) -> dict[str, Any]:
         """What goes to the job's lineage (`code`), shown by `cshare job show`."""
+        if self.repository is not None:
+            return {
+                "kind": "git",
+                "repository": self.repository,
+                "commit": self.digest,
+                "fetch_ms": self.fetch_ms,
+                "cached": self.cached,
+            }
         return {
             "kind": "bundle",
             "digest": self.digest,
             "fetch_ms": self.fetch_ms,
             "cached": self.cached,
         }
+
+    def describe(self) -> str:
+        """For the job's log: `Code bundle sha256:1a2b3c4d5e6f` / `Git commit <url>@<sha12>`."""
+        if self.repository is not None:
+            return f"Git commit {self.repository}@{self.digest[:12]}"
+        return f"Code bundle {bundle_format.short(self.digest)}"
 
 
 def max_bytes_from_env(environ: Mapping[str, str] | None = None) -> int:
@@ -287,14 +305,75 @@ def prepare(cache: CodeCache, digest: str, job_dir: Path, fetch: Any) -> Iterato
         remove_tree(code_dir)
 
 
+@contextlib.contextmanager
+def prepare_git(
+    cache_root: Path, job_dir: Path, source: Mapping[str, Any], max_bytes: int | None = None
+) -> Iterator[PreparedCode]:
+    """A Git job's copy of its commit under `job_dir/code` (`source`: what
+    `GET /orgs/{org}/jobs/{id}/code` answered: repository, commit, credential), the same
+    per-job hard-link farm as a bundle's; the tree is fetched once per (repository,
+    commit) into `cache_root/git` (agents.git_code) and stays in the cache."""
+    started = time.perf_counter()
+    repository = str(source.get("repository") or "")
+    commit = str(source.get("commit") or "")
+    credential = source.get("credential")
+    key = git_code.tree_key(repository, commit)
+    cached = (cache_root / "git" / key).is_dir()
+    code_dir = job_dir / CODE_DIR_NAME
+    try:
+        try:
+            tree = git_code.checkout(
+                repository, commit, cache_root, dict(credential) if credential else None
+            )
+        except git_code.GitCheckoutError as exc:
+            raise CodeFetchError(f"Git commit {commit} of {repository}: {exc}") from None
+        files = link_farm(tree, code_dir)
+        prepared = PreparedCode(
+            code_dir=code_dir,
+            digest=commit,
+            cached=cached,
+            fetch_ms=round((time.perf_counter() - started) * 1000),
+            files=files,
+            repository=repository,
+        )
+        if not cached and max_bytes is not None:
+            git_code.prune(cache_root, max_bytes, keep={key})
+        yield prepared
+    finally:
+        remove_tree(code_dir)
+
+
 # ----------------------------------------------------------------------------- over HTTP
+
+
+def _code_url(api_url: str, org: str, job_id: str) -> str:
+    base = api_url.rstrip("/").removesuffix(API_PREFIX) + API_PREFIX
+    return f"{base}/orgs/{quote(org, safe='')}/jobs/{quote(job_id, safe='')}/code"
+
+
+def http_git_source(api_url: str, org: str, job_id: str, token: str) -> dict[str, Any]:
+    """A Git job's source, with the job's own token: `{kind: git, repository, commit,
+    credential}` (the credential only lives in memory and in git's temp files)."""
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": "cshare-agent/0.1"}
+    try:
+        response = httpx.get(_code_url(api_url, org, job_id), headers=headers, timeout=TIMEOUT)
+    except httpx.TransportError as exc:
+        raise CodeFetchError(f"cannot ask for the job's Git source ({exc})") from None
+    if not response.is_success:
+        raise CodeFetchError(
+            f"cannot ask for the job's Git source: HTTP {response.status_code} "
+            f"{response.text[:300]}"
+        )
+    source: dict[str, Any] = response.json()
+    if source.get("kind") != "git":
+        raise CodeFetchError("the job's code is not a Git source")
+    return source
 
 
 def http_fetch(api_url: str, org: str, job_id: str, token: str, digest: str) -> Any:
     """A `fetch(file)` for `CodeCache.use`: the job's bundle, with its own token,
     hashed while it streams (the format module verifies it again before unpacking)."""
-    base = api_url.rstrip("/").removesuffix(API_PREFIX) + API_PREFIX
-    url = f"{base}/orgs/{quote(org, safe='')}/jobs/{quote(job_id, safe='')}/code"
+    url = _code_url(api_url, org, job_id)
     headers = {"Authorization": f"Bearer {token}", "User-Agent": "cshare-agent/0.1"}
     want = bundle_format.digest_hex(digest)
 

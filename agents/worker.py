@@ -76,7 +76,6 @@ from agents import code_cache, container, job_env, limits, materialize, pyenv, r
 from agents import config as agent_config
 from agents.client import AgentClient, ApiProblem, ClaimAnswer, MachineGone
 from agents.job_groups import JobGroups
-from datasets import bundle_format
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import Flow as APIFlow
@@ -955,33 +954,45 @@ class CshareWorker(ProcessWorker):
     def _code(
         self, grant: ClaimAnswer, job_dir: Path, flow_run: FlowRun
     ) -> Iterator[Callable[[], Awaitable[JobCode]]]:
-        """The job's code bundle as its own directory (agents.code_cache), for the run's
-        duration, and the Python environment its requirements need (agents.pyenv).
-        Yields an async function that prepares both and returns the environment naming
-        the directory (CSHARE_CODE_DIR) and the interpreter; a failure raises, so the run
-        never starts (an install failure with the installer's message in the job log)."""
+        """The job's code bundle or Git commit as its own directory (agents.code_cache),
+        for the run's duration, and the Python environment its requirements need
+        (agents.pyenv). Yields an async function that prepares both and returns the
+        environment naming the directory (CSHARE_CODE_DIR) and the interpreter; a failure
+        raises, so the run never starts (an install failure with the installer's message
+        in the job log)."""
         stack = contextlib.ExitStack()
 
         async def prepare() -> JobCode:
             code = grant.code
-            if not code or code.get("kind") != "bundle":
+            if not code or code.get("kind") not in ("bundle", "git"):
                 return JobCode()
             if not (grant.job_token and grant.org and grant.job_id):
                 raise code_cache.CodeFetchError("the claim gave no job token to fetch code with")
-            digest = str(code.get("digest") or "")
-            cache = code_cache.CodeCache(
-                agent_config.state_dir() / "code-cache", self._code_cache_max_bytes
-            )
-            fetch = code_cache.http_fetch(
-                self._control.api_url, grant.org, grant.job_id, grant.job_token, digest
-            )
-            prepared = await anyio.to_thread.run_sync(
-                stack.enter_context, code_cache.prepare(cache, digest, job_dir, fetch)
-            )
+            cache_root = agent_config.state_dir() / "code-cache"
+            preparing: contextlib.AbstractContextManager[code_cache.PreparedCode]
+            if code.get("kind") == "git":
+                source = await anyio.to_thread.run_sync(
+                    code_cache.http_git_source,
+                    self._control.api_url,
+                    grant.org,
+                    grant.job_id,
+                    grant.job_token,
+                )
+                preparing = code_cache.prepare_git(
+                    cache_root, job_dir, source, self._code_cache_max_bytes
+                )
+            else:
+                digest = str(code.get("digest") or "")
+                cache = code_cache.CodeCache(cache_root, self._code_cache_max_bytes)
+                fetch = code_cache.http_fetch(
+                    self._control.api_url, grant.org, grant.job_id, grant.job_token, digest
+                )
+                preparing = code_cache.prepare(cache, digest, job_dir, fetch)
+            prepared = await anyio.to_thread.run_sync(stack.enter_context, preparing)
             how = "cached" if prepared.cached else "downloaded"
             self.get_flow_run_logger(flow_run).info(
-                "Code bundle %s: %d files ready in %d ms (%s).",
-                bundle_format.short(digest),
+                "%s: %d files ready in %d ms (%s).",
+                prepared.describe(),
                 prepared.files,
                 prepared.fetch_ms,
                 how,

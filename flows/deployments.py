@@ -25,11 +25,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from datasets import code_bundles
-from flows import ledger
+from flows import git_sources, ledger
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import ACTIVE_STATES, HELD, Deployment, Job, Project, Schedule
 from flows.schedule_kinds import spec_of
 from orgs import audit, settings_doc
+from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Organization
@@ -88,7 +89,9 @@ class DeploymentSpec:
     collision_strategy: str = "enqueue"
     version: str | None = None
     # {"kind": "bundle", "digest": "sha256:..."}: the code travels (datasets.code_bundles);
-    # None: it is on the machines already (`path`, the file's pull steps).
+    # {"kind": "git", "repository", "ref", "track"}: pinned to the commit the ref names
+    # at registration (flows.git_sources); None: it is on the machines already (`path`,
+    # the file's pull steps).
     code: Mapping[str, Any] | None = None
 
 
@@ -300,6 +303,7 @@ def register(
     project: Project,
     pool_type: str = "process",
     schedules_backend: str = "control-plane",
+    settings: Settings | None = None,
 ) -> tuple[Deployment, bool]:
     """Create or update the deployment `spec.name` in `project`; returns it and whether
     it is new (`flows.projects.resolve_for_deployment` picks the project).
@@ -310,7 +314,17 @@ def register(
     ctx.require(Permission.deployments_register)
     org, slug = ctx.org, ctx.org.slug
     spec = _validate_spec(org, spec)
-    code = code_bundles.require(session, org, dict(spec.code)) if spec.code else None
+    git: tuple[str, str, bool] | None = None
+    credential: git_sources.GitCredential | None = None
+    code: dict[str, Any] | None = None
+    if git_sources.is_git(spec.code):
+        assert spec.code is not None
+        git = git_sources.requested(spec.code)
+        credential = git_sources.credential_for(
+            session, org, project, url=git[0], settings=settings
+        )
+    elif spec.code:
+        code = code_bundles.require(session, org, dict(spec.code))
     existing = find_deployment(session, org, spec.name)
     if existing is not None:
         ctx.require_own_or(existing.created_by, Permission.deployments_manage_all)
@@ -319,7 +333,12 @@ def register(
         if existing is not None
         else []
     )
-    session.commit()  # end the read transaction before talking to Prefect
+    session.commit()  # end the read transaction before talking to Git and Prefect
+    if git is not None:
+        # The network, outside any transaction; a 422 here leaves everything unchanged.
+        repository, ref, track = git
+        commit = git_sources.resolve(repository, ref, credential, settings=settings)
+        code = git_sources.pinned(repository, ref, commit, track)
 
     pool = ensure_org_pool(gateway, slug, org.name, spec.machine_type, pool_type)
     flow_name = spec.flow_name or default_flow_name(spec.entrypoint)
@@ -332,8 +351,8 @@ def register(
         pull_steps=None
         if spec.path and spec.pull_steps is None and not code
         else _pull_steps(spec),
-        # A bundle's digest is its version (what runs); else the file's `version`.
-        version=str(code["digest"]) if code else spec.version,
+        # A bundle's digest or a Git commit is its version (what runs); else the file's.
+        version=_version_of(code) if code else spec.version,
         parameters=spec.parameters,
         parameter_openapi_schema=spec.parameter_schema or None,
         tags=[*spec.tags, f"org:{slug}"],
@@ -404,6 +423,10 @@ def register(
 def schedule_slug(schedule_id: uuid.UUID) -> str:
     """The Prefect schedule's slug: names our schedule, so its runs can be attributed."""
     return f"cshare-{schedule_id}"
+
+
+def _version_of(code: Mapping[str, Any]) -> str:
+    return str(code["commit"]) if code.get("kind") == "git" else str(code["digest"])
 
 
 def _pull_steps(spec: DeploymentSpec) -> list[dict[str, Any]]:

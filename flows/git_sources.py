@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 from sqlalchemy.orm import Session
 
 from datasets import gitauth
+from flows.git_urls import deploy_key_secret, token_secret, validate_git_url
 from flows.models import Project
-from flows.projects import deploy_key_secret, token_secret, validate_git_url
 from orgs import secrets
 from orgs.config import Settings, get_settings
 from orgs.models import Organization
@@ -475,3 +475,53 @@ def credential_for(
         return None
     data = json.loads(stored)
     return GitCredential.token(str(data["token"]), str(data.get("user") or ""))
+
+
+# ------------------------------------------------------------ deployments and jobs
+
+
+def requested(code: Mapping[str, object]) -> tuple[str, str, bool]:
+    """(repository, ref, track) of a deployment's `code: {kind: git, ...}`, checked;
+    `Invalid` naming the field otherwise."""
+    repository = str(code.get("repository") or "").strip()
+    if not repository:
+        raise Invalid("A Git deployment needs its repository URL.", field="git.repository")
+    parse_url(repository, allow_http=True)  # the scheme; the SSRF guard runs at resolve
+    ref = str(code.get("ref") or "").strip()
+    if not ref:
+        raise Invalid("A Git deployment needs a ref (branch, tag or commit).", field="git.ref")
+    return repository, _check_ref(ref), bool(code.get("track"))
+
+
+def pinned(repository: str, ref: str, commit: str, track: bool) -> dict[str, object]:
+    """A deployment's (and its jobs') `code` for a Git source."""
+    return {"kind": "git", "repository": repository, "ref": ref, "commit": commit, "track": track}
+
+
+def is_git(code: Mapping[str, object] | None) -> bool:
+    return bool(code) and code is not None and code.get("kind") == "git"
+
+
+def machine_source(
+    session: Session,
+    org: Organization,
+    project: Project | None,
+    code: Mapping[str, object],
+    *,
+    for_machine: bool,
+    settings: Settings | None = None,
+) -> dict[str, object]:
+    """What `GET /orgs/{org}/jobs/{id}/code` answers for a Git job: the repository, the
+    commit, and the project's credential for it only when the job's own machine asks
+    (`for_machine`: its job token); a member reading it gets `credential: null`."""
+    repository = str(code.get("repository") or "")
+    credential = None
+    if for_machine and project is not None:
+        found = credential_for(session, org, project, url=repository, settings=settings)
+        credential = found.material() if found is not None else None
+    return {
+        "kind": "git",
+        "repository": repository,
+        "commit": str(code.get("commit") or ""),
+        "credential": credential,
+    }

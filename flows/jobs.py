@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from datasets import catalog
-from flows import ledger
+from flows import git_sources, ledger
 from flows.deployments import find_deployment, validate_parameters, validate_tags
 from flows.gateway import (
     FlowRunRef,
@@ -52,9 +52,11 @@ from flows.models import (
     SCHEDULED,
     Deployment,
     Job,
+    Project,
 )
 from flows.usage import REQUESTED_KEY, admission_snapshot
 from orgs import metrics
+from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import Database, utcnow
 from orgs.models import Organization, User
@@ -298,12 +300,14 @@ def submit(
     spec: SubmitSpec,
     *,
     defer: Deferred | None = None,
+    settings: Settings | None = None,
 ) -> tuple[Job, bool]:
     """Admit and record a job, then create its flow run. Returns (job, created).
 
     ``created`` is False when ``idempotency_key`` matched an earlier job of this user:
     that job is returned unchanged (its run made if it is still missing).
     """
+    spec = _track_git(ctx, session, spec, settings)
     prep = _prepare(ctx, session, spec)
     org, user = ctx.org, ctx.user
     snapshot = admission_snapshot(
@@ -381,6 +385,30 @@ def submit(
         session, gateway, job, deployment=prep.deployment, org=org, user=user, defer=defer
     )
     return job, True
+
+
+def _track_git(
+    ctx: OrgContext, session: Session, spec: SubmitSpec, settings: Settings | None
+) -> SubmitSpec:
+    """A `--track` Git deployment's branch resolved again for this submission: the job
+    records the commit it names now. Git is asked outside any transaction (the read one
+    ends first); a failure fails the submission with flows.git_sources' 422."""
+    if spec.code is not None:  # a rerun: exactly the old job's commit
+        return spec
+    dep = find_deployment(session, ctx.org, spec.deployment)
+    code = dict(dep.code) if dep is not None and dep.code else None
+    if dep is None or code is None or not git_sources.is_git(code) or not code.get("track"):
+        return spec
+    repository, ref, track = git_sources.requested(code)
+    project = session.get(Project, dep.project_id) if dep.project_id else None
+    credential = (
+        git_sources.credential_for(session, ctx.org, project, url=repository, settings=settings)
+        if project is not None
+        else None
+    )
+    session.commit()
+    commit = git_sources.resolve(repository, ref, credential, settings=settings)
+    return replace(spec, code=git_sources.pinned(repository, ref, commit, track))
 
 
 def rerun_spec(session: Session, job: Job) -> SubmitSpec:

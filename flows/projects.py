@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from flows import deployments
 from flows.gateway import PrefectGateway
+from flows.git_urls import MAX_GIT_URL, deploy_key_secret, token_secret, validate_git_url
 from flows.models import Deployment, Project
 from orgs import audit
 from orgs.context import OrgContext
@@ -28,13 +29,16 @@ from policies.permissions import Permission
 
 __all__ = [
     "DEFAULT_PROJECT",
+    "MAX_GIT_URL",
     "create_project",
     "delete_project",
+    "deploy_key_secret",
     "ensure_default",
     "get_project",
     "git_secret_names",
     "list_projects",
     "resolve_for_deployment",
+    "token_secret",
     "update_project",
     "validate_git_url",
 ]
@@ -42,12 +46,6 @@ __all__ = [
 DEFAULT_PROJECT: Final = "default"
 NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_DESCRIPTION: Final = 2000
-MAX_GIT_URL: Final = 1024
-# https://host[:port]/path, git://host[:port]/path (git daemon, public read-only),
-# ssh://[user@]host[:port]/path, or scp-like user@host:path.
-_HTTPS_RE: Final = re.compile(r"^(?:https|git)://[A-Za-z0-9.-]+(?::\d{1,5})?/[^\s?#]+$")
-_SSH_URL_RE: Final = re.compile(r"^ssh://(?:[\w.-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?/[^\s?#]+$")
-_SCP_RE: Final = re.compile(r"^[\w.-]+@[A-Za-z0-9.-]+:(?!/)[^\s?#]+$")
 
 
 def validate_name(name: str) -> str:
@@ -59,43 +57,6 @@ def validate_name(name: str) -> str:
             field="name",
         )
     return name
-
-
-def validate_git_url(url: str) -> str:
-    """An https://, git:// or SSH (`git@host:path`, `ssh://...`) repository
-    URL; not fetched here.
-
-    Credentials inside the URL are refused: private repositories get a deploy key or a
-    token stored as an org secret, never a password that every listing would show.
-    """
-    url = url.strip()
-    refuse_bidi(url, field="git_url")
-    if len(url) > MAX_GIT_URL:
-        raise Invalid(f"Git URLs may have at most {MAX_GIT_URL} characters.", field="git_url")
-    if url.startswith(("https://", "git://")) and "@" in url.split("/", 3)[2]:
-        raise Invalid(
-            "The Git URL must not contain a user name or token; private repositories get "
-            "a deploy key or token stored as an org secret.",
-            field="git_url",
-        )
-    if not (_HTTPS_RE.fullmatch(url) or _SSH_URL_RE.fullmatch(url) or _SCP_RE.fullmatch(url)):
-        raise Invalid(
-            "The Git URL must be https://host/path, git://host/path, "
-            "ssh://[user@]host/path or user@host:path (e.g. git@github.com:team/repo.git).",
-            field="git_url",
-        )
-    return url
-
-
-def deploy_key_secret(project: Project) -> str:
-    """The org secret holding the project's SSH deploy key (named by id: a project made
-    later under the same name does not inherit it)."""
-    return f"PROJECT_{project.id.hex.upper()}_GIT_SSH_KEY"
-
-
-def token_secret(project: Project) -> str:
-    """The org secret holding the project's HTTPS token (JSON: user and token)."""
-    return f"PROJECT_{project.id.hex.upper()}_GIT_TOKEN"
 
 
 def git_secret_names(project: Project) -> list[str]:

@@ -7,9 +7,11 @@ anything reaches Prefect. Loading imports Prefect: only this command pays for it
 By default the code travels: the project around the entrypoint (the nearest ancestor
 holding prefect.yaml, pyproject.toml or .git) is packed into a deterministic bundle
 (`api.cli.bundle_files`, `datasets.bundle_format`), uploaded once per digest, and the
-deployment names that digest; each machine fetches it for each job. `--path DIR` (or a
-prefect.yaml deployment with its own pull steps) keeps the code where it already is on
-the machines.
+deployment names that digest; each machine fetches it for each job. `--git URL --ref
+REF` (or a prefect.yaml `git_clone` pull step) ships no bundle: the server pins the
+deployment to the commit REF names and each machine checks that commit out. `--path DIR`
+(or a prefect.yaml deployment with other pull steps) keeps the code where it already is
+on the machines.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from api.cli import bundle_files, config, output
 from api.cli.client import Client, connect, require_org, seg
 from api.cli.options import JsonOpt, OrgOpt
 from api.cli.output import ApiError, CliError, UsageProblem
-from api.cli.prefect_yaml import Planned, read_prefect_yaml, run_build_steps
+from api.cli.prefect_yaml import Planned, git_clone_source, read_prefect_yaml, run_build_steps
 from datasets import bundle_format
 
 
@@ -106,6 +108,37 @@ def ship(client: Client, slug: str, root: Path) -> Shipped:
     return Shipped(root, packed, uploaded=True)
 
 
+def git_source(p: Planned, url: str | None, ref: str | None, track: bool) -> dict[str, Any] | None:
+    """The deployment's `git` body (`--git`, or the file's git_clone pull step), or None."""
+    if url is not None:
+        return {"repository": url, "ref": ref or "HEAD", "track": track}
+    source, warnings = git_clone_source(p.pull_steps, f"deployment '{p.name}'")
+    for warning in warnings:
+        output.note(f"Warning: {warning}")
+    return source
+
+
+def _git_root(path: Path) -> Path | None:
+    for folder in (path.parent, *path.parent.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def _git_flow(p: Planned) -> tuple[str, str | None, dict[str, Any]]:
+    """(entrypoint relative to the repository's root, flow name, parameter schema) of a
+    Git deployment. With the file here (a checkout), the flow is loaded for its schema;
+    without it, the entrypoint is taken as relative to the root and unchecked."""
+    file_part, _, fn = p.entrypoint.rpartition(":")
+    local = (p.base / file_part).resolve() if file_part.endswith(".py") else None
+    if local is None or not local.is_file():
+        return p.entrypoint, None, {}  # the server names the flow after its function
+    root = _git_root(local)
+    entrypoint = f"{local.relative_to(root).as_posix()}:{fn}" if root else p.entrypoint
+    flow_name, schema = load_flow(p.entrypoint, p.base, root=root)
+    return entrypoint, flow_name, schema
+
+
 def _human(n: int) -> str:
     return f"{n / 1024:.1f} KB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MB"
 
@@ -148,10 +181,39 @@ def deploy(
             show_default=False,
         ),
     ] = None,
+    git: Annotated[
+        str | None,
+        typer.Option(
+            "--git",
+            help="Run the code of this Git repository (https://, ssh:// or git@host:path; "
+            "private ones with the project's deploy key or token) instead of a bundle. "
+            "The entrypoint is relative to the repository's root.",
+            show_default=False,
+        ),
+    ] = None,
+    ref: Annotated[
+        str | None,
+        typer.Option(
+            "--ref",
+            help="With --git: the branch, tag or commit (default: the repository's HEAD), "
+            "resolved to a commit now and pinned.",
+            show_default=False,
+        ),
+    ] = None,
+    track: Annotated[
+        bool,
+        typer.Option(
+            "--track", help="With --git: resolve the branch again at each job submission."
+        ),
+    ] = False,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Register deployments with the organization (creates or updates them)."""
+    if git is None and (ref is not None or track):
+        raise UsageProblem("--ref and --track go with --git URL.")
+    if git is not None and path is not None:
+        raise UsageProblem("Give either --git or --path, not both.")
     target = target or "prefect.yaml"
     file: Path | None = None
     if target.endswith((".yaml", ".yml")):
@@ -188,15 +250,22 @@ def deploy(
             entrypoint = p.entrypoint
             bundle: Shipped | None = None
             root: Path | None = None
-            if path is None and p.pull_steps is None:
-                root, entrypoint = entrypoint_in_bundle(p.entrypoint, p.base)
-            flow_name, schema = load_flow(p.entrypoint, p.base, root=root)
+            source = git_source(p, git, ref, track)
+            flow_name: str | None
+            if source is not None:
+                entrypoint, flow_name, schema = _git_flow(p)
+            else:
+                if path is None and p.pull_steps is None:
+                    root, entrypoint = entrypoint_in_bundle(p.entrypoint, p.base)
+                flow_name, schema = load_flow(p.entrypoint, p.base, root=root)
             if root is not None:
                 if root not in shipped:
                     shipped[root] = ship(client, slug, root)
                 bundle = shipped[root]
             body: dict[str, Any] = {
-                "name": p.name or name or flow_name.replace("_", "-"),
+                "name": p.name
+                or name
+                or (flow_name or entrypoint.rsplit(":", 1)[-1]).replace("_", "-"),
                 "entrypoint": entrypoint,
                 "machine_type": p.machine_type or machine_type,
                 "flow_name": flow_name,
@@ -208,7 +277,9 @@ def deploy(
             }
             if project is not None:
                 body["project"] = project
-            if bundle is not None:
+            if source is not None:
+                body["git"] = source
+            elif bundle is not None:
                 body["code"] = {"kind": "bundle", "digest": bundle.packed.digest}
             elif path is not None:
                 body["path"] = path
@@ -225,6 +296,14 @@ def deploy(
             f"Code bundle {bundle_format.short(s.packed.digest)} of {s.root}: "
             f"{s.packed.files} files, {_human(s.packed.size)} ({verb})."
         )
+    for r in results:
+        code = r.get("code") or {}
+        if code.get("kind") == "git":
+            how = "tracking the branch" if code.get("track") else "pinned"
+            output.say(
+                f"Git {code.get('repository')} {code.get('ref')}: commit "
+                f"{str(code.get('commit'))[:12]} ({how})."
+            )
     output.table(
         ["NAME", "PROJECT", "FLOW", "ENTRYPOINT", "POOL", "PREFECT"],
         (

@@ -46,13 +46,17 @@ def parse_inputs(items: list[str] | None) -> list[dict[str, Any]]:
 
 
 def describe_code(code: dict[str, Any] | None) -> str:
-    """`bundle sha256:1a2b3c4d5e6f (12 files, 40.1 KB); code fetch: 12 ms (cached)`."""
+    """`bundle sha256:1a2b3c4d5e6f (12 files, 40.1 KB); code fetch: 12 ms (cached)`, or
+    `git <repository>@<commit[:12]>; code fetch: ...` for a Git source."""
     if not code:
         return "the machines' own copy"
-    if code.get("kind") != "bundle":
+    if code.get("kind") == "git":
+        text = f"git {code.get('repository')}@{str(code.get('commit') or '')[:12]}"
+    elif code.get("kind") != "bundle":
         return json.dumps(code)
-    digest = str(code.get("digest") or "")
-    text = f"bundle {digest[:19]}"
+    else:
+        digest = str(code.get("digest") or "")
+        text = f"bundle {digest[:19]}"
     if code.get("files") is not None and code.get("size") is not None:
         text += f" ({code['files']} files, {int(code['size']) / 1024:.1f} KB)"
     if code.get("fetch_ms") is not None:

@@ -128,7 +128,7 @@ def _used(used: dict[str, Any]) -> str | None:
 
 
 def _code_text(code: dict[str, Any]) -> str | None:
-    if code.get("kind") == "bundle":
+    if code.get("kind") in ("bundle", "git"):
         return describe_code(code)
     value = code.get("git_commit") or code.get("bundle_sha256")
     return str(value) if value else None

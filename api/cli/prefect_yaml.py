@@ -287,6 +287,43 @@ def _pull_steps(value: Any, where: str, warnings: list[str]) -> list[dict[str, A
     return steps
 
 
+GIT_CLONE: Final = "prefect.deployments.steps.git_clone"
+_GIT_CLONE_KEYS: Final = frozenset(
+    {"repository", "branch", "commit_sha", "access_token", "credentials"}
+)
+
+
+def git_clone_source(
+    steps: list[dict[str, Any]] | None, where: str
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """A deployment whose pull steps clone a Git repository (`git_clone`) deploys from
+    Git like `cshare deploy --git URL --ref BRANCH`: ({repository, ref, track}, warnings),
+    or (None, []) without such a step. Credentials come from the project (deploy key or
+    token), never from the file."""
+    steps = steps or []
+    for step in steps:
+        if GIT_CLONE not in step:
+            continue
+        args = step[GIT_CLONE] if isinstance(step[GIT_CLONE], dict) else {}
+        warnings = []
+        if args.get("access_token") or args.get("credentials"):
+            warnings.append(
+                f"{where}: git_clone's access_token/credentials are not used: the "
+                "project's deploy key or token is (cshare project deploy-key / git-token)."
+            )
+        for key in sorted(set(args) - _GIT_CLONE_KEYS):
+            warnings.append(f"{where}: git_clone's '{key}' is not supported; ignored.")
+        others = [name for other in steps if other is not step for name in other]
+        if others:
+            warnings.append(
+                f"{where}: with git_clone the other pull steps ({', '.join(others)}) are "
+                "not run: the machine checks out the commit itself."
+            )
+        ref = args.get("commit_sha") or args.get("branch") or "HEAD"
+        return {"repository": str(args.get("repository") or ""), "ref": str(ref)}, warnings
+    return None, []
+
+
 def machine_type_for_pool(
     pool: str, org_slug: str | None, machine_types: Collection[str] | None
 ) -> tuple[str | None, str | None]:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from api.deps import Requires, SessionDep, SettingsDep
@@ -23,6 +23,8 @@ from api.schemas import ErrorOut
 from datasets import bundle_format, code_bundles, wire
 from datasets.access import Caller
 from datasets.models import CodeBundle
+from flows import git_sources
+from flows.models import Deployment
 from orgs.context import OrgContext
 from policies.access import JobTokenUse
 from policies.permissions import Permission
@@ -149,7 +151,8 @@ async def upload_bundle(
             "description": "The job's code bundle (.tar.gz); `X-Content-SHA256` is its "
             "digest's hex part. Verify it: never run a bundle whose hash differs.",
             "content": {
-                bundle_format.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}
+                bundle_format.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
             },
         },
         404: {"description": "No such job here, or it has no code bundle."},
@@ -160,10 +163,25 @@ def job_code(
     caller: JobCodeRead,
     session: SessionDep,
     settings: SettingsDep,
-) -> StreamingResponse:
-    """The code bundle the job runs (copied from its deployment when it was submitted)."""
+) -> Response:
+    """The code bundle the job runs (copied from its deployment when it was submitted);
+    for a Git job, JSON `{kind: git, repository, commit, credential}` where the
+    credential (the project's deploy key or token) is given to the job's own token only."""
     job = job_in_org(session, caller, job_id)
     code: dict[str, Any] | None = job.code
+    if git_sources.is_git(code):
+        assert code is not None
+        dep = session.get(Deployment, job.deployment_id) if job.deployment_id else None
+        source = git_sources.machine_source(
+            session,
+            caller.org,
+            dep.project if dep is not None else None,
+            code,
+            for_machine=caller.job is not None and caller.job.id == job.id,
+            settings=settings,
+        )
+        session.close()
+        return JSONResponse(source, headers={"Cache-Control": "no-store"})
     bundle, chunks = code_bundles.open_bundle(session, settings, job.org_id, code)
     headers = _headers(bundle)
     headers["Content-Length"] = str(bundle.size)

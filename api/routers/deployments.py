@@ -64,6 +64,20 @@ class CodeIn(BaseModel):
     digest: str = Field(max_length=80, examples=["sha256:" + "0" * 64])
 
 
+class GitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repository: str = Field(
+        max_length=1024, examples=["https://github.com/team/vision.git"], description="Its URL."
+    )
+    ref: str = Field(max_length=255, examples=["main"], description="Branch, tag or commit.")
+    track: bool = Field(
+        False,
+        description="Re-resolve the branch at each submission (the job records the commit); "
+        "default: every job runs the commit resolved now.",
+    )
+
+
 class DeploymentIn(BaseModel):
     name: str = Field(max_length=64, examples=["train"])
     entrypoint: str = Field(
@@ -113,6 +127,12 @@ class DeploymentIn(BaseModel):
         "/orgs/{org}/bundles/{digest} (`cshare deploy` does both). Null: the code is on "
         "the machines already (`path`, pull steps).",
     )
+    git: GitIn | None = Field(
+        None,
+        description="The code its jobs run comes from this Git repository: the ref is "
+        "resolved to a commit now (with the project's deploy key or token) and pinned. "
+        "Not with `code`.",
+    )
 
 
 class DeploymentOut(BaseModel):
@@ -137,7 +157,8 @@ class DeploymentOut(BaseModel):
     prefect_name: str
     prefect_deployment_id: uuid.UUID | None
     code: dict[str, Any] | None = Field(
-        description="{kind: bundle, digest, size, files}; null: the machines' own copy."
+        description="{kind: bundle, digest, size, files} or {kind: git, repository, ref, "
+        "commit, track}; null: the machines' own copy."
     )
     created_by: uuid.UUID | None
     created_at: datetime
@@ -173,6 +194,14 @@ def deployment_out(dep: Deployment, org_slug: str) -> DeploymentOut:
         created_at=dep.created_at,
         updated_at=dep.updated_at,
     )
+
+
+def _code_of(body: DeploymentIn) -> dict[str, Any] | None:
+    if body.git is not None:
+        if body.code is not None:
+            raise Invalid("Give either `code` (a bundle) or `git`, not both.", field="git")
+        return {"kind": "git", **body.git.model_dump()}
+    return body.code.model_dump() if body.code is not None else None
 
 
 @router.get("/orgs/{org}/deployments")
@@ -216,7 +245,7 @@ def register_deployment(
         concurrency_limit=body.concurrency_limit,
         collision_strategy=body.collision_strategy,
         version=body.version,
-        code=body.code.model_dump() if body.code is not None else None,
+        code=_code_of(body),
     )
     # Schedules are checked before anything is registered: a bad one changes nothing.
     declared = None
@@ -239,6 +268,7 @@ def register_deployment(
         project=project,
         pool_type=settings.work_pool_type,
         schedules_backend=settings.schedules_backend,
+        settings=settings,
     )
     synced = None
     if declared is not None:

@@ -272,7 +272,9 @@ def submit_job(
     Prefect was unreachable: the job is recorded and its run is created later.
     """
     spec = submit_spec(body, ctx, session, gateway, settings)
-    job, created = jobs.submit(ctx, session, gateway, spec, defer=(background.add_task, db))
+    job, created = jobs.submit(
+        ctx, session, gateway, spec, defer=(background.add_task, db), settings=settings
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     out = job_out(job, session, settings, gateway, user_name=ctx.user.name)

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,10 +239,14 @@ class Stack:
 
 
 def _start_api(
-    home: Path, prefect: PrefectServer, smtp: SmtpServer
+    home: Path,
+    prefect: PrefectServer,
+    smtp: SmtpServer,
+    extra_env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = _clean_env()
+    env.update(extra_env or {})
     env.update({f"CSHARE_{k.upper()}": str(v) for k, v in smtp.settings().items()})
     env.update(
         CSHARE_HOME=str(home / "api"),

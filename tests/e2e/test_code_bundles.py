@@ -24,7 +24,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,21 @@ def shipped(out_dir: str, pause_s: float = 0.0) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("bundles-e2e")
+    with running_stack(tmp_path_factory.mktemp("bundles-e2e")) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def running_stack(home: Path, api_env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """Prefect, the API (with `api_env` added to its environment), an org whose `cpu`
+    machines join without approval, and a member; no agent yet."""
     receivers = contextlib.ExitStack()
     smtp = receivers.enter_context(running_smtp_server())
     prefect_process, prefect = _start_server(home)
     api_process: subprocess.Popen[bytes] | None = None
     s: Stack | None = None
     try:
-        api_process, url = _start_api(home, prefect, smtp)
+        api_process, url = _start_api(home, prefect, smtp, api_env)
         s = Stack(
             home=home,
             prefect=prefect,

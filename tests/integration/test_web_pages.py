@@ -28,6 +28,7 @@ from orgs.config import get_settings
 from orgs.context import member_context
 from orgs.db import Database
 from orgs.models import Machine, Membership, Organization, User
+from tests.git_servers import GitDaemon
 from tests.integration.test_jobs_support import FakePrefect
 from tests.support import PREFIX, ApiClient, Person, insert_machine
 
@@ -608,6 +609,26 @@ def test_job_page_shows_the_code_and_rerun_keeps_it(world: World, tmp_path: Path
     assert r.status_code == 303, r.text
     new_page = world.owner.get(r.headers["location"].split("?")[0]).text
     assert digests[0][:19] in new_page and digests[1][:19] not in new_page
+
+
+def test_job_page_shows_a_git_jobs_commit(world: World, git_daemon: GitDaemon) -> None:
+    owner = world.owner.person
+    assert owner is not None
+    repo = git_daemon.repo("web")
+    commit = repo.commit({"flow.py": "V = 1\n"})
+    world.api.set_settings(git_host_allowlist="127.0.0.1/32")
+    r = world.api.post(
+        f"/orgs/{world.slug}/deployments",
+        owner,
+        json={
+            "name": "train",
+            "entrypoint": "flow.py:train",
+            "git": {"repository": git_daemon.url(repo), "ref": "main"},
+        },
+    )
+    assert r.status_code == 201, r.text
+    page = world.owner.get(f"/orgs/{world.slug}/jobs/{_submit(world, owner)}").text
+    assert git_daemon.url(repo) in page and commit[:12] in page
 
 
 # ------------------------------------------------------------------ the API around the pages

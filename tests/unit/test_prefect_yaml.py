@@ -11,6 +11,7 @@ import pytest
 from api.cli.output import CliError
 from api.cli.prefect_yaml import (
     Planned,
+    git_clone_source,
     machine_type_for_pool,
     parse_prefect_yaml,
     run_build_steps,
@@ -380,3 +381,28 @@ def test_body_extras() -> None:
         "collision_strategy": "cancel_new",
         "schedules": [{"cron": "@daily"}],
     }
+
+
+def test_git_clone_pull_step_becomes_a_git_source() -> None:
+    clone = "prefect.deployments.steps.git_clone"
+    assert git_clone_source(None, "d") == (None, [])
+    assert git_clone_source([{"prefect.deployments.steps.set_working_directory": {}}], "d") == (
+        None,
+        [],
+    )
+    source, warned = git_clone_source(
+        [{clone: {"repository": "https://github.com/team/vision.git", "branch": "dev"}}], "d"
+    )
+    assert source == {"repository": "https://github.com/team/vision.git", "ref": "dev"}
+    assert warned == []
+    source, warned = git_clone_source(
+        [
+            {clone: {"repository": "https://h/r.git", "access_token": "x", "depth": 1}},
+            {"prefect.deployments.steps.pip_install_requirements": {}},
+        ],
+        "deployment 'd'",
+    )
+    assert source == {"repository": "https://h/r.git", "ref": "HEAD"}  # the default branch
+    assert len(warned) == 3
+    assert "access_token/credentials are not used" in warned[0]
+    assert "'depth'" in warned[1] and "pip_install_requirements" in warned[2]
