@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -42,7 +41,7 @@ import httpx
 
 from agents import code_cache
 from api.cli import bundle_files
-from bench.common import free_port, process
+from bench.common import api_env, api_server
 from datasets import bundle_format
 
 CACHED_TARGET_MS = 50.0
@@ -141,32 +140,9 @@ def main() -> int:
         project = work / "project"
         make_project(project, size, args.files)
         home = work / "home"
-        env = {
-            **os.environ,
-            "CSHARE_HOME": str(home),
-            "CSHARE_DISPATCHER_ENABLED": "false",
-            "CSHARE_NOTIFICATIONS_ENABLED": "false",
-            "CSHARE_ARGON2_TIME_COST": "1",
-            "CSHARE_ARGON2_MEMORY_KIB": "1024",
-            "PYTHONPATH": str(Path.cwd()),
-        }
-        port = free_port()
-        api_url = f"http://127.0.0.1:{port}"
-        uvicorn = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
+        env = api_env(home)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(process(uvicorn, env, api_url + "/healthz"))
+            api_url, _pid = stack.enter_context(api_server(env))
             api = api_url + "/api/v1"
             r = httpx.post(
                 f"{api}/auth/signup",

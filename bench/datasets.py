@@ -34,7 +34,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, process
+from bench.common import api_env, api_server, free_port, process
 from datasets.wire import receive_version, sha256_file
 
 CHUNK = 1024 * 1024
@@ -239,31 +239,14 @@ def main() -> int:
         print(f"writing {args.size_mb} MiB of random bytes to {src} ...", file=sys.stderr)
         make_file(src, size)
 
-        env = {
-            **os.environ,
+        # The moto server is on loopback, and the org store signs with these keys: both
+        # only by the operator's leave (orgs.config: store_endpoint_allowlist, ...).
+        env = api_env(
+            home,
             **AWS_ENV,
-            "CSHARE_HOME": str(home),
-            "CSHARE_DISPATCHER_ENABLED": "false",
-            "CSHARE_NOTIFICATIONS_ENABLED": "false",
-            "CSHARE_ARGON2_TIME_COST": "1",
-            "CSHARE_ARGON2_MEMORY_KIB": "1024",
-            "PYTHONPATH": str(Path.cwd()),
-        }
-        api_port = free_port()
-        api_url = f"http://127.0.0.1:{api_port}"
-        uvicorn = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "api.app:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(api_port),
-            "--log-level",
-            "warning",
-        ]
+            CSHARE_STORE_ENDPOINT_ALLOWLIST="127.0.0.1",
+            CSHARE_STORE_ALLOW_SERVER_CREDENTIALS="true",
+        )
         with contextlib.ExitStack() as stack:
             s3: dict[str, str] | None = None
             if "s3" in backends:
@@ -290,7 +273,7 @@ def main() -> int:
                     aws_secret_access_key="bench",
                 ).create_bucket(Bucket=bucket)
                 s3 = {"bucket": bucket, "endpoint_url": moto_url, "region": "us-east-1"}
-            pid = stack.enter_context(process(uvicorn, env, api_url + "/healthz"))
+            api_url, pid = stack.enter_context(api_server(env))
             api = api_url + "/api/v1"
             r = httpx.post(
                 f"{api}/auth/signup",
