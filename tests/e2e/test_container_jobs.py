@@ -59,8 +59,13 @@ class Env:
         return str(job["id"])
 
     def logs(self, job_id: str) -> list[str]:
-        page = self.stack.ok("GET", f"/orgs/{self.stack.slug}/jobs/{job_id}/logs", self.stack.owner)
-        return [line["message"] for line in page["items"]]
+        """The job's log lines so far; none while Prefect (SQLite, a loaded machine) does
+        not answer in time: the API says 503 then, and the caller polls again."""
+        r = self.stack.call("GET", f"/orgs/{self.stack.slug}/jobs/{job_id}/logs", self.stack.owner)
+        if r.status_code == 503:
+            return []
+        assert r.status_code < 300, f"job logs: {r.status_code} {r.text}"
+        return [line["message"] for line in r.json()["items"]]
 
     def job_containers(self) -> list[str]:
         return [n for n in self.engine.containers() if n.startswith("cshare-job-")]

@@ -487,7 +487,9 @@ def step_sign_in_works_with_the_keyboard_alone(story: Story) -> None:
     try:
         page = context.new_page()
         page.goto(story.base + "/login")
-        # The email field has focus on arrival; Tab moves on; Enter submits.
+        # The email field has focus on arrival (waited for: on a loaded machine the
+        # browser applies `autofocus` after the load event); Tab moves on; Enter submits.
+        expect(page.locator("#email")).to_be_focused()
         page.keyboard.type("olivia@example.test")
         page.keyboard.press("Tab")
         page.keyboard.type(PASSWORD)
