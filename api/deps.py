@@ -48,12 +48,22 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_write_session(request: Request) -> Iterator[Session]:
+    """For the few GET routes that write (sign-in redirects): SQLite's write lock is taken
+    at BEGIN, since a read snapshot upgraded to a write fails at once if another writer
+    committed meanwhile ("database is locked", no busy wait)."""
+    db: Database = request.app.state.db
+    with db.session(write=True) as session:
+        yield session
+
+
 async def get_rate_limits(request: Request) -> RateLimits:
     limits: RateLimits = request.app.state.rate_limits
     return limits
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

@@ -125,6 +125,7 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = "IMMEDIATE" if conn.get_execution_options().get("cshare_write", True) else ""
+        conn.exec_driver_sql(f"PRAGMA query_only={0 if mode else 1}")
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import RedirectResponse, Response
 
 from api.client_address import ClientAddress
-from api.deps import RateLimitsDep, SessionDep, SettingsDep
+from api.deps import RateLimitsDep, SessionDep, SettingsDep, WriteSessionDep
 from api.errors import status_for
 from api.web.core import redirect, render, safe_next
 from api.web.routes_settings import PageSettingsUpdate, _apply, _settings
@@ -80,7 +80,7 @@ def _next_step(request: Request, outcome: sso.Outcome) -> Response:
 def start(
     request: Request,
     provider: ProviderName,
-    session: SessionDep,
+    session: WriteSessionDep,
     settings: SettingsDep,
     limits: RateLimitsDep,
     address: ClientAddress,
@@ -103,7 +103,7 @@ def start(
 def callback(
     request: Request,
     provider: ProviderName,
-    session: SessionDep,
+    session: WriteSessionDep,
     settings: SettingsDep,
     code: str = "",
     state: str = "",

@@ -255,6 +255,9 @@ def _start_api(
         CSHARE_ARGON2_TIME_COST="1",
         CSHARE_ARGON2_MEMORY_KIB="1024",
         CSHARE_WORK_POOL_TYPE="cshare",
+        # The session's Prefect (SQLite) stalls past the 10 s request budget on a loaded CI
+        # machine (a deploy got 503); the budget itself is tested in test_gateway.py.
+        CSHARE_PREFECT_REQUEST_BUDGET_S="60",
         CSHARE_DISPATCHER_ENABLED="true",
         CSHARE_DISPATCHER_INTERVAL_S=str(DISPATCHER_INTERVAL_S),
         CSHARE_AGENT_HEARTBEAT_INTERVAL_S="1",
