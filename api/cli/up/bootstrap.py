@@ -33,6 +33,9 @@ def bootstrap(home: Path, database_url: str | None) -> Bootstrap:
     Runs in the supervisor before the API starts, straight through the services (the
     password never crosses HTTP). Idempotent: a second start finds what the first made.
     """
+    # Each migration's line (and alembic's plugin set-up, logged at import) is noise on
+    # the console of `cshare up`.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from sqlalchemy import select
 
     from orgs import accounts, migrate, organizations, settings_doc
@@ -41,8 +44,6 @@ def bootstrap(home: Path, database_url: str | None) -> Bootstrap:
     from orgs.db import Database
     from orgs.models import Membership, Organization, User
 
-    # Each migration's line is noise on the console of `cshare up`.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = Settings(home=home, database_url=database_url)
     db = Database(settings.resolved_database_url())
     state_path = home / "stack.json"

