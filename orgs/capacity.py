@@ -28,7 +28,14 @@ from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.machines import MachineStatus, _retire, _revoked, health_of
-from orgs.models import CapacityProvider, Machine, Organization, ProvisionedMachine, User
+from orgs.models import (
+    AuditEvent,
+    CapacityProvider,
+    Machine,
+    Organization,
+    ProvisionedMachine,
+    User,
+)
 from policies.errors import Conflict, Invalid, NotFound
 from policies.permissions import Permission
 from policies.scaling import DEFAULT_GRACE_S, DEFAULT_MAX_SCALE, Phase
@@ -407,3 +414,40 @@ def retire(
             before={"name": record.name, "phase": record.phase},
             after={"rule": rule, "reason": reason},
         )
+
+
+SCALING_ACTIONS: Final = (
+    "machine.scaled_up",
+    "machine.draining",
+    "machine.scaled_down",
+    "machine.replaced",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingEvent:
+    at: datetime
+    action: str
+    machine_id: str
+    name: str
+    reason: str
+
+
+def recent_events(session: Session, org_id: uuid.UUID, limit: int = 20) -> list[ScalingEvent]:
+    """The latest starts, drains, stops and replacements of the org's providers (audit)."""
+    rows = session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.org_id == org_id, AuditEvent.action.in_(SCALING_ACTIONS))
+        .order_by(AuditEvent.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        ScalingEvent(
+            at=e.created_at,
+            action=e.action,
+            machine_id=e.target_id,
+            name=str((e.after or {}).get("name") or (e.before or {}).get("name") or ""),
+            reason=str((e.after or {}).get("reason") or ""),
+        )
+        for e in rows
+    ]
