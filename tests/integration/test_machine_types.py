@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from orgs import capacity
 from orgs.models import AuditEvent, CapacityProvider, Machine, Organization, ProvisionedMachine
+from tests.integration.test_web_pages import _browser
 from tests.support import ApiClient, Person
 
 SCALING = "/orgs/{slug}/machine-types/{type}/scaling"
@@ -136,6 +137,10 @@ def test_detach_and_the_scalers_bookkeeping(api: ApiClient) -> None:
     assert api.get("/agent/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     shown = api.get(SCALING.format(slug=slug, type="cpu"), owner).json()["machines"]
     assert [(m["id"], m["phase"]) for m in shown] == [(str(machine_id), "starting")]
+    # The web dashboard shows the provider, its machine and the start.
+    page = _browser(api.client.app, owner).get(f"/orgs/{slug}").text
+    assert "Elastic machine types" in page and f"{made.machine.name}: starting" in page
+    assert "machine.scaled_up" in page
 
     # Detached: still listed (draining its machines) until the scaler has stopped them.
     r = api.delete(SCALING.format(slug=slug, type="cpu"), owner)
