@@ -32,12 +32,13 @@ from orgs.models import (
     AuditEvent,
     CapacityProvider,
     Machine,
+    Membership,
     Organization,
     ProvisionedMachine,
     User,
 )
 from policies.errors import Conflict, Invalid, NotFound
-from policies.permissions import Permission
+from policies.permissions import Permission, Role, allows
 from policies.scaling import DEFAULT_GRACE_S, DEFAULT_MAX_SCALE, Phase
 
 __all__ = [
@@ -329,9 +330,20 @@ def provision(
     own token; recorded `starting` with an audit event. No commit (the caller launches
     it after the commit, then stores the handle)."""
     owner = session.get(User, provider.owner_id) if provider.owner_id else None
-    if owner is None:
+    role = (
+        session.scalar(
+            select(Membership.role).where(
+                Membership.org_id == org.id, Membership.user_id == owner.id
+            )
+        )
+        if owner is not None
+        else None
+    )
+    if owner is None or role is None or not allows(Role(role), Permission.settings_update):
+        # Its machines would run on the authority of someone who no longer has it.
         raise Conflict(
-            "The admin who configured this provider is gone; an admin must configure it again.",
+            f"The admin who configured the capacity provider of '{provider.machine_type}' "
+            "is no longer an admin of the organization; an admin must configure it again.",
             code="provider_owner_gone",
         )
     name = f"{provider.machine_type}-{provider.kind}-{uuid.uuid4().hex[:8]}"

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from orgs import capacity
 from orgs.models import AuditEvent, CapacityProvider, Machine, Organization, ProvisionedMachine
+from policies.errors import Conflict
 from tests.integration.test_web_pages import _browser
 from tests.support import ApiClient, Person
 
@@ -168,3 +169,29 @@ def test_detach_and_the_scalers_bookkeeping(api: ApiClient) -> None:
         ("machine.scaled_down", "detached"),
         ("machine.scaled_up", "2 jobs waiting for a machine"),
     ]
+
+
+def test_no_machine_starts_on_the_authority_of_a_former_admin(api: ApiClient) -> None:
+    api.set_settings(elastic_process_enabled=True)
+    owner, _, slug = _org(api)
+    admin = api.signup()
+    api.add_member(slug, owner, admin, "admin")
+    assert _put(api, admin, slug, {"provider": "process", "max_scale": 2}).status_code == 201
+    r = api.patch(f"/orgs/{slug}/members/{admin.id}", owner, json={"role": "member"})
+    assert r.status_code == 200, r.text
+    with api.db.transaction() as s:
+        org = s.scalars(select(Organization).where(Organization.slug == slug)).one()
+        provider = s.scalars(
+            select(CapacityProvider).where(CapacityProvider.org_id == org.id)
+        ).one()
+        with pytest.raises(Conflict, match="no longer an admin"):
+            capacity.provision(s, provider, org, why="min_scale is 1")
+    # An admin configuring it again takes it over.
+    assert _put(api, owner, slug, {"provider": "process", "max_scale": 2}).status_code == 200
+    with api.db.transaction() as s:
+        org = s.scalars(select(Organization).where(Organization.slug == slug)).one()
+        provider = s.scalars(
+            select(CapacityProvider).where(CapacityProvider.org_id == org.id)
+        ).one()
+        made = capacity.provision(s, provider, org, why="min_scale is 1")
+        assert made.machine.owner_id == provider.owner_id
