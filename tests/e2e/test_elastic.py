@@ -36,11 +36,17 @@ from tests.e2e.test_agents import HERE, Stack, _start_api, wait_for
 from tests.prefect_server import PrefectServer, _free_port, _stop, _tail
 from tests.smtp_server import running_smtp_server
 
-pytestmark = [pytest.mark.prefect, pytest.mark.xdist_group("elastic"), pytest.mark.slow]
+# About 90 s on an idle machine; the timeout leaves room for a CI box under load.
+pytestmark = [
+    pytest.mark.prefect,
+    pytest.mark.xdist_group("elastic"),
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]
 
 GRACE_S = 30
 JOBS = 9
-JOB_SECONDS = 4
+JOB_SECONDS = 2
 
 
 def _agent_pids(root: Path) -> list[int]:
@@ -180,7 +186,7 @@ def test_burst_scales_to_max_then_back_to_min_after_grace(elastic: Elastic) -> N
     first = wait_for(
         "the minimum machine to be online",
         lambda: (m := s.provisioned()) and m[0]["online"] and m[0]["phase"] == "ready" and m,
-        60,
+        120,
     )
     assert len(first) == 1
     ready_s = time.monotonic() - started
@@ -195,7 +201,7 @@ def test_burst_scales_to_max_then_back_to_min_after_grace(elastic: Elastic) -> N
             found if all(j["state"] in ("completed", "failed", "crashed") for j in found) else None
         )
 
-    most, done = _count_over_time(s, all_done, 240)
+    most, done = _count_over_time(s, all_done, 480)
     burst_s = time.monotonic() - burst
     assert [j["state"] for j in done] == ["completed"] * JOBS, [j.get("reason") for j in done]
     assert most == 3, most
@@ -203,16 +209,23 @@ def test_burst_scales_to_max_then_back_to_min_after_grace(elastic: Elastic) -> N
     assert len(ran_on) == 3, ran_on
     assert len(s.audit("machine.scaled_up")) == 3
 
-    # The grace: back to the minimum about GRACE_S after the last job ended.
+    # The grace: back to the minimum about GRACE_S after the last job ended, and no
+    # machine stopped within GRACE_S of its own last job.
     last_end = max(datetime.fromisoformat(j["ended_at"]) for j in done)
-    most_after, _ = _count_over_time(s, lambda: len(s.provisioned()) == 1, GRACE_S + 60)
-    back_at = datetime.now(UTC)
-    after_last = (back_at - last_end).total_seconds()
+    most_after, _ = _count_over_time(s, lambda: len(s.provisioned()) == 1, GRACE_S + 90)
+    after_last = (datetime.now(UTC) - last_end).total_seconds()
     assert most_after <= 3
-    assert GRACE_S - 1 <= after_last <= GRACE_S + 20, after_last
+    assert after_last <= GRACE_S + 45, after_last
     stopped = s.audit("machine.scaled_down")
     assert len(stopped) == 2
     assert all(e["after"]["rule"] == "stop_after_grace" for e in stopped)
+    for event in stopped:
+        name = event["before"]["name"]
+        own_last = max(
+            datetime.fromisoformat(j["ended_at"]) for j in done if j["machine"]["name"] == name
+        )
+        idle_for = (datetime.fromisoformat(event["at"]) - own_last).total_seconds()
+        assert idle_for >= GRACE_S - 1, (name, idle_for)
     # Their tokens died with them: only the remaining machine is listed.
     listed = s.ok("GET", f"/orgs/{s.slug}/machines", s.owner)["items"]
     assert [m["name"] for m in listed] == [m["name"] for m in s.provisioned()]
