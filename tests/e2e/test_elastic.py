@@ -241,7 +241,7 @@ def test_burst_scales_to_max_then_back_to_min_after_grace(elastic: Elastic) -> N
     wait_for(
         "a replacement machine online",
         lambda: (m := s.provisioned()) and m[0]["name"] != survivor["name"] and m[0]["online"],
-        90,
+        120,
     )
     replaced = s.audit("machine.replaced")
     assert [e["before"]["name"] for e in replaced] == [survivor["name"]]
@@ -253,7 +253,7 @@ def test_burst_scales_to_max_then_back_to_min_after_grace(elastic: Elastic) -> N
         lambda: (
             s.call("GET", f"/orgs/{s.slug}/machine-types/cpu/scaling", s.owner).status_code == 404
         ),
-        60,
+        120,
     )
     assert s.ok("GET", f"/orgs/{s.slug}/machines", s.owner)["items"] == []
     print(
