@@ -92,6 +92,9 @@ class AgentOptions:
     poll_interval_s: float | None = None
     warm_processes: int | None = None
     state_dir: Path | None = None
+    # A machine token given from outside (CSHARE_MACHINE_TOKEN: a capacity provider
+    # started this agent for a machine it registered): used as is, never stored.
+    machine_token: str | None = None
 
 
 def say(message: str) -> None:
@@ -119,6 +122,15 @@ class Agent:
 
     async def credentials(self) -> config.MachineCredentials:
         o = self.options
+        if o.machine_token:
+            return config.MachineCredentials(
+                api_url=o.api_url,
+                org=o.org,
+                name=o.name,
+                machine_id="",
+                machine_token=o.machine_token,
+                machine_type=o.machine_type,
+            )
         creds = config.load(o.api_url, o.org, o.name, o.state_dir)
         if creds is not None:
             if creds.machine_type != o.machine_type:

@@ -60,7 +60,7 @@ from flows.usage import REQUESTED_KEY, admission_snapshot, job_request_for
 from orgs import machines as registry
 from orgs import settings_doc
 from orgs.db import utcnow
-from orgs.models import Machine, Membership, Organization, User
+from orgs.models import Machine, Membership, Organization, ProvisionedMachine, User
 from policies.admission import Accept, Hold, JobRequest, Reject, decide
 from policies.errors import Forbidden, NotFound
 from policies.job_states import PREFECT_END_EVENTS, JobEvent
@@ -175,6 +175,15 @@ def _skip(flow_run_id: uuid.UUID, reason: str, job: Job | None = None) -> ClaimR
     return ClaimResult("skip", flow_run_id, reason, job_id=job.id if job else None)
 
 
+def _draining(session: Session, machine: Machine) -> bool:
+    """A capacity provider is stopping the machine (flows.dispatch.scaler); read under
+    the org lock the scaler marks it under."""
+    phase = session.scalar(
+        select(ProvisionedMachine.phase).where(ProvisionedMachine.machine_id == machine.id)
+    )
+    return phase == "draining"
+
+
 def _full(machine: Machine, running: int | None) -> str | None:
     if running is not None and running >= machine.slots:
         return f"Machine '{machine.name}' is running {running} of its {machine.slots} slots."
@@ -250,6 +259,13 @@ def _claim_from_ledger(
         )
     if job.state == RUNNING:
         return _skip(flow_run_id, "Another machine has already claimed this run.", job)
+    if _draining(session, machine):
+        return _skip(
+            flow_run_id,
+            f"Machine '{machine.name}' is draining: its capacity provider stops it once "
+            "its jobs end, so it takes no new one.",
+            job,
+        )
     if job.machine_type != machine.machine_type:
         return _skip(
             flow_run_id,

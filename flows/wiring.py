@@ -12,6 +12,7 @@ from datasets import catalog
 from flows import claims, hooks
 from flows.dispatch.dispatcher import Dispatcher
 from flows.dispatch.housekeeping import DatasetGarbageCollector
+from flows.dispatch.scaler import Scaler
 from flows.dispatch.service import Service
 from flows.gateway import PrefectGateway
 from orgs import cascade, machines, notifications
@@ -55,4 +56,6 @@ def services(db: Database, gateway: PrefectGateway, settings: Settings) -> list[
         DatasetGarbageCollector(db, settings),
         # The job ledger and Prefect kept in step (reconcile, schedules, releases).
         Dispatcher(db, gateway, settings),
+        # Elastic machine types: machines started and stopped for the work (lease holder).
+        Scaler(db, settings),
     ]

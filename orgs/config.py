@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     # How often agents heartbeat (capped at a third of the org's machines.offline_after_s).
     agent_heartbeat_interval_s: float = 5.0
 
+    # Elastic machine types (docs/elastic.md): what org admins may attach. The `process`
+    # provider runs agents (and so members' jobs) on this host, as this server's user:
+    # off unless the operator turns it on; `docker` only on the engines listed here
+    # (comma-separated URLs, e.g. unix:///run/docker.sock, tcp://10.0.0.5:2376).
+    elastic_process_enabled: bool = False
+    elastic_docker_engines: str = ""
+    # Seconds between two scaler passes (only the lease holder scales); 0 turns it off.
+    elastic_interval_s: float = Field(default=2.0, ge=0)
+    # Where started agents reach this API (default: public_url).
+    elastic_api_url: str | None = None
+    # A started machine that has not heartbeated by then is replaced.
+    elastic_start_timeout_s: float = Field(default=120.0, gt=0)
+    # Process agents' work dirs (default: CSHARE_HOME/elastic).
+    elastic_work_dir: Path | None = None
+
     dispatcher_enabled: bool = True
     # Freeze start-up objects out of the garbage collector once the app has started.
     # Tests build many apps in one process and turn it off.

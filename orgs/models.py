@@ -321,3 +321,50 @@ class SsoFlow(Base):
     email: Mapped[str] = mapped_column(String(320), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CapacityProvider(Base):
+    """Elastic capacity of one machine type (orgs.capacity): what starts and stops its
+    machines, and how many. `owner_id` is the admin who configured it: the machines it
+    starts are theirs (approved at once). `detached`: being removed; its machines drain
+    and stop, then the row goes (flows.dispatch.scaler)."""
+
+    __tablename__ = "capacity_providers"
+    __table_args__ = (UniqueConstraint("org_id", "machine_type"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    machine_type: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))  # process | docker
+    # Kind-specific: docker {engine_url, image, network}; process {flows_dir}.
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    slots: Mapped[int] = mapped_column(Integer, default=1)
+    min_scale: Mapped[int] = mapped_column(Integer, default=0)
+    max_scale: Mapped[int] = mapped_column(Integer, default=5)
+    grace_period_s: Mapped[int] = mapped_column(Integer, default=900)
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    detached: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ProvisionedMachine(Base):
+    """A machine a capacity provider started: the provider's handle on it (pid and work
+    dir, or container id) and its phase. Keyed by the machine's id, without a foreign key:
+    the record outlives a machine an admin removed, so its process is still stopped."""
+
+    __tablename__ = "provisioned_machines"
+
+    machine_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("capacity_providers.id", ondelete="CASCADE"), index=True
+    )
+    org_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    name: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(16))  # starting | ready | draining
+    handle: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ever_online: Mapped[bool] = mapped_column(Boolean, default=False)
+    idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -79,6 +80,9 @@ def start(
         pool_type=pool_type.value,
         flows_dir=str((flows_dir or Path.cwd()).resolve()),
         poll_interval_s=poll_interval,
+        # Set by a capacity provider (docs/elastic.md); an environment variable, not an
+        # option, so the secret is not on the command line.
+        machine_token=os.environ.get("CSHARE_MACHINE_TOKEN") or None,
     )
     code = anyio.run(Agent(options).run)
     raise typer.Exit(code)

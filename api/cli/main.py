@@ -18,6 +18,7 @@ from api.cli import (
     db,
     invites,
     logs,
+    machine_types,
     machines,
     members,
     org_profile,  # noqa: F401  (adds its commands to `cshare org`)
@@ -69,6 +70,7 @@ app.add_typer(orgs.app, name="org")
 app.add_typer(members.app, name="member")
 app.add_typer(invites.app, name="invite")
 app.add_typer(machines.app, name="machine")
+app.add_typer(machine_types.app, name="machine-type")
 app.add_typer(agent.app, name="agent")
 app.command("audit")(audit.audit)
 app.add_typer(db.app, name="db")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from api import format as fmt
-from api.cli import config, output
+from api.cli import config, machine_types, output
 from api.cli.client import connect, require_org, seg
 from api.cli.options import JsonOpt, OrgOpt
 from api.cli.output import UsageProblem
@@ -78,6 +78,15 @@ def org_overview(
         f"{body['active_jobs']} active jobs ({body['running_jobs']} running), "
         f"{body['queued_jobs']} queued."
     )
+    for scaled in body.get("scaling", []):
+        output.say(
+            f"  {scaled['machine_type']}: elastic, {machine_types.describe(scaled)}; "
+            f"{machine_types.machines_line(scaled)}"
+        )
+    for event in body.get("scaling_events", [])[:5]:
+        output.say(
+            f"  {output.when(event['at'])} {event['action']} {event['name']}: {event['reason']}"
+        )
     output.say(
         f"Compute time {fmt.duration(body['compute_seconds'])} from {output.when(body['since'])} "
         f"to {output.when(body['until'])} UTC."

@@ -21,8 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import Requires, SessionDep, SettingsDep
+from api.routers.machine_types import ScalingOut, scaling_out
 from datasets import quota
-from orgs import notifications, usage_views
+from orgs import capacity, notifications, usage_views
 from orgs.context import OrgContext
 from orgs.models import User
 from policies.errors import Invalid
@@ -82,11 +83,25 @@ class TypeOverviewOut(Counts):
     machine_type: str
 
 
+class ScalingEventOut(BaseModel):
+    at: datetime
+    action: str = Field(description="machine.scaled_up, .draining, .scaled_down or .replaced.")
+    machine_id: str
+    name: str
+    reason: str
+
+
 class OverviewOut(Counts):
     since: datetime
     until: datetime
     idle_hours: float
     by_type: list[TypeOverviewOut]
+    scaling: list[ScalingOut] = Field(
+        default_factory=list, description="Elastic machine types: providers and their machines."
+    )
+    scaling_events: list[ScalingEventOut] = Field(
+        default_factory=list, description="The latest machine starts and stops, newest first."
+    )
 
 
 def _counts(c: usage_views.Overview | usage_views.TypeOverview) -> dict[str, object]:
@@ -124,6 +139,13 @@ def get_overview(
         until=o.until,
         idle_hours=idle_hours,
         by_type=[TypeOverviewOut(machine_type=t.machine_type, **_counts(t)) for t in o.by_type],
+        scaling=[scaling_out(v) for v in capacity.list_views(session, ctx)],
+        scaling_events=[
+            ScalingEventOut(
+                at=e.at, action=e.action, machine_id=e.machine_id, name=e.name, reason=e.reason
+            )
+            for e in capacity.recent_events(session, ctx.org.id)
+        ],
         **_counts(o),
     )
 

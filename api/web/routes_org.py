@@ -15,7 +15,15 @@ from api.routers.invitations import invitation_link
 from api.routers.overview import own_usage
 from api.web.chart import Bar, bar_chart
 from api.web.core import OrgPage, PageRequires, redirect, render, settings_of, who_may_invite
-from orgs import invitations, join_requests, organizations, settings_doc, two_factor, usage_views
+from orgs import (
+    capacity,
+    invitations,
+    join_requests,
+    organizations,
+    settings_doc,
+    two_factor,
+    usage_views,
+)
 from policies.errors import DomainError, Invalid
 from policies.permissions import Permission, Role, may_assign
 
@@ -65,6 +73,8 @@ def _dashboard(
         usage=usage,
         chart=chart,
         chart_users=CHART_USERS,
+        scaling=capacity.list_views(page.session, page.ctx),
+        scaling_events=capacity.recent_events(page.session, page.org.id, limit=10),
         error=error,
     )
 

@@ -47,6 +47,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flows import claims, ledger
+from flows.dispatch import leases
 from flows.dispatch.service import Service
 from flows.gateway import (
     REJECTED_STATE_NAME,
@@ -74,7 +75,6 @@ from flows.models import (
     SCHEDULED,
     Deployment,
     Job,
-    Lease,
     PrefectTask,
     Schedule,
 )
@@ -285,36 +285,12 @@ class Dispatcher(Service):
 
     def acquire_lease(self) -> bool:
         """Take or renew the lease; False while another live holder has it."""
-        now = utcnow()
-        expires = now + timedelta(seconds=self.settings.dispatcher_lease_ttl_s)
-        with self.db.transaction() as s:
-            result = s.execute(
-                update(Lease)
-                .where(
-                    Lease.name == LEASE_NAME,
-                    or_(Lease.holder == self.holder, Lease.expires_at < now),
-                )
-                .values(holder=self.holder, expires_at=expires)
-            )
-            if getattr(result, "rowcount", 0) == 1:
-                return True
-            if s.get(Lease, LEASE_NAME) is not None:
-                return False
-            s.add(Lease(name=LEASE_NAME, holder=self.holder, expires_at=expires))
-            try:
-                s.flush()
-            except IntegrityError:
-                s.rollback()
-                return False
-            return True
+        return leases.acquire(
+            self.db, LEASE_NAME, self.holder, self.settings.dispatcher_lease_ttl_s
+        )
 
     def release_lease(self) -> None:
-        with self.db.transaction() as s:
-            s.execute(
-                update(Lease)
-                .where(Lease.name == LEASE_NAME, Lease.holder == self.holder)
-                .values(expires_at=utcnow() - timedelta(seconds=1))
-            )
+        leases.release(self.db, LEASE_NAME, self.holder)
 
     # -- one cycle -------------------------------------------------------------------
 

@@ -243,8 +243,9 @@ def _start_api(
     prefect: PrefectServer,
     smtp: SmtpServer,
     extra_env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = port or _free_port()
     env = _clean_env()
     env.update(extra_env or {})
     env.update({f"CSHARE_{k.upper()}": str(v) for k, v in smtp.settings().items()})

@@ -15,7 +15,7 @@ from orgs.db import Database
 from tests.integration.test_jobs_support import FakePrefect, jobs_app
 
 REPO = Path(__file__).resolve().parents[2]
-EXPECTED = {"dispatcher", "notifications", "dataset-gc"}
+EXPECTED = {"dispatcher", "notifications", "dataset-gc", "scaler"}
 THREADS = {f"cshare-{name}" for name in EXPECTED}
 
 
@@ -32,6 +32,7 @@ def test_app_runs_each_service_once_and_stops_them_all(sqlite_database: Database
         dispatcher_interval_s=0.1,
         notifications_enabled=True,
         dataset_gc_interval_s=3600.0,
+        elastic_interval_s=0.1,
     ) as api:
         assert sorted(_service_threads()) == sorted(THREADS)  # each exactly once
         deadline = time.monotonic() + 10
@@ -61,6 +62,7 @@ def test_disabled_services_are_reported_not_started(sqlite_database: Database) -
         dispatcher_enabled=False,
         notifications_enabled=False,
         dataset_gc_interval_s=0,
+        elastic_interval_s=0,
     ) as api:
         assert _service_threads() == []
         services = api.client.get("/healthz").json()["services"]
