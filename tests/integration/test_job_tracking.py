@@ -313,3 +313,64 @@ def test_cli_tag_list_and_compare(sqlite_database: Database, tmp_path: Path) -> 
         assert "loss" in table and "0.5" in table and "0.25" in table and "lr" not in table
         data = json.loads(cli("job", "compare", str(a.id), str(b.id), "--json"))
         assert [m["key"] for m in data["metrics"]] == ["loss"]
+
+
+# --------------------------------------------------------------------------- console
+
+
+def test_console_tags_metrics_artifacts_and_compare(sqlite_database: Database) -> None:
+    """The job page's tag editor, metrics table and charts, artifacts with download
+    links; the list's tag filter and compare boxes; the compare page."""
+    from tests.integration.test_datasets import create, upload_as_job
+    from tests.integration.test_web_pages import _browser
+
+    app = create_app(get_settings(), sqlite_database)
+    with ApiClient.start(sqlite_database) as api:
+        owner, alice, bob = api.signup(), api.signup(), api.signup()
+        slug = api.create_org(owner)
+        api.add_member(slug, owner, alice)
+        api.add_member(slug, owner, bob)
+        w = World(slug, owner, owner, alice, bob)
+        a = tagged_job(api, w, alice, ["draft"], state="running")
+        b = tagged_job(api, w, alice, ["sweep"], state="running")
+        for job, losses in ((a, [0.9, 0.4]), (b, [0.7, 0.5, 0.2])):
+            token = job_token(api.db, job)
+            for step, loss in enumerate(losses):
+                assert log(api, w, token, job, {"step": step, "values": {"loss": loss}}).is_success
+        create(api, w, alice, "models")
+        r = upload_as_job(api, w, job_token(api.db, a), "models", b"weights")
+        assert r.status_code == 201, r.text
+
+        me, other = _browser(app, alice), _browser(app, bob)
+        base = f"/orgs/{slug}/jobs"
+        page = me.get(f"{base}/{a.id}").text
+        assert 'aria-labelledby="metric-0-title metric-0-desc"' in page
+        assert '<title id="metric-0-title">loss over steps</title>' in page
+        assert "first 0.9, last 0.4" in page  # the chart's description
+        assert f"/orgs/{slug}/datasets/models/versions/1/download" in page
+        assert 'aria-label="Remove tag draft"' in page
+        assert other.get(f"{base}/{a.id}").status_code == 404
+
+        r = me.post(f"{base}/{a.id}/tags", {"add": "best, keep"})
+        assert r.status_code == 303 and "notice=tagged" in r.headers["location"]
+        r = me.post(f"{base}/{a.id}/tags", {"remove": "draft"})
+        assert r.status_code == 303
+        r = me.post(f"{base}/{a.id}/tags", {"add": "bad tag!"})
+        assert r.status_code == 422 and "is invalid" in r.text
+        assert other.post(f"{base}/{a.id}/tags", {"add": "x"}).status_code == 404
+        assert api.get(f"/orgs/{slug}/jobs/{a.id}", alice).json()["tags"] == ["best", "keep"]
+
+        listing = me.get(f"{base}?tag=best").text
+        assert str(a.id)[:8] in listing and str(b.id)[:8] not in listing
+        assert f'name="ids" value="{a.id}"' in listing
+        assert me.get(f"{base}?tag=best+sweep").text.count('name="ids"') == 0
+
+        cmp = me.get(f"{base}/compare", params=[("ids", str(a.id)), ("ids", str(b.id))])
+        assert cmp.status_code == 200, cmp.text
+        assert cmp.text.count('class="chart-line"') == 2
+        assert f'data-series="{str(a.id)[:8]}"' in cmp.text
+        assert "Pick 2 to 10 jobs" in me.get(f"{base}/compare").text
+        assert me.get(f"{base}/compare", params={"ids": f"{a.id},nope"}).status_code == 422
+        other_job = make_job(api.db, slug, bob.id)
+        r = me.get(f"{base}/compare", params={"ids": f"{a.id},{other_job.id}"})
+        assert r.status_code == 404
