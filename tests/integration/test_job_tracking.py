@@ -374,3 +374,36 @@ def test_console_tags_metrics_artifacts_and_compare(sqlite_database: Database) -
         other_job = make_job(api.db, slug, bob.id)
         r = me.get(f"{base}/compare", params={"ids": f"{a.id},{other_job.id}"})
         assert r.status_code == 404
+
+
+# ------------------------------------------------------------------- Prefect in sync
+
+
+@pytest.mark.prefect
+@pytest.mark.xdist_group("prefect")
+@pytest.mark.timeout(240)
+def test_run_tags_in_prefect_follow(sqlite_database: Database, prefect_gateway: Any) -> None:
+    """Tags changed on a job are changed on its flow run too, keeping the run's own
+    org:/user:/type: tags and the deployment's."""
+    from tests.integration.test_jobs_support import jobs_app, limits_doc, setup_org
+
+    slug = f"tags{uuid.uuid4().hex[:6]}"
+    with jobs_app(sqlite_database, prefect_gateway) as api:
+        org = setup_org(api, slug, limits_doc())
+        org.deploy("train", tags=["example"])
+        alice = org.add_member()
+        r = org.submit(alice, "train", tags=["draft"], parameters={"epochs": 1})
+        assert r.status_code == 201, r.text
+        job = r.json()
+        run_id = uuid.UUID(job["flow_run_id"])
+        assert "draft" in prefect_gateway.read_flow_run(run_id).tags
+        r = api.patch(
+            f"/orgs/{slug}/jobs/{job['id']}/tags",
+            alice,
+            json={"add": ["best"], "remove": ["draft"]},
+        )
+        assert r.status_code == 200 and r.json()["prefect_synced"] is True, r.text
+        tags = set(prefect_gateway.read_flow_run(run_id).tags)
+        assert {"best", f"org:{slug}", f"user:{alice.name}", "type:cpu"} <= tags
+        assert "draft" not in tags
+        assert api.post(f"/orgs/{slug}/jobs/{job['id']}/cancel", alice).status_code == 200
