@@ -141,8 +141,8 @@ def line_chart(lines: Sequence[Line], *, title: str, chart_id: str) -> Markup:
             f'<text class="chart-label" x="{PAD_L - 6}" y="{y + 4:.1f}" '
             f'text-anchor="end">{escape(_num(value))}</text>'
         )
-    for i in range(3):
-        step = x0 + (x1 - x0) * i / 2
+    # Steps are whole numbers: the middle tick sits on one.
+    for i, step in enumerate((x0, float(round((x0 + x1) / 2)), x1)):
         anchor = ("start", "middle", "end")[i]
         parts.append(
             f'<text class="chart-label" x="{px(step):.1f}" y="{LINE_H - PAD_B + 16}" '
