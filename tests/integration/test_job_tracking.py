@@ -407,3 +407,33 @@ def test_run_tags_in_prefect_follow(sqlite_database: Database, prefect_gateway: 
         assert {"best", f"org:{slug}", f"user:{alice.name}", "type:cpu"} <= tags
         assert "draft" not in tags
         assert api.post(f"/orgs/{slug}/jobs/{job['id']}/cancel", alice).status_code == 200
+
+
+def test_runtime_log_metadata_both_forms(
+    sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`flows.runtime.log_metadata` as a flow calls it, over HTTP with the job's token:
+    the old dict form, keywords, and `step=` series; a refused point raises."""
+    from flows import runtime
+
+    app = create_app(get_settings(), sqlite_database)
+    with serve_in_thread(app) as url, ApiClient.start(sqlite_database) as api:
+        alice = api.signup()
+        slug = api.create_org(alice)
+        job = make_job(sqlite_database, slug, alice.id, state="running")
+        for name, value in {
+            "CSHARE_API_URL": url.removesuffix("/api/v1"),
+            "CSHARE_ORG": slug,
+            "CSHARE_JOB_ID": str(job.id),
+            "CSHARE_JOB_TOKEN": job_token(sqlite_database, job),
+        }.items():
+            monkeypatch.setenv(name, value)
+        assert runtime.log_metadata({"note": "old form"}) == {"note": "old form"}
+        assert runtime.log_metadata(epochs=3) == {"note": "old form", "epochs": 3}
+        for step in range(3):
+            runtime.log_metadata(step=step, loss=1 / (step + 1), acc=step / 3)
+        with pytest.raises(runtime.RuntimeProblem, match="must be a number"):
+            runtime.log_metadata(step=3, loss="nan-ish")
+        body = api.get(f"/orgs/{slug}/jobs/{job.id}/metrics", alice).json()
+        assert {s["key"]: s["count"] for s in body["series"]} == {"acc": 3, "loss": 3}
+        assert body["latest"]["epochs"] == 3 and body["latest"]["loss"] == pytest.approx(1 / 3)
