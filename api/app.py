@@ -19,6 +19,7 @@ from api.routers import (
     bundles,
     datasets,
     invitations,
+    job_tracking,
     lineage,
     machine_types,
     machines,
@@ -140,6 +141,7 @@ def create_app(
         deployment_routes,
         projects,
         project_git,
+        job_tracking,  # before job_routes: `jobs/compare` is not a job id
         job_routes,
         schedule_routes,
         datasets,

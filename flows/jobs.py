@@ -29,7 +29,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -96,6 +107,7 @@ __all__ = [
     "ensure_flow_run",
     "explain_submission",
     "get_job",
+    "has_tag",
     "job_logs",
     "list_jobs",
     "queue_position",
@@ -623,6 +635,15 @@ def visible_jobs(viewer: Viewer) -> ColumnElement[bool]:
     )
 
 
+def has_tag(session: Session, tag: str) -> ColumnElement[bool]:
+    """`jobs.tags` holds `tag`: JSONB containment on PostgreSQL (GIN-indexed, migration
+    0032), json_each on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        return type_coerce(Job.tags, JSONB).contains([tag])
+    each = func.json_each(Job.tags).table_valued("value")
+    return exists(select(literal(1)).select_from(each).where(each.c.value == tag))
+
+
 def get_job(ctx: OrgContext, session: Session, job_id: uuid.UUID) -> Job:
     return _visible(ctx, session.get(Job, job_id))
 
@@ -677,12 +698,14 @@ def list_jobs(
     state: str | None = None,
     user: str | None = None,
     deployment: str | None = None,
+    tags: Sequence[str] = (),
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[list[tuple[Job, str, str | None]], int]:
     """A page of jobs, newest first, with the owner's name and the deployment's name.
 
     Members see their own jobs; admins everyone's (and may filter by ``user``).
+    ``tags``: only jobs carrying every one of them.
     """
     viewer = ctx.viewer
     stmt = (
@@ -709,6 +732,8 @@ def list_jobs(
         stmt = stmt.where(Job.user_id == ctx.user.id)
     if deployment is not None:
         stmt = stmt.where(Deployment.name == deployment)
+    for tag in validate_tags(list(tags), field_name="tag"):
+        stmt = stmt.where(has_tag(session, tag))
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     rows = session.execute(
         stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)

@@ -159,6 +159,12 @@ def merge_job_metadata(session: Session, job: Job, values: Mapping[str, Any]) ->
     return merged
 
 
+def job_metadata(session: Session, job: Job) -> dict[str, Any]:
+    """What the job logged so far without a step."""
+    row = session.get(JobLineage, job.id)
+    return dict(row.job_metadata) if row is not None and row.job_metadata else {}
+
+
 def jobs_using(
     session: Session, version_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[uuid.UUID]]:
@@ -535,6 +541,7 @@ def job_graph(
 __all__ = [
     "Graph",
     "job_graph",
+    "job_metadata",
     "job_record",
     "jobs_using",
     "merge_job_metadata",

@@ -6,6 +6,8 @@
     def train(epochs: int = 3) -> None:
         images = input_path("images")          # read-only, verified, on this machine
         ...
+        for epoch in range(epochs):
+            log_metadata(step=epoch, loss=1.0 / (epoch + 1))  # a series, charted
         log_metadata({"accuracy": 0.93, "epochs": epochs})
         save_output("model.pt", dataset="models")  # a new version, produced by this job
 
@@ -234,10 +236,21 @@ def save_output(
 # ----------------------------------------------------------------------------- metadata
 
 
-def log_metadata(values: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Record metrics and free-form metadata on this job (merged with what was logged
-    before; later keys win). Values must be JSON (others are stored as text). Returns
-    the job's metadata, or None when not running as a job."""
+def log_metadata(
+    values: Mapping[str, Any] | None = None, /, *, step: int | None = None, **more: Any
+) -> dict[str, Any] | None:
+    """Record metrics and free-form metadata on this job.
+
+    - `log_metadata({"accuracy": 0.93, "note": "baseline"})` or `log_metadata(accuracy=0.93)`:
+      merged with what was logged before (later keys win). Values must be JSON (others
+      are stored as text).
+    - `log_metadata(step=i, loss=0.41, acc=0.87)`: one point per value of the job's
+      metric series over steps (numbers only), charted on the job's page and compared
+      across jobs. Logging a step again replaces its values. Bounded: at most 50 series
+      per job and 10,000 points per series; past that the call fails (log every n-th step).
+
+    Returns the job's metadata, or None when not running as a job."""
+    merged_values = {**dict(values or {}), **more}
     api = _api("log_metadata")
     if api is None:
         return None
@@ -245,14 +258,14 @@ def log_metadata(values: Mapping[str, Any]) -> dict[str, Any] | None:
         # Only the job's own token writes its record (a member's token is refused).
         log.warning("log_metadata skipped: CSHARE_JOB_ID and CSHARE_JOB_TOKEN are not both set")
         return None
-    payload = json.loads(json.dumps(dict(values), default=str))
+    body: dict[str, Any] = {"values": json.loads(json.dumps(merged_values, default=str))}
+    if step is not None:
+        body["step"] = step
     with api:
         job_id = api.job_id
         response = _retry(
             "logging metadata",
-            lambda: api.http.post(
-                f"/orgs/{_seg(api.org)}/jobs/{_seg(job_id)}/metadata", json={"values": payload}
-            ),
+            lambda: api.http.post(f"/orgs/{_seg(api.org)}/jobs/{_seg(job_id)}/metadata", json=body),
         )
         merged: dict[str, Any] = response.json()["metadata"]
         return merged

@@ -41,6 +41,7 @@ __all__ = [
     "can_manage_machine",
     "can_read_dataset",
     "can_read_input_version",
+    "can_tag_job",
     "can_view_job",
     "can_view_machine",
     "can_write_dataset",
@@ -55,6 +56,7 @@ __all__ = [
     "require",
     "require_rule",
     "rule_denial",
+    "tag_job_permission",
     "write_dataset_permission",
 ]
 
@@ -183,6 +185,20 @@ def cancel_job_permission(viewer: Viewer, job: JobFacts) -> Permission:
 def can_cancel_job(viewer: Viewer, job: JobFacts) -> bool:
     """Your own jobs, or anyone's with `jobs:cancel-all`; only jobs you can see."""
     return can_view_job(viewer, job) and viewer.holds(cancel_job_permission(viewer, job))
+
+
+def tag_job_permission(viewer: Viewer, job: JobFacts) -> Permission:
+    return _own_or_all(viewer, job.user_id, Permission.jobs_tag_own, Permission.jobs_tag_all)
+
+
+def can_tag_job(viewer: Viewer, job: JobFacts) -> bool:
+    """Add or remove a job's tags: its submitter, or admins and owners; only jobs you can
+    see (so another member's job stays a 404), never through a job token."""
+    return (
+        viewer.job_id is None
+        and can_view_job(viewer, job)
+        and viewer.holds(tag_job_permission(viewer, job))
+    )
 
 
 def can_write_lineage(viewer: Viewer, job: JobFacts) -> bool:

@@ -58,6 +58,8 @@ class Permission(StrEnum):
     jobs_view_all = "jobs:view-all"
     jobs_cancel_own = "jobs:cancel-own"
     jobs_cancel_all = "jobs:cancel-all"
+    jobs_tag_own = "jobs:tag-own"
+    jobs_tag_all = "jobs:tag-all"
     schedules_manage_own = "schedules:manage-own"
     schedules_manage_all = "schedules:manage-all"
     # datasets
@@ -89,6 +91,7 @@ _MEMBER: frozenset[Permission] = frozenset(
         Permission.jobs_submit,
         Permission.jobs_view_own,
         Permission.jobs_cancel_own,
+        Permission.jobs_tag_own,
         Permission.schedules_manage_own,
         Permission.datasets_read,
         Permission.datasets_create,
@@ -107,6 +110,7 @@ _ADMIN: frozenset[Permission] = _MEMBER | {
     Permission.projects_manage_all,
     Permission.jobs_view_all,
     Permission.jobs_cancel_all,
+    Permission.jobs_tag_all,
     Permission.schedules_manage_all,
     Permission.datasets_manage_all,
     Permission.storage_configure,
@@ -141,6 +145,7 @@ _DENIAL: dict[Permission, str] = {
     Permission.projects_manage_all: "Only the project's creator or an admin may change it.",
     Permission.jobs_view_all: "Only admins and owners may view other members' jobs.",
     Permission.jobs_cancel_all: "Only admins and owners may cancel other members' jobs.",
+    Permission.jobs_tag_all: "Only the job's submitter, admins and owners may change its tags.",
     Permission.schedules_manage_all: "Only admins and owners may change other members' schedules.",
     Permission.datasets_manage_all: "Only the dataset's creator or an admin may change it.",
     Permission.storage_configure: "Only admins and owners may configure the data store.",

@@ -12,6 +12,7 @@ from api.cli import config, output
 from api.cli.client import Client, connect, read_org, require_org, seg
 from api.cli.options import JsonOpt, OrgOpt
 from api.cli.output import UsageProblem
+from api.format import duration as format_duration
 
 app = typer.Typer(help="Submit jobs and follow them.", no_args_is_help=True)
 
@@ -176,6 +177,9 @@ def list_(
     state: Annotated[str | None, typer.Option("--state")] = None,
     user: Annotated[str | None, typer.Option("--user", help="Admins: someone's jobs.")] = None,
     deployment: Annotated[str | None, typer.Option("--deployment")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Only jobs with this tag (repeat: all).")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=500)] = 50,
     org: OrgOpt = None,
     json_: JsonOpt = False,
@@ -183,14 +187,20 @@ def list_(
     """List jobs, newest first (yours; admins see everyone's)."""
     cfg = config.effective()
     slug = require_org(cfg, org)
-    params = {"state": state, "user": user, "deployment": deployment, "limit": limit}
+    params: dict[str, Any] = {
+        "state": state,
+        "user": user,
+        "deployment": deployment,
+        "tag": list(tag or []),
+        "limit": limit,
+    }
     with connect(cfg) as client:
         page = client.get(f"/orgs/{seg(slug)}/jobs", params=params)
     if json_:
         output.print_json(page)
         return
     output.table(
-        ["ID", "DEPLOYMENT", "USER", "STATE", "CREATED", "REASON"],
+        ["ID", "DEPLOYMENT", "USER", "STATE", "CREATED", "TAGS", "REASON"],
         (
             [
                 j.get("id"),
@@ -198,6 +208,7 @@ def list_(
                 (j.get("user") or {}).get("name"),
                 j.get("state"),
                 output.when(j.get("created_at")),
+                ", ".join(j.get("tags") or []),
                 j.get("reason"),
             ]
             for j in page.get("items", [])
@@ -230,6 +241,7 @@ def show(job_id: JobArg, org: OrgOpt = None, json_: JsonOpt = False) -> None:
         ("Code", describe_code(job.get("code"))),
         ("Image", "@".join(filter(None, (job.get("image") or {}).values())) or None),
         ("Priority", job.get("priority")),
+        ("Tags", ", ".join(job.get("tags") or [])),
         ("Created", job.get("created_at")),
         ("Released", job.get("released_at")),
         ("Started", job.get("started_at")),
@@ -264,6 +276,91 @@ def rerun(
         output.say(_describe(job))
     if wait and job.get("state") != "completed":
         raise typer.Exit(1)
+
+
+def parse_tag_changes(changes: list[str]) -> tuple[list[str], list[str]]:
+    """`+best -draft` -> (["best"], ["draft"])."""
+    add: list[str] = []
+    remove: list[str] = []
+    for change in changes:
+        sign, tag = change[:1], change[1:]
+        if sign not in ("+", "-") or not tag:
+            raise UsageProblem(f"Write each change as +tag or -tag (got '{change}').")
+        (add if sign == "+" else remove).append(tag)
+    return add, remove
+
+
+@app.command(
+    "tag", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True}
+)
+def tag(
+    job_id: JobArg,
+    changes: Annotated[
+        list[str], typer.Argument(metavar="+TAG|-TAG...", help="+tag adds it, -tag removes it.")
+    ],
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Add and remove a job's tags: `cshare job tag JOB +best -draft` (yours; admins any)."""
+    add, remove = parse_tag_changes(changes)
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    with connect(cfg) as client:
+        job = client.patch(
+            f"/orgs/{seg(slug)}/jobs/{seg(job_id)}/tags", json={"add": add, "remove": remove}
+        )
+    if json_:
+        output.print_json(job)
+        return
+    output.say(f"Tags: {', '.join(job.get('tags') or []) or '(none)'}")
+    if job.get("prefect_synced") is False:
+        output.note("Prefect could not be reached: the run's tags there follow later.")
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+@app.command("compare")
+def compare(
+    job_ids: Annotated[list[str], typer.Argument(metavar="JOB JOB...", help="2 to 10 job ids.")],
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Jobs side by side: state, duration, the parameters that differ and the latest
+    value of each metric."""
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    with connect(cfg) as client:
+        result = client.get(f"/orgs/{seg(slug)}/jobs/compare", params={"ids": list(job_ids)})
+    if output.printed_as_json(result, json_):
+        return
+    jobs_ = result.get("jobs") or []
+    rows: list[list[Any]] = [
+        ["deployment", *(j.get("deployment") for j in jobs_)],
+        ["state", *(j.get("state") for j in jobs_)],
+        [
+            "duration",
+            *(
+                format_duration(j["duration_s"]) if j.get("duration_s") is not None else ""
+                for j in jobs_
+            ),
+        ],
+        ["tags", *(", ".join(j.get("tags") or []) for j in jobs_)],
+    ]
+    differing = [p for p in result.get("parameters") or [] if p.get("differs")]
+    rows += [[f"param {p['key']}", *(json.dumps(v) for v in p["values"])] for p in differing]
+    rows += [
+        [f"metric {m['key']}", *(_number(v) for v in m["values"])]
+        for m in result.get("metrics") or []
+    ]
+    output.table(["", *(str(j.get("label") or j.get("id")) for j in jobs_)], rows)
+    if not differing:
+        output.say("Parameters: the same in every job.")
 
 
 @app.command("cancel")

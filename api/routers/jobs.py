@@ -312,12 +312,22 @@ def list_jobs(
     state: Annotated[str | None, Query(max_length=16)] = None,
     user: Annotated[str | None, Query(max_length=64, description="Name or id (admins).")] = None,
     deployment: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[
+        list[str] | None, Query(max_length=20, description="Jobs with this tag (repeat: all).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobPage:
     """Your jobs (admins: everyone's), newest first."""
     rows, total = jobs.list_jobs(
-        ctx, session, state=state, user=user, deployment=deployment, limit=limit, offset=offset
+        ctx,
+        session,
+        state=state,
+        user=user,
+        deployment=deployment,
+        tags=tag or (),
+        limit=limit,
+        offset=offset,
     )
     items = [
         job_out(

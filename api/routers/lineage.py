@@ -20,7 +20,7 @@ from api.job_credentials import JobOnly
 from api.routers.datasets import JobId, MemberCaller, job_in_org
 from datasets import catalog
 from datasets.access import Caller
-from flows import containers, lineage
+from flows import containers, job_metrics, lineage
 from flows.models import Job
 from orgs.context import OrgContext
 from policies import access
@@ -66,6 +66,11 @@ class MetadataIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     values: dict[str, Any] = Field(description="Metrics and free-form metadata; merged.")
+    step: int | None = Field(
+        default=None,
+        description="With a step, every value is a number: one point of each metric's "
+        "series over steps (flows.job_metrics; bounded), not merged into the metadata.",
+    )
 
 
 class RunRecordIn(BaseModel):
@@ -93,6 +98,7 @@ class RunRecordIn(BaseModel):
 class MetadataOut(BaseModel):
     job_id: uuid.UUID
     metadata: dict[str, Any]
+    points: int = Field(0, description="Metric points written (calls with a step).")
 
 
 def writable_job(session: Session, caller: Caller, job_id: uuid.UUID) -> Job:
@@ -164,8 +170,15 @@ def log_job_metadata(
     job_id: JobId, body: MetadataIn, caller: JobRecordWrite, session: SessionDep
 ) -> MetadataOut:
     """Merge metrics and metadata into the job's record: the flow itself, with its job
-    token, while the job runs (the token dies with the job)."""
+    token, while the job runs (the token dies with the job). With `step`: one point per
+    value of the job's metric series (`GET /orgs/{org}/jobs/{id}/metrics`)."""
     job = writable_job(session, caller, job_id)
+    if body.step is not None or "step" in body.model_fields_set:
+        points = job_metrics.record_points(session, job, body.step, body.values)
+        session.commit()
+        return MetadataOut(
+            job_id=job.id, metadata=lineage.job_metadata(session, job), points=points
+        )
     merged = lineage.merge_job_metadata(session, job, body.values)
     session.commit()
     return MetadataOut(job_id=job.id, metadata=merged)

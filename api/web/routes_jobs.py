@@ -13,14 +13,18 @@ import logging
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
+from sqlalchemy import select
 
 from api.routers import jobs as job_routes
+from api.web.chart import Line, line_chart
 from api.web.core import OrgPage, PageRequires, redirect, render, settings_of
 from api.web.routes_data import gateway_of
-from flows import containers, deployments, jobs, lineage
+from datasets.access import can_read
+from datasets.models import Dataset, DatasetVersion
+from flows import containers, deployments, job_compare, job_metrics, job_tags, jobs, lineage
 from flows.models import ALL_STATES, FINAL_STATES
 from policies import access
 from policies.access import JobFacts
@@ -34,6 +38,7 @@ router = APIRouter()
 PageJobsCancelOwn = Annotated[OrgPage, Depends(PageRequires(Permission.jobs_cancel_own))]
 PageJobsSubmit = Annotated[OrgPage, Depends(PageRequires(Permission.jobs_submit))]
 PageJobsViewOwn = Annotated[OrgPage, Depends(PageRequires(Permission.jobs_view_own))]
+PageJobsTag = Annotated[OrgPage, Depends(PageRequires(Permission.jobs_tag_own))]
 
 JOBS_PER_PAGE = 50
 JobId = Annotated[uuid.UUID, PathParam()]
@@ -55,6 +60,11 @@ def _clean(value: str | None) -> str | None:
     return value or None
 
 
+def _words(value: str) -> list[str]:
+    """Tags typed into one field: separated by spaces or commas."""
+    return [w for w in value.replace(",", " ").split() if w]
+
+
 @router.get("/orgs/{org}/jobs")
 def jobs_page(
     request: Request,
@@ -62,10 +72,16 @@ def jobs_page(
     state: str = "",
     user: str = "",
     deployment: str = "",
+    tag: Annotated[str, Query(max_length=400)] = "",
     offset: int = 0,
 ) -> Response:
     offset = max(0, min(offset, 10_000_000))
-    filters = {"state": _clean(state), "user": _clean(user), "deployment": _clean(deployment)}
+    filters = {
+        "state": _clean(state),
+        "user": _clean(user),
+        "deployment": _clean(deployment),
+        "tag": " ".join(_words(tag)) or None,
+    }
     error = None
     try:
         rows, total = jobs.list_jobs(
@@ -74,10 +90,11 @@ def jobs_page(
             state=filters["state"],
             user=filters["user"],
             deployment=filters["deployment"],
+            tags=_words(tag),
             limit=JOBS_PER_PAGE,
             offset=offset,
         )
-    except DomainError as exc:  # an unknown state, or a member filtering by someone else
+    except DomainError as exc:  # an unknown state or tag, or a member filtering by someone else
         rows, total, error = [], 0, exc.detail
     return render(
         request,
@@ -107,6 +124,64 @@ def _lineage(page: OrgPage, job: Any) -> dict[str, Any] | None:
     return {"record": record, "graph": graph.as_dict()}
 
 
+def _metrics(page: OrgPage, job: Any) -> dict[str, Any]:
+    """The latest value of each metric and a chart per series over steps."""
+    series = job_metrics.series_of(page.session, job.id)
+    latest = job_metrics.latest_values(page.session, job, series)
+    by_key = {s.key: s for s in series}
+    rows = [
+        {
+            "key": key,
+            "value": value,
+            "step": by_key[key].latest.step if key in by_key else None,
+            "points": len(by_key[key].points) if key in by_key else None,
+        }
+        for key, value in latest.items()
+    ]
+    charts = [
+        {
+            "key": s.key,
+            "svg": line_chart(
+                [Line(s.key, [(p.step, p.value) for p in s.points])],
+                title=f"{s.key} over steps",
+                chart_id=f"metric-{i}",
+            ),
+        }
+        for i, s in enumerate(series)
+    ]
+    return {"rows": rows, "charts": charts}
+
+
+def _artifacts(page: OrgPage, job: Any) -> list[dict[str, Any]]:
+    """The versions the job produced (`save_output`), with a download link where the
+    viewer may read the dataset and the bytes are still there."""
+    found = page.session.execute(
+        select(DatasetVersion, Dataset)
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(DatasetVersion.produced_by_job_id == job.id)
+        .order_by(DatasetVersion.created_at)
+    ).all()
+    readable: dict[uuid.UUID, bool] = {}
+    out = []
+    for version, dataset in found:
+        if dataset.id not in readable:
+            readable[dataset.id] = can_read(page.session, page.ctx, dataset)
+        out.append(
+            {
+                "dataset": dataset.name,
+                "version": version.version,
+                "sha256": version.sha256,
+                "size": version.size,
+                "kind": version.kind,
+                "filename": version.filename,
+                "file_count": version.file_count,
+                "created_at": version.created_at,
+                "download": readable[dataset.id] and version.tombstoned_at is None,
+            }
+        )
+    return out
+
+
 def _job_page(
     request: Request, page: OrgPage, job_id: uuid.UUID, *, code: int = 200, error: str = ""
 ) -> Response:
@@ -125,8 +200,52 @@ def _job_page(
         and access.can_cancel_job(page.ctx.viewer, JobFacts.of(job)),
         can_rerun=page.can(Permission.jobs_submit)
         and (job.deployment_id is not None or job.image is not None),
+        can_tag=access.can_tag_job(page.ctx.viewer, JobFacts.of(job)),
         lineage=_lineage(page, job),
+        metrics=_metrics(page, job),
+        artifacts=_artifacts(page, job),
         times=jobs.summary_times(job),
+        error=error,
+    )
+
+
+@router.get("/orgs/{org}/jobs/compare")
+def compare_page(
+    request: Request,
+    page: PageJobsViewOwn,
+    ids: Annotated[list[str] | None, Query(max_length=job_compare.MAX_JOBS * 2)] = None,
+) -> Response:
+    """Jobs side by side, their metrics overlaid. Without 2 jobs picked: how to pick."""
+    picked = [i for i in ids or [] if i.strip()]
+    result, error = None, ""
+    if len(picked) >= 2 or any("," in i for i in picked):
+        try:
+            result = job_compare.compare(page.ctx, page.session, job_compare.parse_ids(picked))
+        except DomainError as exc:
+            if exc.code == "job_not_found":
+                raise
+            error = exc.detail
+    charts = []
+    if result is not None:
+        for i, (key, lines) in enumerate(result.series.items()):
+            charts.append(
+                {
+                    "key": key,
+                    "svg": line_chart(
+                        [Line(name, [(p.step, p.value) for p in s.points]) for name, s in lines],
+                        title=f"{key} over steps, by job",
+                        chart_id=f"compare-{i}",
+                    ),
+                }
+            )
+    return render(
+        request,
+        "job_compare.html",
+        page=page,
+        active="jobs",
+        status_code=422 if error else 200,
+        result=result,
+        charts=charts,
         error=error,
     )
 
@@ -160,6 +279,32 @@ def job_logs(request: Request, page: PageJobsViewOwn, job_id: JobId, offset: int
         job_id=job_id,
         final=state in FINAL_STATES,
     )
+
+
+@router.post("/orgs/{org}/jobs/{job_id}/tags")
+def tag_job(
+    request: Request,
+    page: PageJobsTag,
+    job_id: JobId,
+    add: Annotated[str, Form(max_length=1400)] = "",
+    remove: Annotated[str, Form(max_length=1400)] = "",
+) -> Response:
+    """Add tags (typed, separated by spaces or commas) or remove one (its button)."""
+    try:
+        job_tags.change_tags(
+            page.ctx,
+            page.session,
+            gateway_of(request),
+            job_id,
+            add=_words(add),
+            remove=_words(remove),
+        )
+    except DomainError as exc:
+        if exc.code in ("job_not_found", "forbidden"):
+            raise
+        page.session.rollback()
+        return _job_page(request, page, job_id, code=422, error=exc.detail)
+    return redirect(page.url(f"/jobs/{job_id}"), notice="tagged")
 
 
 @router.post("/orgs/{org}/jobs/{job_id}/cancel")

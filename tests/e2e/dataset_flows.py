@@ -27,5 +27,7 @@ def uses_inputs(output: str = "e2e-results") -> dict[str, Any]:
     out.write_text(f"{images.read_text()}|{','.join(names)}\n")  # the same for the same inputs
     version = save_output(out, dataset=output)
     assert version is not None
-    log_metadata({"refused_writes": refused, "files": len(names)})
+    for step in range(5):  # a metric series over steps, as a training loop logs it
+        log_metadata(step=step, loss=round(1.0 / (step + 1), 4))
+    log_metadata({"refused_writes": refused, "files": len(names)})  # the plain dict form
     return {"refused": refused, "version": version["version"], "sha256": version["sha256"]}

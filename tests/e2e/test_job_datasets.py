@@ -109,6 +109,12 @@ def test_job_with_two_inputs_runs_read_only_and_reproduces(stack: Stack) -> None
 
     lineage = stack.ok("GET", f"/orgs/{stack.slug}/jobs/{job_id}/lineage", stack.member)
     assert lineage["job"]["metadata"] == {"refused_writes": 3, "files": 2}
+    # The series the flow logged with log_metadata(step=..., loss=...) on the agent.
+    metrics = stack.ok("GET", f"/orgs/{stack.slug}/jobs/{job_id}/metrics", stack.member)
+    (loss,) = metrics["series"]
+    assert loss["key"] == "loss" and [p["step"] for p in loss["points"]] == [0, 1, 2, 3, 4]
+    assert loss["latest"]["value"] == 0.2
+    assert metrics["latest"] == {"loss": 0.2, "refused_writes": 3, "files": 2}
     assert [(i["name"], i["version"]) for i in lineage["job"]["inputs"]] == [
         ("images", 1),
         ("labels", 1),

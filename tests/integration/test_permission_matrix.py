@@ -640,6 +640,7 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
     "PATCH /orgs/{org}/projects/{name}": lambda w, role: {"description": "Matrix."},
     "POST /orgs/{org}/jobs": lambda w, role: {"deployment": _deployment(w)},
     "POST /orgs/{org}/jobs/explain": lambda w, role: {"deployment": _deployment(w)},
+    "PATCH /orgs/{org}/jobs/{id}/tags": lambda w, role: {"add": ["matrix"]},
     "POST /orgs/{org}/schedules": lambda w, role: {
         "deployment": _deployment(w),
         "cron": "*/15 * * * *",
@@ -807,6 +808,7 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
         {"role": "member"}
     ),
     "POST /rejoin": lambda w, role: PageBody({"org": w.org_slug, "note": "matrix"}),
+    "POST /orgs/{org}/jobs/{job_id}/tags": lambda w, role: PageBody({"add": "matrix"}),
     "POST /orgs/{org}/secrets": lambda w, role: PageBody(
         {"name": f"MATRIX_{uuid.uuid4().hex[:8].upper()}", "value": "matrix-value"}
     ),
