@@ -281,7 +281,7 @@ def _start_api(
         except httpx.HTTPError:
             return False
 
-    wait_for("the API", healthy, 60, 0.2)
+    wait_for("the API", healthy, 180, 0.2)  # a ceiling: loaded CI machines are slow
     return process, url
 
 
