@@ -622,6 +622,46 @@ def machines_by_status(session: Session, *, now: datetime | None = None) -> dict
     return counts
 
 
+def open_jobs_by_org(session: Session) -> dict[str, dict[str, int]]:
+    """Open jobs (held, scheduled, running, cancelling) per org slug and state: a grouped
+    index-only scan of the partial `ix_jobs_org_open`, a few rows however large the
+    ledger. Orgs with none are absent."""
+    org_key = jobs.c.org_id
+    stmt = (
+        select(Organization.slug, jobs.c.state, func.count())
+        .select_from(jobs.join(Organization, Organization.id == org_key))
+        .where(_is(jobs.c.state, *OPEN_STATES))
+        .group_by(Organization.slug, jobs.c.state)
+    )
+    out: dict[str, dict[str, int]] = {}
+    for slug, state, n in session.execute(stmt):
+        out.setdefault(str(slug), dict.fromkeys(OPEN_STATES, 0))[str(state)] = int(n)
+    return out
+
+
+def machines_by_org(session: Session, *, now: datetime | None = None) -> dict[str, dict[str, int]]:
+    """Machines per org slug, as `machines_by_status` counts them."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(
+            Organization.slug, Organization.settings, Machine.status, Machine.last_heartbeat_at
+        ).join(Organization, Organization.id == Machine.org_id)
+    ).all()
+    out: dict[str, dict[str, int]] = {}
+    cutoffs: dict[str, datetime] = {}
+    for slug, raw, status, heartbeat in rows:
+        counts = out.setdefault(slug, {"pending": 0, "online": 0, "offline": 0, "rejected": 0})
+        if status == machines.MachineStatus.approved:
+            if slug not in cutoffs:
+                seconds = load_settings(dict(raw or {})).machines.offline_after_s
+                cutoffs[slug] = now - timedelta(seconds=seconds)
+            online = heartbeat is not None and heartbeat >= cutoffs[slug]
+            counts["online" if online else "offline"] += 1
+        else:
+            counts[status] = counts.get(status, 0) + 1
+    return out
+
+
 __all__ = [
     "ACTIVE_STATES",
     "ALL_STATES",
@@ -633,7 +673,9 @@ __all__ = [
     "jobs",
     "jobs_by_state",
     "machine_activity",
+    "machines_by_org",
     "machines_by_status",
+    "open_jobs_by_org",
     "overview",
     "usage",
     "window",
