@@ -61,7 +61,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from orgs import machines
 from orgs.db import UTCDateTime, utcnow
-from orgs.models import Machine, Organization, User
+from orgs.models import Machine, Membership, Organization, User
 from orgs.settings_doc import load as load_settings
 
 # Job states (API.md); must equal flows.models' constants.
@@ -579,6 +579,58 @@ def jobs_by_state_of(
     return counts
 
 
+def active_members(session: Session, org: Organization, *, since: datetime, until: datetime) -> int:
+    """Distinct people who submitted a job in [since, until) (held or rejected ones too:
+    they used the service)."""
+    return int(
+        session.scalar(
+            select(func.count(func.distinct(jobs.c.user_id))).where(
+                jobs.c.org_id == org.id, jobs.c.created_at >= since, jobs.c.created_at < until
+            )
+        )
+        or 0
+    )
+
+
+def member_count(session: Session, org: Organization) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Membership).where(Membership.org_id == org.id)
+        )
+        or 0
+    )
+
+
+PERIODS: Final = ("day", "week", "month")
+MAX_PERIODS: Final = 400
+
+
+def periods(since: datetime, until: datetime, period: str) -> list[tuple[datetime, datetime]]:
+    """[since, until) cut at UTC calendar boundaries (days, ISO weeks from Monday, months);
+    the first and last pieces are clipped to the window. ValueError past `MAX_PERIODS`."""
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {', '.join(PERIODS)}")
+    out: list[tuple[datetime, datetime]] = []
+    start = since
+    while start < until:
+        day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        if period == "day":
+            boundary = day + timedelta(days=1)
+        elif period == "week":
+            boundary = day + timedelta(days=7 - day.weekday())
+        else:
+            first = day.replace(day=1)
+            boundary = first.replace(
+                year=first.year + first.month // 12, month=first.month % 12 + 1
+            )
+        end = min(boundary, until)
+        out.append((start, end))
+        if len(out) > MAX_PERIODS:
+            raise ValueError(f"the window holds more than {MAX_PERIODS} {period}s")
+        start = end
+    return out
+
+
 # ----------------------------------------------------------------- scrape-time counts
 
 
@@ -670,13 +722,16 @@ __all__ = [
     "TypeOverview",
     "Usage",
     "UserUsage",
+    "active_members",
     "jobs",
     "jobs_by_state",
     "machine_activity",
     "machines_by_org",
     "machines_by_status",
+    "member_count",
     "open_jobs_by_org",
     "overview",
+    "periods",
     "usage",
     "window",
 ]

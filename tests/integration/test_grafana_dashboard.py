@@ -19,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 import flows.models as fm
-
 from orgs import metrics as orgs_metrics
 from orgs.db import Database
 from orgs.models import Organization
