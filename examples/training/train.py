@@ -2,10 +2,10 @@
 descent, log the loss over the steps, save the fitted model as the dataset `model`.
 
     cshare dataset upload points data/points.csv --create
-    cshare deploy flow.py:train --name train
+    cshare deploy train.py:train --name train
     cshare job submit train --input points --param epochs=200 --wait
 
-Runs anywhere (`python flow.py`): outside a job it reads data/points.csv and the
+Runs anywhere (`python train.py`): outside a job it reads data/points.csv and the
 runtime helpers only log that they have nothing to talk to.
 """
 
@@ -26,7 +26,9 @@ HERE = Path(__file__).resolve().parent
 
 def _points() -> list[tuple[float, float]]:
     # In a job: the verified, read-only copy the agent fetched. By hand: the sample.
-    source = input_path("points") if os.environ.get("CSHARE_INPUTS_DIR") else HERE / "data/points.csv"
+    source = (
+        input_path("points") if os.environ.get("CSHARE_INPUTS_DIR") else HERE / "data/points.csv"
+    )
     with open(source, newline="") as f:
         return [(float(row["x"]), float(row["y"])) for row in csv.DictReader(f)]
 
