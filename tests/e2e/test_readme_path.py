@@ -27,7 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.docker_engine import DockerEngine, PrivateRegistry, docker_engine, private_registry
 from tests.e2e.test_up import CSHARE, REPO_ROOT, START_TIMEOUT_S, running_up
+
+__all__ = ["docker_engine", "private_registry"]  # fixtures, used by name
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("readme-path"), pytest.mark.timeout(900)]
 
@@ -58,8 +61,19 @@ def test_the_block_is_the_newcomer_path() -> None:
     assert positions == sorted(positions), commands
 
 
-def test_readme_using_it_against_cshare_up(tmp_path: Path) -> None:
+def test_readme_using_it_against_cshare_up(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     commands = using_it_commands(README.read_text())
+    # The container example needs a Docker engine: our own (tests/docker_engine.py), which
+    # fails under CI=true when it cannot start and skips (only that part) otherwise.
+    docker: tuple[DockerEngine, PrivateRegistry] | None = None
+    docker_skipped = ""
+    try:
+        docker = (
+            request.getfixturevalue("docker_engine"),
+            request.getfixturevalue("private_registry"),
+        )
+    except pytest.skip.Exception as exc:
+        docker_skipped = str(exc)
     work = tmp_path / "work"
     shutil.copytree(REPO_ROOT / "examples", work / "examples")
     with running_up(tmp_path, signal.SIGINT) as up:
@@ -75,6 +89,8 @@ def test_readme_using_it_against_cshare_up(tmp_path: Path) -> None:
             PATH=f"{CSHARE.parent}{os.pathsep}{env.get('PATH', '')}",
         )
         env.pop("CSHARE_HOME", None)
+        if docker is not None:
+            env.update(docker[0].env())  # the README's agent runs containers on it
         background: list[subprocess.Popen[bytes]] = []
         cwd = work
         job_id: str | None = None
@@ -125,9 +141,12 @@ def test_readme_using_it_against_cshare_up(tmp_path: Path) -> None:
             logs = next(t for t in transcript if "job logs" in t)
             assert "step 200: loss" in logs, logs
             _scheduled_example(env, work, transcript)
+            if docker is not None:
+                _container_example(env, work, docker[1], transcript)
         except BaseException:
             print("\n".join(transcript))
             print((tmp_path / "agent.log").read_text(errors="replace"))
+            print(up.out.text)
             raise
         finally:
             for process in background:
@@ -138,6 +157,10 @@ def test_readme_using_it_against_cshare_up(tmp_path: Path) -> None:
                     except subprocess.TimeoutExpired:
                         process.kill()
                         process.wait(10)
+    if docker_skipped:
+        pytest.skip(
+            f"README path and examples passed; the container example did not run: {docker_skipped}"
+        )
 
 
 def _scheduled_example(env: dict[str, str], work: Path, transcript: list[str]) -> None:
@@ -153,6 +176,23 @@ def _scheduled_example(env: dict[str, str], work: Path, transcript: list[str]) -
     _run(["cshare", "dataset", "download", "points-report", "-o", "report.json"], env, cwd)
     report = json.loads((cwd / "report.json").read_text())
     assert report == {"dataset": "points", "rows": 40}
+
+
+def _container_example(
+    env: dict[str, str], work: Path, registry: PrivateRegistry, transcript: list[str]
+) -> None:
+    """examples/container/run.sh with the test registry's image (its login added first,
+    as an admin would); the listing the command wrote to /outputs is the job's output."""
+    cwd = work / "examples" / "container"
+    login = ["--username", registry.username, "--password-stdin"]
+    _run(
+        ["cshare", "registry", "add", f"{registry.host}/team", *login], env, cwd, registry.password
+    )
+    transcript.append(_run(["sh", "run.sh"], {**env, "IMAGE": registry.image}, cwd))
+    _run(["cshare", "dataset", "download", "points-listing", "-o", "listing"], env, cwd)
+    listing = cwd / "listing"
+    text = (listing / "listing.txt" if listing.is_dir() else listing).read_text()
+    assert "/inputs/points" in text, text
 
 
 def _run(
