@@ -87,6 +87,11 @@ def create_app(
         app.state.services = services
         for service in services:
             service.start()
+        listener = None
+        if settings.metrics_listen:
+            listener = metrics.MetricsListener(settings, app.state.scrape_metrics)
+            listener.start()
+        app.state.metrics_listener = listener
         if settings.gc_freeze:
             # Move the ~200k start-up objects out of the collector's reach: full
             # collections over them were the p99 of every endpoint (bench/overview.py).
@@ -94,6 +99,8 @@ def create_app(
             gc.freeze()
         yield
         await app.state.prefect_proxy.upstream.aclose()
+        if listener is not None:
+            listener.stop()
         for service in reversed(services):
             service.stop()
         app.state.services = []
@@ -119,7 +126,7 @@ def create_app(
     app.state.gateway = prefect.for_requests(settings.prefect_request_budget_s)
     errors.install(app)
     app.add_exception_handler(AdmissionRejected, job_routes.admission_rejected_handler)
-    app.state.scrape_metrics = metrics.make_scrape(db)
+    app.state.scrape_metrics = metrics.make_scrape(db, top_orgs=settings.metrics_top_orgs)
     app.add_middleware(metrics.RequestLatencyMiddleware, slow_after_s=settings.slow_request_s)
     # Added last, so outermost: the slow-request line carries the request id too.
     app.add_middleware(RequestIdMiddleware)

@@ -12,15 +12,23 @@
 
 The route label is the route's template (`/api/v1/orgs/{org}/jobs`), never the concrete
 path, and requests that match no route share the label "unmatched": a scanner probing
-random URLs cannot create new series. There is no per-user or per-org label.
+random URLs cannot create new series. There is no per-user label; per-org gauges
+(`cshare_org_jobs`, `cshare_org_machines`) name at most `metrics_top_orgs` orgs, the
+busiest, and fold the rest into org="other" (`OrgCollector`).
+
+Who may scrape (`scrape_allowed`): a bearer `metrics_token`, or anyone when
+`metrics_open`; `metrics_listen` adds a listener of its own (`MetricsListener`) for a
+private network. docs/operations.md says how to configure Prometheus and Grafana.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -31,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orgs import metrics as orgs_metrics
 from orgs import usage_views
+from orgs.config import Settings
 from orgs.db import Database
 
 log = logging.getLogger(__name__)
@@ -173,10 +182,53 @@ class LedgerCollector(Collector):
         return [jobs, machines]
 
 
-def make_scrape(db: Database) -> Any:
+class OrgCollector(Collector):
+    """Per-org gauges read when scraped, with bounded labels: open jobs by state and
+    machines by status, for the `top` busiest orgs (open jobs, then online machines)
+    by slug, every other org added into org="other" (absent while there is none)."""
+
+    def __init__(self, db: Database, *, top: int) -> None:
+        self.db = db
+        self.top = top
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        with self.db.session(write=False) as session:
+            open_jobs = usage_views.open_jobs_by_org(session)
+            machines = usage_views.machines_by_org(session)
+        activity = {
+            slug: sum(open_jobs.get(slug, {}).values()) + machines.get(slug, {}).get("online", 0)
+            for slug in set(open_jobs) | set(machines)
+        }
+        label = orgs_metrics.org_labels(activity, self.top)
+        jobs = GaugeMetricFamily(
+            "cshare_org_jobs",
+            f"Open jobs by organization and state (the {self.top} busiest organizations by "
+            'name, the others summed as org="other").',
+            labels=["org", "state"],
+        )
+        machine_family = GaugeMetricFamily(
+            "cshare_org_machines",
+            "Machines by organization and status (organizations labelled as in cshare_org_jobs).",
+            labels=["org", "status"],
+        )
+        for family, source in ((jobs, open_jobs), (machine_family, machines)):
+            folded: dict[tuple[str, str], int] = {}
+            for slug, counts in source.items():
+                for key, n in counts.items():
+                    folded[(label[slug], key)] = folded.get((label[slug], key), 0) + n
+            for (org, key), n in sorted(folded.items()):
+                family.add_metric([org, key], n)
+        return [jobs, machine_family]
+
+
+def make_scrape(db: Database, *, top_orgs: int = 20) -> Callable[[], bytes]:
     """A function rendering every metric of this app as Prometheus text."""
     ledger = CollectorRegistry(auto_describe=False)
     ledger.register(LedgerCollector(db))
+    ledger.register(OrgCollector(db, top=top_orgs))
 
     def scrape() -> bytes:
         return (
@@ -186,6 +238,84 @@ def make_scrape(db: Database) -> Any:
         )
 
     return scrape
+
+
+def scrape_allowed(settings: Settings, authorization: str | None) -> bool:
+    """Whether a scrape with this `Authorization` header may read the metrics."""
+    token = settings.metrics_token
+    if token is not None:
+        scheme, _, given = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.get_secret_value().encode()
+        )
+    return settings.metrics_open
+
+
+def refusal(settings: Settings) -> str:
+    """What a refused scrape is told (never whether a token is close)."""
+    if settings.metrics_token is not None:
+        return "Send the metrics token: 'Authorization: Bearer <CSHARE_METRICS_TOKEN>'."
+    where = (
+        f" or scrape the metrics listener on {settings.metrics_listen}"
+        if settings.metrics_listen
+        else ""
+    )
+    return (
+        "Metrics need a token: set CSHARE_METRICS_TOKEN and send it as a bearer token"
+        f"{where}; CSHARE_METRICS_OPEN=true serves them to anyone."
+    )
+
+
+class MetricsListener:
+    """`/metrics` alone on an address of its own (`metrics_listen`), for a network only
+    Prometheus reaches; a thread per scrape. The token applies here too when set."""
+
+    def __init__(self, settings: Settings, scrape: Callable[[], bytes]) -> None:
+        address = settings.metrics_address()
+        assert address is not None
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self._send(404, b'{"error":"not_found","detail":"Only /metrics here."}')
+                elif settings.metrics_token is not None and not scrape_allowed(
+                    settings, self.headers.get("Authorization")
+                ):
+                    detail = refusal(settings).replace('"', "'")
+                    self._send(401, f'{{"error":"unauthenticated","detail":"{detail}"}}'.encode())
+                else:
+                    self._send(200, listener.scrape(), CONTENT_TYPE)
+
+            def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # scrapes every 15 s would flood the log
+
+        self.scrape = scrape
+        self.server = ThreadingHTTPServer(address, Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, name="metrics-listener", daemon=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics listener on %s:%d", *self.address)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # Re-exported so callers in api/ can record without reaching into orgs.

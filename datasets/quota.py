@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -54,6 +55,59 @@ def owned_bytes(session: Session, org_id: uuid.UUID, user_id: uuid.UUID) -> int:
         )
     )
     return int(total or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageUse:
+    """What an organization stores now, and what was added in a window."""
+
+    datasets_bytes: int
+    bundles_bytes: int
+    datasets_added_bytes: int
+    bundles_added_bytes: int
+
+    @property
+    def used_bytes(self) -> int:
+        return self.datasets_bytes + self.bundles_bytes
+
+
+def added_bytes(
+    session: Session, org_id: uuid.UUID, since: datetime, until: datetime
+) -> tuple[int, int]:
+    """Bytes of dataset versions and of code bundles created in [since, until), whether
+    or not they were deleted since (what the window added, not what is left of it)."""
+    versions = session.scalar(
+        select(func.coalesce(func.sum(DatasetVersion.size), 0))
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(
+            Dataset.org_id == org_id,
+            DatasetVersion.created_at >= since,
+            DatasetVersion.created_at < until,
+        )
+    )
+    bundles = session.scalar(
+        select(func.coalesce(func.sum(CodeBundle.size), 0)).where(
+            CodeBundle.org_id == org_id,
+            CodeBundle.created_at >= since,
+            CodeBundle.created_at < until,
+        )
+    )
+    return int(versions or 0), int(bundles or 0)
+
+
+def storage_use(
+    session: Session, org_id: uuid.UUID, since: datetime, until: datetime
+) -> StorageUse:
+    datasets_now = session.scalar(
+        select(func.coalesce(func.sum(DatasetVersion.size), 0))
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(Dataset.org_id == org_id, DatasetVersion.tombstoned_at.is_(None))
+    )
+    bundles_now = session.scalar(
+        select(func.coalesce(func.sum(CodeBundle.size), 0)).where(CodeBundle.org_id == org_id)
+    )
+    versions_added, bundles_added = added_bytes(session, org_id, since, until)
+    return StorageUse(int(datasets_now or 0), int(bundles_now or 0), versions_added, bundles_added)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,34 @@ class Settings(BaseSettings):
     prefect_request_budget_s: float = Field(default=10.0, gt=0)
     # Requests slower than this are logged (route template, status, seconds).
     slow_request_s: float = Field(default=5.0, gt=0)
+    # `/metrics` (docs/operations.md). Scrapers send `Authorization: Bearer <token>`;
+    # without a token every scrape of the API's `/metrics` answers 401 unless
+    # `metrics_open` says the port is private anyway. `metrics_listen` ("127.0.0.1:9464")
+    # serves `/metrics` on a listener of its own (the token applies there too when set).
+    metrics_token: SecretStr | None = None
+    metrics_open: bool = False
+    metrics_listen: str | None = None
+    # Per-org series carry the slug of at most this many organizations (the busiest:
+    # open jobs, then machines); the rest share the label "other". Every label value is
+    # a series Prometheus keeps, so this bounds them.
+    metrics_top_orgs: int = Field(default=20, ge=0, le=1000)
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        host, sep, port = value.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"metrics_listen must be HOST:PORT, like 127.0.0.1:9464: {value!r}")
+        return value.strip()
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        if self.metrics_listen is None:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
     work_pool_type: str = "process"
     dispatcher_lease_ttl_s: float = 15.0
     dispatcher_batch_size: int = 200

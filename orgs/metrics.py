@@ -6,8 +6,10 @@ live here, in a registry of their own, and `api.metrics` renders this registry t
 with the gauges it computes from the database at scrape time.
 
 Labels are bounded on purpose: the decision (3 values) and the admission rule (the
-policy's fixed rule names, anything else folds into "other"). Never a user, an org or a
-job id: each label value is a time series kept forever by Prometheus.
+policy's fixed rule names, anything else folds into "other"). Never a user or a job id:
+each label value is a time series kept forever by Prometheus. Organizations appear only
+in the scrape-time gauges of `api.metrics`, and only the busiest `metrics_top_orgs` of
+them by name (`org_labels`); the rest share "other".
 
 Counters are per process. With several API replicas Prometheus scrapes each one and
 `sum()` across instances gives the totals.
@@ -15,6 +17,7 @@ Counters are per process. With several API replicas Prometheus scrapes each one 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -114,3 +117,16 @@ def observe_dispatch_latency(seconds: float) -> None:
 
 def record_notification(result: str) -> None:
     NOTIFICATION_DELIVERIES.labels(result=result).inc()
+
+
+OTHER_ORGS: Final = "other"
+
+
+def org_labels(activity: Mapping[str, int], top: int) -> dict[str, str]:
+    """Each org slug -> the `org` label its series carry: its own slug for the `top`
+    busiest (most activity, then slug order: stable between scrapes while nothing
+    changes), "other" for the rest. An org literally named "other" would be
+    indistinguishable from the fold, so it is folded too."""
+    ranked = sorted((s for s in activity if s != OTHER_ORGS), key=lambda s: (-activity[s], s))
+    named = set(ranked[: max(0, top)])
+    return {slug: slug if slug in named else OTHER_ORGS for slug in activity}

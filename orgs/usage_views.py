@@ -61,7 +61,7 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from orgs import machines
 from orgs.db import UTCDateTime, utcnow
-from orgs.models import Machine, Organization, User
+from orgs.models import Machine, Membership, Organization, User
 from orgs.settings_doc import load as load_settings
 
 # Job states (API.md); must equal flows.models' constants.
@@ -579,6 +579,58 @@ def jobs_by_state_of(
     return counts
 
 
+def active_members(session: Session, org: Organization, *, since: datetime, until: datetime) -> int:
+    """Distinct people who submitted a job in [since, until) (held or rejected ones too:
+    they used the service)."""
+    return int(
+        session.scalar(
+            select(func.count(func.distinct(jobs.c.user_id))).where(
+                jobs.c.org_id == org.id, jobs.c.created_at >= since, jobs.c.created_at < until
+            )
+        )
+        or 0
+    )
+
+
+def member_count(session: Session, org: Organization) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Membership).where(Membership.org_id == org.id)
+        )
+        or 0
+    )
+
+
+PERIODS: Final = ("day", "week", "month")
+MAX_PERIODS: Final = 400
+
+
+def periods(since: datetime, until: datetime, period: str) -> list[tuple[datetime, datetime]]:
+    """[since, until) cut at UTC calendar boundaries (days, ISO weeks from Monday, months);
+    the first and last pieces are clipped to the window. ValueError past `MAX_PERIODS`."""
+    if period not in PERIODS:
+        raise ValueError(f"period must be one of {', '.join(PERIODS)}")
+    out: list[tuple[datetime, datetime]] = []
+    start = since
+    while start < until:
+        day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        if period == "day":
+            boundary = day + timedelta(days=1)
+        elif period == "week":
+            boundary = day + timedelta(days=7 - day.weekday())
+        else:
+            first = day.replace(day=1)
+            boundary = first.replace(
+                year=first.year + first.month // 12, month=first.month % 12 + 1
+            )
+        end = min(boundary, until)
+        out.append((start, end))
+        if len(out) > MAX_PERIODS:
+            raise ValueError(f"the window holds more than {MAX_PERIODS} {period}s")
+        start = end
+    return out
+
+
 # ----------------------------------------------------------------- scrape-time counts
 
 
@@ -622,6 +674,46 @@ def machines_by_status(session: Session, *, now: datetime | None = None) -> dict
     return counts
 
 
+def open_jobs_by_org(session: Session) -> dict[str, dict[str, int]]:
+    """Open jobs (held, scheduled, running, cancelling) per org slug and state: a grouped
+    index-only scan of the partial `ix_jobs_org_open`, a few rows however large the
+    ledger. Orgs with none are absent."""
+    org_key = jobs.c.org_id
+    stmt = (
+        select(Organization.slug, jobs.c.state, func.count())
+        .select_from(jobs.join(Organization, Organization.id == org_key))
+        .where(_is(jobs.c.state, *OPEN_STATES))
+        .group_by(Organization.slug, jobs.c.state)
+    )
+    out: dict[str, dict[str, int]] = {}
+    for slug, state, n in session.execute(stmt):
+        out.setdefault(str(slug), dict.fromkeys(OPEN_STATES, 0))[str(state)] = int(n)
+    return out
+
+
+def machines_by_org(session: Session, *, now: datetime | None = None) -> dict[str, dict[str, int]]:
+    """Machines per org slug, as `machines_by_status` counts them."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(
+            Organization.slug, Organization.settings, Machine.status, Machine.last_heartbeat_at
+        ).join(Organization, Organization.id == Machine.org_id)
+    ).all()
+    out: dict[str, dict[str, int]] = {}
+    cutoffs: dict[str, datetime] = {}
+    for slug, raw, status, heartbeat in rows:
+        counts = out.setdefault(slug, {"pending": 0, "online": 0, "offline": 0, "rejected": 0})
+        if status == machines.MachineStatus.approved:
+            if slug not in cutoffs:
+                seconds = load_settings(dict(raw or {})).machines.offline_after_s
+                cutoffs[slug] = now - timedelta(seconds=seconds)
+            online = heartbeat is not None and heartbeat >= cutoffs[slug]
+            counts["online" if online else "offline"] += 1
+        else:
+            counts[status] = counts.get(status, 0) + 1
+    return out
+
+
 __all__ = [
     "ACTIVE_STATES",
     "ALL_STATES",
@@ -630,11 +722,16 @@ __all__ = [
     "TypeOverview",
     "Usage",
     "UserUsage",
+    "active_members",
     "jobs",
     "jobs_by_state",
     "machine_activity",
+    "machines_by_org",
     "machines_by_status",
+    "member_count",
+    "open_jobs_by_org",
     "overview",
+    "periods",
     "usage",
     "window",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -135,17 +136,33 @@ def usage(
     me: Annotated[
         bool, typer.Option("--me", help="Only your own usage (any member; no admin needed).")
     ] = False,
+    period: Annotated[
+        str | None,
+        typer.Option(
+            "--period",
+            help="Also per UTC day, week or month: compute, jobs, active members, storage "
+            "added (with --csv: one row per period).",
+            show_default=False,
+        ),
+    ] = None,
+    csv_: Annotated[
+        bool, typer.Option("--csv", help="CSV on stdout (per user, or per period).")
+    ] = False,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Per-user usage over a window (admins), or your own with --me: compute time,
-    jobs run and held, now."""
+    jobs run and held, now; the org's storage and active members."""
     cfg = config.effective()
     slug = require_org(cfg, org)
+    if period is not None and period not in ("day", "week", "month"):
+        raise UsageProblem(f"--period is day, week or month, not '{period}'.")
+    if csv_ and json_:
+        raise UsageProblem("Give --csv or --json, not both.")
     if me:
-        if user is not None:
-            raise UsageProblem("Give --me or --user, not both.")
-        _my_usage(slug, since, until, json_)
+        if user is not None or period is not None:
+            raise UsageProblem("--me takes neither --user nor --period.")
+        _my_usage(slug, since, until, json_, csv_)
         return
     with connect(cfg) as client:
         body = client.get(
@@ -155,8 +172,13 @@ def usage(
                 "until": parse_when(until),
                 "user": user,
                 "limit": limit,
+                "period": period,
+                "format": "csv" if csv_ else None,
             },
         )
+    if csv_:
+        sys.stdout.write(str(body))
+        return
     if json_:
         output.print_json(body)
         return
@@ -182,14 +204,49 @@ def usage(
     )
     if body.get("total", 0) > len(body.get("items", [])):
         output.note(f"Showing {len(body['items'])} of {body['total']} users; raise --limit.")
+    storage = body["storage"]
+    output.say(f"active members: {body['active_members']} of {body['members']} submitted jobs")
+    output.say(
+        f"storage now:    {fmt_bytes(storage['used_bytes'])} (datasets "
+        f"{fmt_bytes(storage['datasets_bytes'])}, code bundles "
+        f"{fmt_bytes(storage['bundles_bytes'])}); added in the window: datasets "
+        f"{fmt_bytes(storage['datasets_added_bytes'])}, bundles "
+        f"{fmt_bytes(storage['bundles_added_bytes'])}"
+    )
+    if body.get("periods") is not None:
+        output.table(
+            ["FROM", "TO", "COMPUTE", "JOBS RUN", "ACTIVE", "DATASETS +", "BUNDLES +"],
+            (
+                [
+                    output.when(p["start"]),
+                    output.when(p["end"]),
+                    fmt.duration(p["compute_seconds"]),
+                    p["jobs_run"],
+                    p["active_members"],
+                    fmt_bytes(p["datasets_added_bytes"]),
+                    fmt_bytes(p["bundles_added_bytes"]),
+                ]
+                for p in body["periods"]
+            ),
+            title=f"Per {period}",
+        )
 
 
-def _my_usage(slug: str, since: str | None, until: str | None, json_: bool) -> None:
+def _my_usage(
+    slug: str, since: str | None, until: str | None, json_: bool, csv_: bool = False
+) -> None:
     with connect() as client:
         body = client.get(
             f"/orgs/{seg(slug)}/usage/me",
-            params={"since": parse_when(since), "until": parse_when(until)},
+            params={
+                "since": parse_when(since),
+                "until": parse_when(until),
+                "format": "csv" if csv_ else None,
+            },
         )
+    if csv_:
+        sys.stdout.write(str(body))
+        return
     if json_:
         output.print_json(body)
         return

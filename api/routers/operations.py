@@ -5,7 +5,8 @@
   each background service (running, last success, consecutive failures, last error);
 - `GET /readyz`: the database and Prefect both answer (readiness: take this replica out
   of the load balancer until they do); 503 `{"error": "not_ready", ...}` otherwise;
-- `GET /metrics`: Prometheus text (see api.metrics).
+- `GET /metrics`: Prometheus text (see api.metrics), for a bearer `CSHARE_METRICS_TOKEN`
+  (401 otherwise, unless `CSHARE_METRICS_OPEN`); not a user's token.
 
 The same routes are also served under `/api/v1` (hidden from the schema) for clients
 that put every call under the API prefix.
@@ -21,11 +22,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from api.metrics import CONTENT_TYPE
+from api.metrics import CONTENT_TYPE, refusal, scrape_allowed
 from flows.gateway import PrefectGateway
 from orgs.config import Settings
 from orgs.db import Database
 from orgs.service import Service, ServiceHealth
+from policies.errors import Unauthenticated
 
 router = APIRouter(tags=["operations"])
 
@@ -114,7 +116,14 @@ def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={401: {"description": "No metrics token, or a wrong one."}},
+)
 def metrics(request: Request) -> Response:
-    """Prometheus metrics (text exposition format 0.0.4)."""
+    """Prometheus metrics (text exposition format 0.0.4), for the metrics token."""
+    settings: Settings = request.app.state.settings
+    if not scrape_allowed(settings, request.headers.get("authorization")):
+        raise Unauthenticated(refusal(settings))
     return Response(request.app.state.scrape_metrics(), media_type=CONTENT_TYPE)

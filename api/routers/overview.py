@@ -1,8 +1,9 @@
 """The organization overview, per-user usage, and notification settings.
 
 - `GET /orgs/{org}/overview` (members): machines, capacity, jobs now, compute time;
-- `GET /orgs/{org}/usage?since=&until=` (admins): per user, heaviest first, and the
-  storage the datasets hold against `storage.max_bytes`;
+- `GET /orgs/{org}/usage?since=&until=&period=` (admins): per user, heaviest first, the
+  storage datasets and bundles hold against `storage.max_bytes` and what the window
+  added, active members, and per day/week/month with `period`; CSV with `format=csv`;
 - `GET /orgs/{org}/usage/me` (every member): the same numbers for the caller alone, their
   jobs by state and the storage of the datasets they created;
 - `GET/PUT /orgs/{org}/notifications` (admins), `POST .../notifications/test`,
@@ -11,11 +12,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -166,8 +169,26 @@ class UserUsageOut(BaseModel):
 
 
 class StorageUsageOut(BaseModel):
-    used_bytes: int = Field(description="What the org's live dataset versions hold.")
+    used_bytes: int = Field(
+        description="What the org's live dataset versions and code bundles hold now (the "
+        "quota counts this)."
+    )
     max_bytes: int | None = Field(description="storage.max_bytes (null: unlimited).")
+    datasets_bytes: int = Field(description="Live dataset versions, now.")
+    bundles_bytes: int = Field(description="Code bundles, now.")
+    datasets_added_bytes: int = Field(description="Dataset versions created in the window.")
+    bundles_added_bytes: int = Field(description="Code bundles uploaded in the window.")
+
+
+class PeriodOut(BaseModel):
+    start: datetime
+    end: datetime
+    compute_seconds: float
+    compute_hours: float
+    jobs_run: int = Field(description="Jobs that started in the period.")
+    active_members: int = Field(description="Members who submitted a job in the period.")
+    datasets_added_bytes: int
+    bundles_added_bytes: int
 
 
 class UsageOut(BaseModel):
@@ -176,22 +197,90 @@ class UsageOut(BaseModel):
     storage: StorageUsageOut
     compute_seconds: float
     compute_hours: float
+    active_members: int = Field(description="Members who submitted a job in the window.")
+    members: int = Field(description="Members of the organization now.")
+    periods: list[PeriodOut] | None = Field(
+        default=None, description="With `period`: the window cut into days, weeks or months."
+    )
     items: list[UserUsageOut]
     total: int
     limit: int
     offset: int
 
 
-@router.get("/orgs/{org}/usage")
+Period = Annotated[
+    Literal["day", "week", "month"] | None,
+    Query(description="Also report per UTC day, ISO week or calendar month of the window."),
+]
+Format = Annotated[
+    Literal["json", "csv"] | None,
+    Query(description="csv: a CSV table (also with `Accept: text/csv`)."),
+]
+
+
+def _wants_csv(request: Request, format: str | None) -> bool:
+    if format is not None:
+        return format == "csv"
+    return "text/csv" in request.headers.get("accept", "")
+
+
+def _csv(rows: list[dict[str, object]], columns: list[str], filename: str) -> Response:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _periods(
+    session: Session, ctx: OrgContext, start: datetime, end: datetime, period: str
+) -> list[PeriodOut]:
+    try:
+        cuts = usage_views.periods(start, end, period)
+    except ValueError as exc:
+        raise Invalid(f"{exc}; narrow the window or use a longer period.", field="period") from None
+    out: list[PeriodOut] = []
+    for a, b in cuts:
+        u = usage_views.usage(session, ctx.org, since=a, until=b)
+        datasets_added, bundles_added = quota.added_bytes(session, ctx.org.id, a, b)
+        out.append(
+            PeriodOut(
+                start=a,
+                end=b,
+                compute_seconds=round(u.compute_seconds, 3),
+                compute_hours=round(u.compute_seconds / 3600, 3),
+                jobs_run=sum(r.jobs_run for r in u.users),
+                active_members=usage_views.active_members(session, ctx.org, since=a, until=b),
+                datasets_added_bytes=datasets_added,
+                bundles_added_bytes=bundles_added,
+            )
+        )
+    return out
+
+
+@router.get(
+    "/orgs/{org}/usage",
+    response_model=UsageOut,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV on request."}},
+)
 def get_usage(
     ctx: UsageView,
     session: SessionDep,
+    request: Request,
     since: Since = None,
     until: Until = None,
     user: Annotated[str | None, Query(max_length=64, description="Only this user name.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> UsageOut:
+    period: Period = None,
+    format: Format = None,
+) -> UsageOut | Response:
+    """Per-user compute and jobs, the org's storage and active members over the window;
+    CSV (per user, or per period with `period`) with `format=csv` or `Accept: text/csv`."""
     start, end = _window(since, until)
     user_id = None
     if user is not None:
@@ -201,12 +290,23 @@ def get_usage(
     u = usage_views.usage(session, ctx.org, since=start, until=end, user_id=user_id)
     page = u.users[offset : offset + limit]
     stored = quota.quota_of(session, ctx.org)
-    return UsageOut(
+    use = quota.storage_use(session, ctx.org.id, u.since, u.until)
+    out = UsageOut(
         since=u.since,
         until=u.until,
-        storage=StorageUsageOut(used_bytes=stored.used, max_bytes=stored.limit),
+        storage=StorageUsageOut(
+            used_bytes=stored.used,
+            max_bytes=stored.limit,
+            datasets_bytes=use.datasets_bytes,
+            bundles_bytes=use.bundles_bytes,
+            datasets_added_bytes=use.datasets_added_bytes,
+            bundles_added_bytes=use.bundles_added_bytes,
+        ),
         compute_seconds=round(u.compute_seconds, 3),
         compute_hours=round(u.compute_seconds / 3600, 3),
+        active_members=usage_views.active_members(session, ctx.org, since=u.since, until=u.until),
+        members=usage_views.member_count(session, ctx.org),
+        periods=_periods(session, ctx, u.since, u.until, period) if period else None,
         items=[
             UserUsageOut(
                 user_id=r.user_id,
@@ -224,6 +324,20 @@ def get_usage(
         total=len(u.users),
         limit=limit,
         offset=offset,
+    )
+    if not _wants_csv(request, format):
+        return out
+    stamp = f"{out.since:%Y%m%d}-{out.until:%Y%m%d}"
+    if out.periods is not None:
+        return _csv(
+            [p.model_dump() for p in out.periods],
+            list(PeriodOut.model_fields),
+            f"usage-{ctx.org.slug}-{period}-{stamp}.csv",
+        )
+    return _csv(
+        [{"user": i.name, **i.model_dump()} for i in out.items],
+        ["user", *(f for f in UserUsageOut.model_fields if f not in ("name",))],
+        f"usage-{ctx.org.slug}-{stamp}.csv",
     )
 
 
@@ -266,13 +380,28 @@ def own_usage(session: Session, ctx: OrgContext, start: datetime, end: datetime)
     )
 
 
-@router.get("/orgs/{org}/usage/me")
+@router.get(
+    "/orgs/{org}/usage/me",
+    response_model=MyUsageOut,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV on request."}},
+)
 def get_my_usage(
-    ctx: OwnUsageView, session: SessionDep, since: Since = None, until: Until = None
-) -> MyUsageOut:
-    """Your own usage in the organization (every member): compute, jobs, storage."""
+    ctx: OwnUsageView,
+    session: SessionDep,
+    request: Request,
+    since: Since = None,
+    until: Until = None,
+    format: Format = None,
+) -> MyUsageOut | Response:
+    """Your own usage in the organization (every member): compute, jobs, storage; one
+    CSV row with `format=csv` or `Accept: text/csv`."""
     start, end = _window(since, until)
-    return own_usage(session, ctx, start, end)
+    mine = own_usage(session, ctx, start, end)
+    if not _wants_csv(request, format):
+        return mine
+    row = mine.model_dump(exclude={"jobs_by_state"})
+    row.update({f"jobs_{state}": n for state, n in mine.jobs_by_state.items()})
+    return _csv([row], list(row), f"usage-{ctx.org.slug}-{ctx.user.name}-{start:%Y%m%d}.csv")
 
 
 # ---------------------------------------------------------------------- notifications

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from orgs import metrics as orgs_metrics
@@ -19,8 +20,11 @@ from tests.integration.test_jobs_support import FakePrefect, jobs_app, limits_do
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(api: Any) -> Samples:
-    r = api.client.get("/metrics")
+TOKEN = "scrape-" + uuid.uuid4().hex
+
+
+def scrape(api: Any, path: str = "/metrics") -> Samples:
+    r = api.client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     out: Samples = {}
@@ -40,7 +44,7 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 def test_scrape_before_and_after_submissions(database: Database) -> None:
     fake = FakePrefect()
-    with jobs_app(database, fake) as api:
+    with jobs_app(database, fake, metrics_token=SecretStr(TOKEN)) as api:
         org = setup_org(api, f"m{uuid.uuid4().hex[:8]}", limits_doc(concurrent=2, runtime=600))
         org.deploy()
         member = org.add_member()
@@ -80,7 +84,14 @@ def test_scrape_before_and_after_submissions(database: Database) -> None:
         count = "cshare_http_request_duration_seconds_count"
         assert delta(before, after, count, route=route, method="POST", status="2xx") == 3
         assert delta(before, after, count, route=route, method="POST", status="4xx") == 2
-        assert not any(org.slug in str(labels) for _name, labels in after)
+        # The org's slug is a label of the per-org gauges only.
+        assert {n for n, labels in after if org.slug in str(labels)} == {
+            "cshare_org_jobs",
+            "cshare_org_machines",
+        }
+        assert delta(before, after, "cshare_org_jobs", org=org.slug, state="held") == 1
+        assert delta(before, after, "cshare_org_jobs", org=org.slug, state="scheduled") == 2
+        assert value(after, "cshare_org_machines", org=org.slug, status="online") == 1
 
         moved = delta(
             before, after, "cshare_job_submissions_total", decision="accepted", rule="none"

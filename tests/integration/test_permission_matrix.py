@@ -103,7 +103,7 @@ PUBLIC_ROUTES = frozenset(
         "POST /auth/sso/poll",
         "GET /healthz",
         "GET /readyz",
-        "GET /metrics",
+        "GET /metrics",  # its own bearer token (CSHARE_METRICS_TOKEN), never a user's
     }
 )
 
@@ -1068,6 +1068,9 @@ def _matrix_app(db: Database) -> Iterator[ApiClient]:
             db,
             MatrixPrefect(),
             notifications_allow_loopback=True,
+            # /metrics takes its own token, not a user's (tests/integration/
+            # test_metrics_access.py); open here, it is public like /healthz.
+            metrics_open=True,
             # A provider whose sign-in starts without a network call (GitHub's URLs).
             sso_providers=[
                 SsoProvider(name="github", kind="github", client_id="m", client_secret="s")

@@ -444,10 +444,30 @@ class Stack:
         self.say(f"  Logs:        {self.home / 'logs'}")
         self.say()
         self.say("Next, in another terminal:")
+        hint = activate_hint()
+        if hint:
+            self.say(f"  {hint}   # puts cshare on PATH in that terminal")
         self.say(f"  cshare login --url {api} --email {boot.admin_email}")
         self.say(f"  cshare deploy prefect.yaml --org {boot.org_slug}")
         self.say(f"  cshare job submit train --org {boot.org_slug}")
         self.say()
+
+
+def activate_hint(cwd: Path | None = None) -> str | None:
+    """`source .venv/bin/activate` (relative when under `cwd`) when `cshare` runs from a
+    virtual environment whose bin folder is not on PATH: the README's first command
+    installs into `.venv` and starts `.venv/bin/cshare up`, so a new terminal has no
+    `cshare` until the venv is activated."""
+    activate = VENV_BIN / "activate"
+    if not activate.is_file():
+        return None
+    on_path = [Path(p).resolve() for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    if VENV_BIN.resolve() in on_path:
+        return None
+    here = (cwd or Path.cwd()).resolve()
+    target = activate.resolve() if not VENV_BIN.is_symlink() else activate
+    shown = target.relative_to(here) if target.is_relative_to(here) else target
+    return f"source {shown}"
 
 
 def _is_online(machine: dict[str, Any]) -> bool:
