@@ -45,10 +45,13 @@ def train(epochs: int = 200, learning_rate: float = 0.05) -> dict[str, float]:
         a, b = a - learning_rate * grad_a, b - learning_rate * grad_b
         loss = sum((a * x + b - y) ** 2 for x, y in points) / len(points)
         history.append(round(loss, 6))
+        if step % 10 == 0 or step == epochs:
+            # A point of the series `loss` over steps (charted on the job's page).
+            log_metadata(step=step, loss=round(loss, 6))
         if step % 50 == 0 or step == epochs:
             logger.info("step %d: loss %.6f", step, loss)
-    # Metrics: the final numbers, and the loss at every step (a list, in the dict form).
-    log_metadata({"loss": history[-1], "a": round(a, 4), "b": round(b, 4), "loss_by_step": history})
+    # The final numbers, merged into the job's metadata.
+    log_metadata({"loss": history[-1], "a": round(a, 4), "b": round(b, 4)})
     model = Path(tempfile.mkdtemp()) / "model.json"
     model.write_text(json.dumps({"a": round(a, 4), "b": round(b, 4), "epochs": epochs}) + "\n")
     save_output(model, dataset="model", description=f"y = a*x + b after {epochs} steps")
