@@ -9,5 +9,5 @@
     cshare agent start     an agent (one per machine)
 
 `cshare up` runs the same processes on one machine; the Prefect environment is built
-here for both (prefect_env.py).
+in api.cli.up.prefect_env for both.
 """

@@ -11,7 +11,7 @@ from typing import Annotated, Final
 import typer
 
 from api.cli.output import CliError
-from api.cli.roles.prefect_env import PrefectConfig, prefect_env
+from api.cli.up.prefect_env import PrefectConfig, prefect_env
 
 VENV_BIN: Final = Path(sys.executable).parent
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from api.cli.roles.prefect_db import SERVICES_LOCK, is_postgres, plain_dsn
-from api.cli.roles.prefect_env import PrefectConfig, prefect_env
+from api.cli.up.prefect_env import PrefectConfig, prefect_env
 from api.cli.up.processes import with_parent_death_signal
 
 VENV_BIN: Final = Path(sys.executable).parent

@@ -18,12 +18,12 @@ from typing import Any, Final, TextIO
 
 import httpx
 
-from api.cli.roles.prefect_env import PrefectConfig, prefect_env
 from api.cli.up.bootstrap import Bootstrap, bootstrap
 from api.cli.up.demo import DEMO_MACHINE_TYPE, code_dir, run_demo
 from api.cli.up.errors import StackError
 from api.cli.up.home import private_dir, read_or_create_secret
 from api.cli.up.postgres import EmbeddedPostgres
+from api.cli.up.prefect_env import PrefectConfig, prefect_env
 from api.cli.up.processes import Child, check_port, clean_env, start_time, wait_until
 from api.cli.up.restarts import RestartPolicy
 from api.cli.up.status import StackState, StackStatus, iso, utcnow, write_status
