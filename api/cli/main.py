@@ -37,6 +37,7 @@ from api.cli import secrets as secret_cmds
 from api.cli import stack as stack_cmds
 from api.cli import two_factor as two_factor_cmds
 from api.cli.options import LogFormatOpt
+from api.cli.roles import commands as role_cmds
 
 
 class CshareGroup(TyperGroup):
@@ -86,6 +87,8 @@ app.command("lineage")(lineage_cmds.lineage)
 orgs.app.command("overview")(overview_cmds.org_overview)
 app.command("usage")(overview_cmds.usage)
 app.command("up")(stack_cmds.up)
+app.command("prefect-server")(role_cmds.prefect_server)
+app.command("services")(role_cmds.services)
 
 HostOpt = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
 PortOpt = Annotated[int, typer.Option("--port", help="Port to listen on.")]

@@ -101,7 +101,7 @@ _EXEC_WITH_PDEATHSIG: Final = (
 )
 
 
-def _with_parent_death_signal(args: Sequence[str]) -> list[str]:
+def with_parent_death_signal(args: Sequence[str]) -> list[str]:
     if sys.platform != "linux":
         return list(args)
     # -I -S: stdlib only, no site packages: the hop costs ~20 ms.
@@ -175,7 +175,7 @@ def spawn(
     # As another user the hop through our interpreter may not even be readable; that
     # child (the embedded PostgreSQL) is cleaned up at the next start instead.
     process = subprocess.Popen(
-        list(args) if user else _with_parent_death_signal(args),
+        list(args) if user else with_parent_death_signal(args),
         env=env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,

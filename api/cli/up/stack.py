@@ -24,6 +24,7 @@ from api.cli.up.demo import DEMO_MACHINE_TYPE, code_dir, run_demo
 from api.cli.up.errors import StackError
 from api.cli.up.home import private_dir, read_or_create_secret
 from api.cli.up.postgres import EmbeddedPostgres
+from api.cli.up.prefect_env import PrefectConfig, prefect_env
 from api.cli.up.processes import Child, check_port, clean_env, start_time, wait_until
 from api.cli.up.restarts import RestartPolicy
 from api.cli.up.status import StackState, StackStatus, iso, utcnow, write_status
@@ -296,20 +297,15 @@ class Stack:
 
     def _start_prefect(self, auth: str) -> Child:
         prefect_home = private_dir(self.home / "prefect")
-        env = clean_env()
-        on_sqlite = self._prefect_database_url.startswith("sqlite")
-        env.update(
-            PREFECT_HOME=str(prefect_home),
-            PREFECT_SERVER_DATABASE_CONNECTION_URL=self._prefect_database_url,
-            PREFECT_SERVER_API_AUTH_STRING=auth,
-            # On SQLite the late-runs service fights request handlers for the write lock.
-            PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED=str(not on_sqlite).lower(),
-            PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_SERVER_API_HOST=self.o.host,
-            PREFECT_SERVER_API_PORT=str(self.o.prefect_port),
-            PREFECT_UI_API_URL=f"{self.o.prefect_url}/api",
-            PREFECT_LOGGING_SERVER_LEVEL="WARNING",
+        config = PrefectConfig(
+            home=prefect_home,
+            database_url=self._prefect_database_url,
+            auth=auth,
+            host=self.o.host,
+            port=self.o.prefect_port,
+            public_url=self.o.prefect_url,
         )
+        env = prefect_env(config)
         args = [
             str(VENV_BIN / "prefect"),
             "server",
