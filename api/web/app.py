@@ -39,6 +39,7 @@ from api.web import (
     routes_secrets,
     routes_settings,
     routes_sso,
+    routes_submit,
 )
 from api.web.core import STATIC, render
 from api.web.session import SignInRequired
@@ -173,6 +174,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_org,
         routes_org_profile,
         routes_data,
+        routes_submit,  # before routes_jobs: /jobs/new is not a job id
         routes_jobs,
         routes_projects,
         routes_settings,

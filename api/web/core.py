@@ -66,6 +66,7 @@ NOTICES: Mapping[str, str] = {
     "machine_removed": "Machine removed.",
     "cancelled": "Cancellation requested.",
     "rerun": "Submitted again as a new job.",
+    "submitted": "Job submitted.",
     "dataset_created": "Dataset created. Upload its first version below.",
     "dataset_deleted": "Dataset deleted.",
     "project_created": "Project created. Deploy into it with `cshare deploy --project`.",

@@ -807,6 +807,10 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
         {"role": "member"}
     ),
     "POST /rejoin": lambda w, role: PageBody({"org": w.org_slug, "note": "matrix"}),
+    # Explain: the admission decision, nothing created.
+    "POST /orgs/{org}/jobs/new": lambda w, role: PageBody(
+        {"deployment": _deployment(w), "action": "explain"}
+    ),
     "POST /orgs/{org}/secrets": lambda w, role: PageBody(
         {"name": f"MATRIX_{uuid.uuid4().hex[:8].upper()}", "value": "matrix-value"}
     ),
