@@ -40,6 +40,7 @@ from api.web import (
     routes_settings,
     routes_sso,
     routes_submit,
+    routes_tokens,
 )
 from api.web.core import STATIC, render
 from api.web.session import SignInRequired
@@ -180,6 +181,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_settings,
         routes_secrets,
         routes_profile,
+        routes_tokens,
         routes_sso,
     ):
         pages.include_router(module.router)

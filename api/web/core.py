@@ -67,6 +67,7 @@ NOTICES: Mapping[str, str] = {
     "cancelled": "Cancellation requested.",
     "rerun": "Submitted again as a new job.",
     "submitted": "Job submitted.",
+    "token_revoked": "Token revoked: it no longer works.",
     "dataset_created": "Dataset created. Upload its first version below.",
     "dataset_deleted": "Dataset deleted.",
     "project_created": "Project created. Deploy into it with `cshare deploy --project`.",

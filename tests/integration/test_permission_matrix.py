@@ -807,6 +807,8 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
         {"role": "member"}
     ),
     "POST /rejoin": lambda w, role: PageBody({"org": w.org_slug, "note": "matrix"}),
+    "POST /account/notifications": lambda w, role: PageBody({"job_email": "failures"}),
+    "POST /account/tokens": lambda w, role: PageBody({"name": "matrix"}),
     # Explain: the admission decision, nothing created.
     "POST /orgs/{org}/jobs/new": lambda w, role: PageBody(
         {"deployment": _deployment(w), "action": "explain"}
