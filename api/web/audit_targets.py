@@ -112,10 +112,7 @@ def resolve(session: Session, org: Organization, rows: Sequence[AuditEvent]) -> 
                 found[(kind, key)] = target
     out: dict[int, Target] = {}
     for row in rows:
-        target = found.get((row.target_type, row.target_id))
-        if target is None:
-            target = _fallback(org, row)
-        out[row.id] = target
+        out[row.id] = found.get((row.target_type, row.target_id)) or _fallback(org, row)
     return out
 
 
