@@ -75,6 +75,9 @@ NOTICES: Mapping[str, str] = {
     "saved": "Settings saved.",
     "secret_set": "Secret saved. Its value is not shown again.",
     "secret_deleted": "Secret deleted.",
+    "registry_added": "Registry added. Its password is not shown again.",
+    "registry_set": "Registry login replaced. Its password is not shown again.",
+    "registry_removed": "Registry removed.",
     "notifications": "Notification targets saved.",
     "test_sent": "Test notification queued for every target.",
     "signed_out": "You are signed out.",
@@ -215,6 +218,8 @@ def _nav(page: OrgPage) -> Nav:
         links.append(("settings", "Settings", page.url("/settings")))
     if page.can(Permission.secrets_manage):
         links.append(("secrets", "Secrets", page.url("/secrets")))
+    if page.can(Permission.registries_manage):
+        links.append(("registries", "Registries", page.url("/registries")))
     if page.can(Permission.audit_view):
         links.append(("audit", "Audit log", page.url("/audit")))
     if org_ui_access(page.ctx.viewer):

@@ -808,6 +808,9 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
     ),
     "POST /rejoin": lambda w, role: PageBody({"org": w.org_slug, "note": "matrix"}),
     "POST /account/notifications": lambda w, role: PageBody({"job_email": "failures"}),
+    "POST /orgs/{org}/registries": lambda w, role: PageBody(
+        {"registry": f"r{uuid.uuid4().hex[:8]}.example.com", "username": "m", "password": "pw"}
+    ),
     "POST /account/tokens": lambda w, role: PageBody({"name": "matrix"}),
     # Explain: the admission decision, nothing created.
     "POST /orgs/{org}/jobs/new": lambda w, role: PageBody(

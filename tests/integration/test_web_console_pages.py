@@ -61,3 +61,29 @@ def test_the_switcher_lists_full_names(world: World) -> None:
     html = world.member.get(f"/orgs/{world.slug}").text
     assert f'<a href="/orgs/{slug}">{long_name}</a> <span class="muted">member</span>' in html
     assert f'<a href="/orgs/{world.slug}" aria-current="true">' in html
+
+
+def test_registries_page_is_write_only_and_for_admins(world: World) -> None:
+    base = f"/orgs/{world.slug}/registries"
+    assert world.member.get(base).status_code == 403
+    assert world.outsider.get(base).status_code == 404
+    form = {"registry": "ghcr.io/acme-ml", "username": "robot", "password": "hunter2-secret"}
+    assert world.member.post(base, form).status_code == 403
+    assert world.admin.post(base, form, token=False).status_code == 403
+    r = world.admin.post(base, form)
+    assert r.status_code == 303 and "notice=registry_added" in r.headers["location"]
+    page = world.admin.get(base).text
+    assert "ghcr.io/acme-ml" in page and "robot" in page and "hunter2-secret" not in page
+    assert f'href="/orgs/{world.slug}/registries"' in page  # in the admins' nav
+    assert (
+        f'href="/orgs/{world.slug}/registries"' not in world.member.get(f"/orgs/{world.slug}").text
+    )
+    r = world.admin.post(base, {**form, "registry": "https://not a prefix"})
+    assert r.status_code == 422 and 'id="reg-registry-error"' in r.text
+    assert "hunter2-secret" not in r.text
+    listed = world.api.get(f"/orgs/{world.slug}/registries", world.admin.person)
+    key = listed.json()[0]["id"]
+    assert world.member.post(f"{base}/{key}/delete").status_code == 403
+    r = world.admin.post(f"{base}/{key}/delete")
+    assert r.status_code == 303 and "notice=registry_removed" in r.headers["location"]
+    assert "ghcr.io/acme-ml" not in world.admin.get(base).text
