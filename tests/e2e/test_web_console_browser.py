@@ -27,6 +27,7 @@ from orgs.migrate import upgrade
 from tests.e2e.test_web_browser import browser
 from tests.e2e.test_web_profile_browser import as_person, shot
 from tests.integration.test_jobs_support import FakePrefect
+from tests.integration.test_two_factor import bearer
 from tests.integration.test_web_submit import SCHEMA
 from tests.support import ApiClient, serve_in_thread
 
@@ -115,3 +116,49 @@ def test_submit_a_job_from_the_generated_form(browser: Any, site: tuple[str, Api
     expect(page.get_by_role("status")).to_contain_text("Job submitted.")
     expect(page.locator("main")).to_contain_text("sgd")
     shot(page, "console-02-submitted-job")
+
+
+def test_tokens_profile_and_registries_pages(browser: Any, site: tuple[str, ApiClient]) -> None:
+    base, api = site
+    owner = api.signup("olivia")
+    slug = api.create_org(owner, name=f"Acme Research {uuid.uuid4().hex[:4]}")
+    page = as_person(browser, base, owner).new_page()
+
+    # Profile -> tokens, from the keyboard: name, Tab to the expiry, Tab to the button.
+    page.goto(f"{base}/account")
+    expect(page.get_by_role("heading", name="Account")).to_be_visible()
+    page.get_by_label("when my job ends").select_option("all")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("Job e-mail choice saved.")
+    page.get_by_role("link", name="Manage your personal API tokens").click()
+    expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+    page.get_by_label("Name", exact=False).first.fill("laptop-cli")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Expires after")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Create token")).to_be_focused()
+    page.keyboard.press("Enter")
+    secret = page.get_by_label("Token", exact=True).input_value()
+    assert secret and api.get("/me", bearer(secret)).status_code == 200
+    expect(page.get_by_role("rowheader", name="laptop-cli")).to_be_visible()
+    shot(page, "console-03-token-created")
+    page.goto(f"{base}/account/tokens")
+    expect(page.get_by_label("Token", exact=True)).to_have_count(0)  # shown once
+    page.get_by_role("button", name="Revoke laptop-cli").click()
+    expect(page.get_by_role("status")).to_contain_text("Token revoked")
+    assert api.get("/me", bearer(secret)).status_code == 401
+
+    # Registries (admins): the password is never shown back.
+    page.goto(f"{base}/orgs/{slug}")
+    page.get_by_role("link", name="Registries").click()
+    expect(page.get_by_role("heading", name="Container registries")).to_be_visible()
+    page.get_by_role("textbox", name="Registry").fill("ghcr.io/acme-ml")
+    page.get_by_label("Username").fill("robot")
+    page.get_by_label("Password or access token").fill("hunter2-secret")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Save registry")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("Registry added")
+    expect(page.get_by_role("rowheader", name="ghcr.io/acme-ml")).to_be_visible()
+    assert "hunter2-secret" not in page.content()
+    shot(page, "console-04-registries")
