@@ -169,3 +169,33 @@ def test_who_may_open_and_post_the_form(world: World) -> None:
     assert _jobs(world) == 0
     r = world.member.post(url, _form(deployment="nope"))
     assert r.status_code == 422 and "Choose a deployment" in r.text
+
+
+def test_projects_list_create_show_and_submit_from_a_project(world: World) -> None:
+    owner = world.owner.person
+    assert owner is not None
+    base = f"/orgs/{world.slug}/projects"
+    r = world.owner.post(base, {"name": "vision", "description": "Image models"})
+    assert r.status_code == 303 and r.headers["location"].startswith(f"{base}/vision")
+    r = world.api.post(
+        f"/orgs/{world.slug}/deployments",
+        owner,
+        json={
+            "name": "detect",
+            "entrypoint": "flows/library/train.py:train",
+            "project": "vision",
+            "parameter_schema": SCHEMA,
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert "vision" in world.member.get(base).text
+    page = world.member.get(f"{base}/vision").text
+    link = f"/orgs/{world.slug}/jobs/new?project=vision&amp;deployment=detect"
+    assert link in page
+    _deploy(world)  # "train", in the default project
+    form = world.member.get(link.replace("&amp;", "&")).text
+    assert 'id="param-epochs"' in form and '<option value="detect" selected>' in form
+    # The project filter leaves other projects' deployments out.
+    assert '<option value="train"' not in form
+    assert '<option value="train"' in world.member.get(f"/orgs/{world.slug}/jobs/new").text
+    assert world.outsider.get(f"{base}/vision").status_code == 404
