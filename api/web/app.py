@@ -36,9 +36,12 @@ from api.web import (
     routes_org_profile,
     routes_profile,
     routes_projects,
+    routes_registries,
     routes_secrets,
     routes_settings,
     routes_sso,
+    routes_submit,
+    routes_tokens,
 )
 from api.web.core import STATIC, render
 from api.web.session import SignInRequired
@@ -173,11 +176,14 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_org,
         routes_org_profile,
         routes_data,
+        routes_submit,  # before routes_jobs: /jobs/new is not a job id
         routes_jobs,
         routes_projects,
         routes_settings,
         routes_secrets,
+        routes_registries,
         routes_profile,
+        routes_tokens,
         routes_sso,
     ):
         pages.include_router(module.router)

@@ -67,6 +67,8 @@ NOTICES: Mapping[str, str] = {
     "cancelled": "Cancellation requested.",
     "rerun": "Submitted again as a new job.",
     "tagged": "Tags saved.",
+    "submitted": "Job submitted.",
+    "token_revoked": "Token revoked: it no longer works.",
     "dataset_created": "Dataset created. Upload its first version below.",
     "dataset_deleted": "Dataset deleted.",
     "project_created": "Project created. Deploy into it with `cshare deploy --project`.",
@@ -74,6 +76,9 @@ NOTICES: Mapping[str, str] = {
     "saved": "Settings saved.",
     "secret_set": "Secret saved. Its value is not shown again.",
     "secret_deleted": "Secret deleted.",
+    "registry_added": "Registry added. Its password is not shown again.",
+    "registry_set": "Registry login replaced. Its password is not shown again.",
+    "registry_removed": "Registry removed.",
     "notifications": "Notification targets saved.",
     "test_sent": "Test notification queued for every target.",
     "signed_out": "You are signed out.",
@@ -214,6 +219,8 @@ def _nav(page: OrgPage) -> Nav:
         links.append(("settings", "Settings", page.url("/settings")))
     if page.can(Permission.secrets_manage):
         links.append(("secrets", "Secrets", page.url("/secrets")))
+    if page.can(Permission.registries_manage):
+        links.append(("registries", "Registries", page.url("/registries")))
     if page.can(Permission.audit_view):
         links.append(("audit", "Audit log", page.url("/audit")))
     if org_ui_access(page.ctx.viewer):

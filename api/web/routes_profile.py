@@ -13,12 +13,18 @@ from api.deps import SessionDep, SettingsDep
 from api.errors import status_for
 from api.web.core import redirect, render
 from api.web.session import ViewerDep
-from orgs import two_factor
+from orgs import notifications, two_factor
 from policies.errors import DomainError
 
 router = APIRouter()
 
 Code = Annotated[str, Form(max_length=64)]
+
+JOB_EMAIL_CHOICES = (
+    ("failures", "only if it failed or crashed"),
+    ("all", "whatever the outcome"),
+    ("off", "never"),
+)
 
 
 def qr_data_uri(uri: str) -> str:
@@ -49,6 +55,9 @@ def _profile(
         error=error,
         recovery_codes=recovery_codes,
         notice_text=notice_text,
+        job_email=notifications.job_email(session, viewer.user.id),
+        job_email_choices=JOB_EMAIL_CHOICES,
+        email_available=notifications.smtp_configured(settings),
     )
 
 
@@ -105,3 +114,21 @@ def disable(
     return _profile(
         request, viewer, session, settings, notice_text="Two-factor authentication is off."
     )
+
+
+@router.post("/account/notifications")
+def set_notifications(
+    request: Request,
+    viewer: ViewerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    job_email: Annotated[str, Form(max_length=16)],
+) -> Response:
+    """Same service as PUT /me/notifications."""
+    try:
+        notifications.set_job_email(session, viewer.user, job_email)
+    except DomainError as exc:
+        return _profile(
+            request, viewer, session, settings, status_code=status_for(exc), error=exc.detail
+        )
+    return _profile(request, viewer, session, settings, notice_text="Job e-mail choice saved.")

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from starlette.datastructures import FormData
 
 from api.errors import status_for
+from api.web import audit_targets, settings_labels
 from api.web.core import OrgPage, PageRequires, redirect, render, settings_of
 from orgs import audit, logos, notifications, organizations, settings_doc
 from policies.errors import DomainError, Invalid
@@ -171,6 +172,8 @@ def _settings(
         doc=doc,
         limits_form=limits_form or _limits_form(page),
         limit_keys=LIMIT_KEYS,
+        setting_label=settings_labels.label,
+        setting_help=settings_labels.help_for,
         type_keys=TYPE_KEYS,
         extra_type_rows=EXTRA_TYPE_ROWS,
         targets=targets,
@@ -488,6 +491,7 @@ def audit_page(
         active="audit",
         status_code=422 if error else 200,
         rows=rows,
+        targets=audit_targets.resolve(page.session, page.org, rows),
         next_cursor=next_cursor,
         filters=filters,
         error=error,

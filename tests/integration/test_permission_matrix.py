@@ -809,6 +809,15 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
     ),
     "POST /rejoin": lambda w, role: PageBody({"org": w.org_slug, "note": "matrix"}),
     "POST /orgs/{org}/jobs/{job_id}/tags": lambda w, role: PageBody({"add": "matrix"}),
+    "POST /account/notifications": lambda w, role: PageBody({"job_email": "failures"}),
+    "POST /orgs/{org}/registries": lambda w, role: PageBody(
+        {"registry": f"r{uuid.uuid4().hex[:8]}.example.com", "username": "m", "password": "pw"}
+    ),
+    "POST /account/tokens": lambda w, role: PageBody({"name": "matrix"}),
+    # Explain: the admission decision, nothing created.
+    "POST /orgs/{org}/jobs/new": lambda w, role: PageBody(
+        {"deployment": _deployment(w), "action": "explain"}
+    ),
     "POST /orgs/{org}/secrets": lambda w, role: PageBody(
         {"name": f"MATRIX_{uuid.uuid4().hex[:8].upper()}", "value": "matrix-value"}
     ),
