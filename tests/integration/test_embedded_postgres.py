@@ -65,7 +65,8 @@ def test_embedded_postgres_serves_a_private_socket_and_stops_cleanly(
             with prefect.engine.connect() as conn:
                 # What Prefect's own migrations need (the old pgserver wheel lacked it).
                 conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
-                assert conn.execute(text("SELECT similarity('flow', 'flows')")).scalar() > 0
+                similar = conn.execute(text("SELECT similarity('flow', 'flows')")).scalar()
+                assert similar is not None and similar > 0
         finally:
             prefect.dispose()
     finally:
