@@ -30,6 +30,7 @@ from api.routers import (
     registries,
     secrets,
     sso,
+    teams,
 )
 from api.routers import deployments as deployment_routes
 from api.routers import jobs as job_routes
@@ -127,6 +128,7 @@ def create_app(
         sso,
         organizations,
         org_profile,
+        teams,
         invitations,
         settings_routes,
         secrets,
