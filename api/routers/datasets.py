@@ -37,13 +37,12 @@ from api.schemas import ErrorOut, Page, PublicUserOut
 from datasets import catalog, stores, wire
 from datasets.access import Caller, require_output
 from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
-from flows import job_data, lineage
+from flows import job_data, lineage, visibility
 from flows.models import Job
 from orgs.context import OrgContext
 from orgs.db import Database
 from orgs.models import User
-from policies import access
-from policies.access import JobFacts, JobTokenUse
+from policies.access import JobTokenUse
 from policies.errors import Invalid, NotFound
 from policies.permissions import Permission
 
@@ -389,8 +388,8 @@ def _content_disposition(filename: str) -> str:
 
 def job_in_org(session: Session, caller: Caller, job_id: uuid.UUID) -> Job:
     """The job if the caller may see it: their own, any for admins, the token's own."""
-    job = session.get(Job, job_id)
-    if job is None or not access.can_view_job(caller.viewer, JobFacts.of(job)):
+    job = visibility.visible_job(session, caller.viewer, job_id)
+    if job is None:
         raise NotFound(f"No job {job_id} in this organization.", code="job_not_found")
     return job
 
