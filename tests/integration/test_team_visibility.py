@@ -193,10 +193,13 @@ def _send(w: World, rule: RouteRule, role: str, url: str) -> httpx.Response:
             w.api.client.app, raise_server_exceptions=False, follow_redirects=False
         )
         browser.cookies.set(web_session.SESSION_COOKIE, person.token)
-        if rule.method == "GET":
-            return browser.get(url)
         form = {csrf.CSRF_FIELD: csrf.token_for_session(person.token)}
-        return browser.request(rule.method, url, data=form)
+        page: httpx.Response = (
+            browser.get(url)
+            if rule.method == "GET"
+            else browser.request(rule.method, url, data=form)
+        )
+        return page
     body = BODIES.get(rule.label, {} if rule.has_body else None)
     return w.api.request(rule.method, url, person, json=body)
 
