@@ -39,6 +39,7 @@ from api.web import (
     routes_secrets,
     routes_settings,
     routes_sso,
+    routes_teams,
 )
 from api.web.core import STATIC, render
 from api.web.session import SignInRequired
@@ -177,6 +178,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_projects,
         routes_settings,
         routes_secrets,
+        routes_teams,
         routes_profile,
         routes_sso,
     ):

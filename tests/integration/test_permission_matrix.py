@@ -795,6 +795,13 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
     "POST /orgs/{org}/machines/{machine_id}/reject": lambda w, role: PageBody({"reason": "no"}),
     "POST /orgs/{org}/datasets": lambda w, role: PageBody({"name": _unique("ds")}),
     "POST /orgs/{org}/projects": lambda w, role: PageBody({"name": _unique("proj").lower()}),
+    "POST /orgs/{org}/teams": lambda w, role: PageBody({"name": _unique("team")}),
+    "POST /orgs/{org}/teams/{team}/members": lambda w, role: PageBody(
+        {"user": w.people["admin"].name}
+    ),
+    "POST /orgs/{org}/teams/{team}/members/remove": lambda w, role: PageBody(
+        {"user": w.people["member"].name}
+    ),
     "POST /orgs/{org}/datasets/{name}/versions": lambda w, role: PageBody(
         content=b"console bytes",
         headers={"Content-Type": "application/octet-stream", "Accept": "application/json"},
