@@ -250,3 +250,61 @@ def test_route_x_role_x_team(world: World) -> None:
             elif not SEES[role] and shown:
                 wrong.append(f"{rule.surface} {rule.label} as {role}: shows {shown}")
     assert not wrong, "\n".join(wrong)
+
+
+# ------------------------------------------------------------ personal projects
+
+
+def test_personal_projects_and_allow_personal(database: Database) -> None:
+    with jobs_app(database, MatrixPrefect()) as api:
+        org = setup_org(api, f"pp{uuid.uuid4().hex[:6]}")
+        base = f"/orgs/{org.slug}"
+        admin, alice, bob = org.add_member("admin"), org.add_member(), org.add_member()
+
+        r = api.post(f"{base}/projects", alice, json={"name": "mine", "visibility": "personal"})
+        assert (r.status_code, r.json()["visibility"]) == (201, "personal")
+        for who, sees in ((alice, True), (admin, True), (org.owner, True), (bob, False)):
+            names = [p["name"] for p in api.get(f"{base}/projects", who).json()["items"]]
+            assert ("mine" in names) is sees, who.name
+            assert (api.get(f"{base}/projects/mine", who).status_code == 200) is sees
+        dep = {
+            "name": "mine-train",
+            "entrypoint": "flows/library/train.py:train",
+            "machine_type": "cpu",
+            "project": "mine",
+            "code": {"kind": "bundle", "digest": _bundle(api, org)},
+        }
+        assert api.post(f"{base}/deployments", alice, json=dep).status_code == 201
+        # Bob cannot deploy into it: for him it does not exist.
+        r = api.post(f"{base}/deployments", bob, json={**dep, "name": "bobs"})
+        assert (r.status_code, r.json()["error"]) == (422, "project_not_found")
+
+        for bad, field_name in (
+            ({"visibility": "everyone"}, "visibility"),
+            ({"visibility": "teams"}, "teams"),
+            ({"visibility": "teams", "teams": ["nope"]}, "teams"),
+            ({"visibility": "org", "teams": ["nope"]}, "teams"),
+        ):
+            r = api.post(f"{base}/projects", alice, json={"name": "x1", **bad})
+            assert (r.status_code, r.json().get("field")) == (422, field_name), (bad, r.text)
+
+        # The org turns personal projects off.
+        r = api.put(f"{base}/settings", org.owner, json={"projects": {"allow_personal": False}})
+        assert r.status_code == 200, r.text
+        refused = []
+        r = api.post(f"{base}/projects", alice, json={"name": "again", "visibility": "personal"})
+        refused.append(r)
+        refused.append(api.post(f"{base}/deployments", alice, json={**dep, "name": "more"}))
+        refused.append(org.submit(alice, "mine-train"))
+        for r in refused:
+            assert (r.status_code, r.json()["error"]) == (403, "personal_projects_disabled")
+            assert "projects.allow_personal" in r.json()["detail"]
+        # Existing ones stay: admins see them (and may still make one).
+        assert "mine" in [p["name"] for p in api.get(f"{base}/projects", admin).json()["items"]]
+        r = api.post(f"{base}/projects", admin, json={"name": "adm", "visibility": "personal"})
+        assert r.status_code == 201, r.text
+        # Shared with the org again, Alice's project runs.
+        r = api.patch(f"{base}/projects/mine", alice, json={"visibility": "org"})
+        assert r.status_code == 200, r.text
+        assert org.submit(alice, "mine-train").status_code == 201
+        assert "mine" in [p["name"] for p in api.get(f"{base}/projects", bob).json()["items"]]
