@@ -99,6 +99,11 @@ class AccessIn(BaseModel):
     members: list[str] | None = Field(
         default=None, max_length=1000, description="Replaces the list: user ids or names."
     )
+    teams: list[str] | None = Field(
+        default=None,
+        max_length=100,
+        description="Replaces the team list: members of these teams read it too.",
+    )
 
 
 class VersionRef(BaseModel):
@@ -149,6 +154,7 @@ class AccessOut(BaseModel):
     name: str
     visibility: str
     members: list[PublicUserOut]
+    teams: list[str] = Field(default_factory=list)
 
 
 class DeleteOut(BaseModel):
@@ -594,13 +600,19 @@ def set_access(
     """Visibility and the member list of a restricted dataset (creator or admin)."""
     dataset = catalog.find_dataset(session, caller.ctx, name)
     catalog.set_access(
-        caller.ctx, session, dataset, visibility=body.visibility, members=body.members
+        caller.ctx,
+        session,
+        dataset,
+        visibility=body.visibility,
+        members=body.members,
+        team_names=body.teams,
     )
     members = catalog.access_members(session, dataset.id)
     return AccessOut(
         name=dataset.name,
         visibility=dataset.visibility,
         members=[PublicUserOut(id=u.id, name=u.name) for u in members],
+        teams=catalog.access_teams(session, dataset.id),
     )
 
 

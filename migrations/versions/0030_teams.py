@@ -1,4 +1,5 @@
-"""teams, team members, project visibility (org | teams | personal) and project teams
+"""teams, team members, project visibility (org | teams | personal), project teams and
+dataset team access
 
 Revision ID: 0030
 Revises: 0029
@@ -80,6 +81,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("project_id", "team_id", name="pk_project_teams"),
     )
     op.create_index("ix_project_teams_team_id", "project_teams", ["team_id"])
+    op.create_table(
+        "dataset_team_access",
+        sa.Column(
+            "dataset_id",
+            sa.Uuid(),
+            sa.ForeignKey(
+                "datasets.id", ondelete="CASCADE", name="fk_dataset_team_access_dataset_id_datasets"
+            ),
+            nullable=False,
+        ),
+        sa.Column(
+            "team_id",
+            sa.Uuid(),
+            sa.ForeignKey(
+                "teams.id", ondelete="CASCADE", name="fk_dataset_team_access_team_id_teams"
+            ),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("dataset_id", "team_id", name="pk_dataset_team_access"),
+    )
+    op.create_index("ix_dataset_team_access_team_id", "dataset_team_access", ["team_id"])
     with op.batch_alter_table("projects") as batch:
         batch.add_column(
             sa.Column("visibility", sa.String(16), nullable=False, server_default="org")
@@ -89,6 +111,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("projects") as batch:
         batch.drop_column("visibility")
+    op.drop_index("ix_dataset_team_access_team_id", table_name="dataset_team_access")
+    op.drop_table("dataset_team_access")
     op.drop_index("ix_project_teams_team_id", table_name="project_teams")
     op.drop_table("project_teams")
     op.drop_index("ix_team_members_user_id", table_name="team_members")

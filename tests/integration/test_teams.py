@@ -162,3 +162,30 @@ def test_cli_round_trip(sqlite_database: Database, tmp_path: Path) -> None:
         cli("team", "remove", "cv", alice.name)
         cli("team", "delete", "cv", "--yes")
         assert "No teams" in cli("team", "list").stdout
+
+
+def test_restricted_dataset_shared_with_a_team(world: tuple[ApiClient, OrgSetup]) -> None:
+    api, org = world
+    base = f"/orgs/{org.slug}"
+    alice, bob = org.add_member(), org.add_member()
+    assert api.post(f"{base}/teams", org.owner, json={"name": "data"}).status_code == 201
+    assert (
+        api.post(f"{base}/teams/data/members", org.owner, json={"user": alice.name}).status_code
+        == 201
+    )
+    r = api.post(f"{base}/datasets", org.owner, json={"name": "corpus", "visibility": "restricted"})
+    assert r.status_code == 201, r.text
+    assert api.get(f"{base}/datasets/corpus", alice).status_code == 404
+    r = api.put(f"{base}/datasets/corpus/access", org.owner, json={"teams": ["data"]})
+    assert (r.status_code, r.json()["teams"]) == (200, ["data"]), r.text
+    assert (
+        api.put(f"{base}/datasets/corpus/access", org.owner, json={"teams": ["nope"]}).status_code
+        == 422
+    )
+    assert api.get(f"{base}/datasets/corpus", alice).status_code == 200
+    assert "corpus" in [d["name"] for d in api.get(f"{base}/datasets", alice).json()["items"]]
+    assert api.get(f"{base}/datasets/corpus", bob).status_code == 404
+    assert "corpus" not in [d["name"] for d in api.get(f"{base}/datasets", bob).json()["items"]]
+    # Out of the team: out of the dataset.
+    assert api.delete(f"{base}/teams/data/members/{alice.name}", org.owner).status_code == 204
+    assert api.get(f"{base}/datasets/corpus", alice).status_code == 404
