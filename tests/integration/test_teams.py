@@ -159,6 +159,17 @@ def test_cli_round_trip(sqlite_database: Database, tmp_path: Path) -> None:
         cli("team", "update", "vision", "--name", "cv", "--max-jobs", "-1")
         shown = json.loads(cli("team", "show", "cv", "--json").stdout)
         assert shown["max_concurrent_jobs"] is None
+        made = json.loads(
+            cli(
+                "project", "create", "secret", "--visibility", "teams", "--team", "cv", "--json"
+            ).stdout
+        )
+        assert (made["visibility"], made["teams"]) == ("teams", ["cv"])
+        assert "teams (cv)" in cli("project", "show", "secret").stdout
+        cli("project", "update", "secret", "--visibility", "org")
+        assert "org" in cli("project", "list").stdout
+        err = cli("project", "create", "x2", "--visibility", "teams", code=1).stderr
+        assert "at least one team" in err
         cli("team", "remove", "cv", alice.name)
         cli("team", "delete", "cv", "--yes")
         assert "No teams" in cli("team", "list").stdout
