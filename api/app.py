@@ -32,6 +32,7 @@ from api.routers import (
     registries,
     secrets,
     sso,
+    teams,
 )
 from api.routers import deployments as deployment_routes
 from api.routers import jobs as job_routes
@@ -136,6 +137,7 @@ def create_app(
         sso,
         organizations,
         org_profile,
+        teams,
         invitations,
         settings_routes,
         secrets,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, exists, or_
+from sqlalchemy import ColumnElement, exists, or_, select
 from sqlalchemy.orm import Session
 
-from datasets.models import VISIBILITY_ORG, Dataset, DatasetAccess
+from datasets.models import VISIBILITY_ORG, Dataset, DatasetAccess, DatasetTeamAccess
 from orgs.context import OrgContext
-from orgs.models import Organization, User
+from orgs.models import Organization, TeamMember, User
 from orgs.scopes import scope_clause
 from policies import access
 from policies.access import CredentialRule, DatasetFacts, Viewer
@@ -85,9 +86,17 @@ def can_read(session: Session, ctx: OrgContext, dataset: Dataset) -> bool:
         return True
     if not access.can_read_dataset(viewer, facts(dataset, granted=True)):
         return False
-    return (
-        session.get(DatasetAccess, {"dataset_id": dataset.id, "user_id": viewer.user_id})
-        is not None
+    if session.get(DatasetAccess, {"dataset_id": dataset.id, "user_id": viewer.user_id}):
+        return True
+    return bool(session.scalar(select(_team_granted(viewer.user_id, dataset.id))))
+
+
+def _team_granted(user_id: uuid.UUID, dataset_id: Any) -> ColumnElement[bool]:
+    """One of the user's teams is on the dataset's access list."""
+    return exists().where(
+        DatasetTeamAccess.dataset_id == dataset_id,
+        TeamMember.team_id == DatasetTeamAccess.team_id,
+        TeamMember.user_id == user_id,
     )
 
 
@@ -102,7 +111,12 @@ def readable_clause(ctx: OrgContext) -> ColumnElement[bool]:
         access.dataset_read_scope(viewer),
         Dataset.org_id,
         viewer.org_id,
-        or_(Dataset.visibility == VISIBILITY_ORG, Dataset.created_by == viewer.user_id, granted),
+        or_(
+            Dataset.visibility == VISIBILITY_ORG,
+            Dataset.created_by == viewer.user_id,
+            granted,
+            _team_granted(viewer.user_id, Dataset.id),
+        ),
     )
 
 

@@ -49,17 +49,18 @@ from datasets.models import (
     CodeBundle,
     Dataset,
     DatasetAccess,
+    DatasetTeamAccess,
     DatasetVersion,
     JobInput,
     VersionFile,
 )
 from datasets.names import parse_ref, validate_filename, validate_name
 from datasets.storage import ChecksumMismatch, ObjectMissing, Storage, StorageError
-from orgs import audit
+from orgs import audit, teams
 from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import utcnow
-from orgs.models import Membership, Organization, User
+from orgs.models import Membership, Organization, Team, User
 from policies.errors import Conflict, Invalid, NotFound, Unavailable
 from policies.names import refuse_bidi
 
@@ -262,6 +263,17 @@ def access_members(session: Session, dataset_id: uuid.UUID) -> list[User]:
     )
 
 
+def access_teams(session: Session, dataset_id: uuid.UUID) -> list[str]:
+    return list(
+        session.scalars(
+            select(Team.name)
+            .join(DatasetTeamAccess, DatasetTeamAccess.team_id == Team.id)
+            .where(DatasetTeamAccess.dataset_id == dataset_id)
+            .order_by(Team.name)
+        )
+    )
+
+
 def set_access(
     ctx: OrgContext,
     session: Session,
@@ -269,12 +281,15 @@ def set_access(
     *,
     visibility: str | None,
     members: Sequence[str] | None,
+    team_names: Sequence[str] | None = None,
 ) -> Dataset:
-    """Change visibility and/or the member list (replaced as a whole); commits."""
+    """Change visibility and/or the member or team list (each replaced as a whole);
+    commits. Members of a listed team read a restricted dataset like listed members."""
     require_write(ctx, dataset)
     before = {
         "visibility": dataset.visibility,
         "members": [str(u.id) for u in access_members(session, dataset.id)],
+        "teams": access_teams(session, dataset.id),
     }
     if visibility is not None:
         dataset.visibility = _visibility(visibility)
@@ -283,10 +298,16 @@ def set_access(
         session.execute(delete(DatasetAccess).where(DatasetAccess.dataset_id == dataset.id))
         for user_id in ids:
             session.add(DatasetAccess(dataset_id=dataset.id, user_id=user_id))
+    if team_names is not None:
+        found = teams.teams_by_name(session, ctx.org, team_names)
+        session.execute(delete(DatasetTeamAccess).where(DatasetTeamAccess.dataset_id == dataset.id))
+        for team in found:
+            session.add(DatasetTeamAccess(dataset_id=dataset.id, team_id=team.id))
     session.flush()
     after = {
         "visibility": dataset.visibility,
         "members": [str(u.id) for u in access_members(session, dataset.id)],
+        "teams": access_teams(session, dataset.id),
     }
     audit.record(
         session,

@@ -98,7 +98,7 @@ def ensure_command_deployment(
     any transaction, then the row with its audit event.
     """
     name = command_deployment_name(machine_type)
-    existing = find_deployment(session, ctx.org, name)
+    existing = find_deployment(session, ctx.org, name, viewer=None)
     if existing is not None and existing.prefect_deployment_id is not None:
         return existing
     types = settings_doc.load(ctx.org.settings or {}).limits.machine_types
@@ -124,7 +124,7 @@ def ensure_command_deployment(
         tags=[f"org:{slug}", "cshare:container"],
         description=description,
     )
-    dep = find_deployment(session, ctx.org, name)
+    dep = find_deployment(session, ctx.org, name, viewer=None)
     if dep is not None:
         dep.prefect_deployment_id = prefect_id
         session.commit()
@@ -147,7 +147,7 @@ def ensure_command_deployment(
         session.flush()
     except IntegrityError:  # made by a concurrent submission: use theirs
         session.rollback()
-        made = find_deployment(session, ctx.org, name)
+        made = find_deployment(session, ctx.org, name, viewer=None)
         if made is None:
             raise
         return made

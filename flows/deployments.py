@@ -29,11 +29,13 @@ from flows import git_sources, ledger
 from flows.gateway import PrefectGateway, work_pool_name
 from flows.models import ACTIVE_STATES, HELD, Deployment, Job, Project, Schedule
 from flows.schedule_kinds import spec_of
+from flows.visibility import can_see_deployment, visible_deployments
 from orgs import audit, settings_doc
 from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import utcnow
 from orgs.models import Organization
+from policies.access import Viewer
 from policies.errors import Conflict, Invalid, NotFound
 from policies.job_states import JobEvent
 from policies.names import refuse_bidi
@@ -252,27 +254,36 @@ def _validate_spec(org: Organization, spec: DeploymentSpec) -> DeploymentSpec:
 
 
 def list_deployments(
-    session: Session, org: Organization, *, project: Project | None = None
+    session: Session, org: Organization, *, viewer: Viewer | None, project: Project | None = None
 ) -> list[Deployment]:
+    """The org's deployments `viewer` sees (None: all, for the system)."""
     stmt = select(Deployment).where(Deployment.org_id == org.id)
+    if viewer is not None:
+        stmt = stmt.where(visible_deployments(viewer))
     if project is not None:
         stmt = stmt.where(Deployment.project_id == project.id)
     return list(session.scalars(stmt.order_by(Deployment.name)))
 
 
-def get_deployment(session: Session, org: Organization, name: str) -> Deployment:
-    dep = session.scalars(
-        select(Deployment).where(Deployment.org_id == org.id, Deployment.name == name)
-    ).first()
+def get_deployment(
+    session: Session, org: Organization, name: str, *, viewer: Viewer | None
+) -> Deployment:
+    dep = find_deployment(session, org, name, viewer=viewer)
     if dep is None:
         raise NotFound(f"No deployment '{name}' in this organization.", code="not_found")
     return dep
 
 
-def find_deployment(session: Session, org: Organization, name: str) -> Deployment | None:
-    return session.scalars(
+def find_deployment(
+    session: Session, org: Organization, name: str, *, viewer: Viewer | None
+) -> Deployment | None:
+    """The deployment `name` if `viewer` sees its project (None: the system, sees all)."""
+    dep = session.scalars(
         select(Deployment).where(Deployment.org_id == org.id, Deployment.name == name)
     ).first()
+    if dep is not None and viewer is not None and not can_see_deployment(session, viewer, dep):
+        return None
+    return dep
 
 
 def _snapshot(dep: Deployment) -> dict[str, Any]:
@@ -325,7 +336,7 @@ def register(
         )
     elif spec.code:
         code = code_bundles.require(session, org, dict(spec.code))
-    existing = find_deployment(session, org, spec.name)
+    existing = find_deployment(session, org, spec.name, viewer=None)
     if existing is not None:
         ctx.require_own_or(existing.created_by, Permission.deployments_manage_all)
     schedules = (
@@ -372,7 +383,7 @@ def register(
             slug=schedule_slug(sched.id),
         )
 
-    dep = find_deployment(session, org, spec.name)
+    dep = find_deployment(session, org, spec.name, viewer=None)
     created = dep is None
     before = _snapshot(dep) if dep is not None else None
     if dep is None:
@@ -445,7 +456,7 @@ def delete_deployment(
     with the deployment. Prefect first, then our rows, so no schedule can keep creating
     runs of a deployment we no longer know.
     """
-    dep = get_deployment(session, ctx.org, name)
+    dep = get_deployment(session, ctx.org, name, viewer=ctx.viewer)
     ctx.require_own_or(dep.created_by, Permission.deployments_manage_all)
     _refuse_if_active(session, dep)
     prefect_id = dep.prefect_deployment_id
@@ -453,7 +464,7 @@ def delete_deployment(
     if prefect_id is not None:
         gateway.delete_deployment(prefect_id)
 
-    dep = get_deployment(session, ctx.org, name)
+    dep = get_deployment(session, ctx.org, name, viewer=ctx.viewer)
     _refuse_if_active(session, dep)
     held = list(session.scalars(select(Job).where(Job.deployment_id == dep.id, Job.state == HELD)))
     for job in held:

@@ -52,7 +52,7 @@ class TokenInfo:
 
 
 def _managed_project(ctx: OrgContext, session: Session, name: str) -> Project:
-    project = get_project(session, ctx.org, name)
+    project = get_project(session, ctx.org, name, viewer=ctx.viewer)
     ctx.require_own_or(project.created_by, Permission.projects_manage_all)
     return project
 
@@ -194,7 +194,7 @@ def show_deploy_key(
     ctx: OrgContext, session: Session, project_name: str, *, settings: Settings
 ) -> DeployKey:
     """The project's deploy key's public half (any member may see it)."""
-    project = get_project(session, ctx.org, project_name)
+    project = get_project(session, ctx.org, project_name, viewer=ctx.viewer)
     name = deploy_key_secret(project)
     info = secrets.info(session, ctx.org.id, name)
     if info is None:
@@ -250,7 +250,7 @@ def show_git_token(
     ctx: OrgContext, session: Session, project_name: str, *, settings: Settings
 ) -> TokenInfo:
     """Whether the project has a token, and its user name (never the token)."""
-    project = get_project(session, ctx.org, project_name)
+    project = get_project(session, ctx.org, project_name, viewer=ctx.viewer)
     info = secrets.info(session, ctx.org.id, token_secret(project))
     if info is None:
         raise _no_token(project)

@@ -17,6 +17,7 @@ from datasets.access import Caller, JobScope, can_read, dataset_not_found
 from datasets.catalog import find_dataset, find_version, parse_input, pinned_entry
 from datasets.models import Dataset, DatasetVersion, JobInput
 from datasets.names import validate_name
+from flows import visibility
 from flows.models import Job
 from orgs.context import OrgContext, member_context
 from orgs.models import Organization, User
@@ -65,8 +66,8 @@ def output_job(session: Session, caller: Caller, job_id: uuid.UUID | None) -> Jo
         return caller.job
     if job_id is None:
         return None
-    job = session.get(Job, job_id)
-    if job is None or not access.can_view_job(caller.viewer, JobFacts.of(job)):
+    job = visibility.visible_job(session, caller.viewer, job_id)
+    if job is None:
         raise NotFound(f"No job {job_id} in this organization.", code="job_not_found")
     access.require_rule(
         access.can_write_lineage(caller.viewer, JobFacts.of(job)), CredentialRule.lineage_job_only

@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from datasets import catalog
-from flows import git_sources, ledger
+from flows import git_sources, ledger, visibility
 from flows.deployments import find_deployment, validate_parameters, validate_tags
 from flows.gateway import (
     FlowRunRef,
@@ -233,9 +233,15 @@ def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
     if spec.idempotency_key is not None and spec.idempotency_key.startswith("schedule:"):
         # That namespace keys the fires of schedules (flows.dispatch.dispatcher).
         raise Invalid("Idempotency keys may not start with 'schedule:'.", field="idempotency_key")
-    dep = find_deployment(session, ctx.org, spec.deployment)
+    dep = find_deployment(session, ctx.org, spec.deployment, viewer=ctx.viewer)
     machine_type = spec.machine_type or (dep.machine_type if dep is not None else "cpu")
     if dep is not None:
+        visibility.refuse_personal(
+            ctx.viewer,
+            ctx.org.settings or {},
+            dep.project.visibility if dep.project is not None else None,
+            "run jobs of personal projects",
+        )
         if spec.machine_type and spec.machine_type != dep.machine_type:
             raise Invalid(
                 f"Deployment '{dep.name}' runs on '{dep.machine_type}' machines; register "
@@ -407,7 +413,7 @@ def _track_git(
     ends first); a failure fails the submission with flows.git_sources' 422."""
     if spec.code is not None:  # a rerun: exactly the old job's commit
         return spec
-    dep = find_deployment(session, ctx.org, spec.deployment)
+    dep = find_deployment(session, ctx.org, spec.deployment, viewer=ctx.viewer)
     code = dict(dep.code) if dep is not None and dep.code else None
     if dep is None or code is None or not git_sources.is_git(code) or not code.get("track"):
         return spec
@@ -464,7 +470,7 @@ def rerun(
     old = get_job(ctx, session, job_id)
     spec = rerun_spec(session, old)
     if spec.code is None and old.code is None:
-        dep = find_deployment(session, ctx.org, spec.deployment)
+        dep = find_deployment(session, ctx.org, spec.deployment, viewer=ctx.viewer)
         if dep is not None and dep.code:
             # The old job ran code already on the machines; its deployment ships code
             # now: say so rather than run something else.
@@ -622,16 +628,18 @@ def _fail_job(session: Session, job_id: uuid.UUID, reason: str) -> None:
 # ----------------------------------------------------------------------- reads
 
 
-def _visible(ctx: OrgContext, job: Job | None) -> Job:
-    if job is None or not access.can_view_job(ctx.viewer, JobFacts.of(job)):
-        raise NotFound("No such job in this organization.", code="job_not_found")
-    return job
-
-
 def visible_jobs(viewer: Viewer) -> ColumnElement[bool]:
-    """`policies.access.job_view_scope` as SQL: the one WHERE clause of job lists."""
-    return scope_clause(
+    """`policies.access.job_view_scope` and `policies.visibility` as SQL: the one WHERE
+    clause of job lists."""
+    whose = scope_clause(
         access.job_view_scope(viewer), Job.org_id, viewer.org_id, Job.user_id == viewer.user_id
+    )
+    return and_(
+        whose,
+        or_(
+            Job.deployment_id.is_(None),
+            Job.deployment_id.in_(visibility.visible_deployment_ids(viewer)),
+        ),
     )
 
 
@@ -645,7 +653,10 @@ def has_tag(session: Session, tag: str) -> ColumnElement[bool]:
 
 
 def get_job(ctx: OrgContext, session: Session, job_id: uuid.UUID) -> Job:
-    return _visible(ctx, session.get(Job, job_id))
+    job = visibility.visible_job(session, ctx.viewer, job_id)
+    if job is None:
+        raise NotFound("No such job in this organization.", code="job_not_found")
+    return job
 
 
 def queue_position(session: Session, job: Job) -> int | None:

@@ -64,6 +64,21 @@ class Project(Base):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who sees it and everything in it (policies.visibility): org | teams | personal.
+    visibility: Mapped[str] = mapped_column(String(16), default="org", server_default="org")
+
+
+class ProjectTeam(Base):
+    """A team that sees a `teams` project."""
+
+    __tablename__ = "project_teams"
+
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class Deployment(Base):

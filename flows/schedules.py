@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from flows import visibility
 from flows.deployments import get_deployment, schedule_slug, validate_parameters
 from flows.gateway import PrefectGateway
 from flows.models import Deployment, Schedule
@@ -104,7 +105,7 @@ def create_schedule(
     ctx.require(Permission.schedules_manage_own)
     spec = spec or validate_spec(kind="cron", cron=cron or "", timezone=timezone)
     try:
-        dep = get_deployment(session, ctx.org, deployment)
+        dep = get_deployment(session, ctx.org, deployment, viewer=ctx.viewer)
     except NotFound:
         raise Invalid(
             f"No deployment '{deployment}' in this organization.", field="deployment"
@@ -135,7 +136,7 @@ def create_schedule(
         backend=backend,
     )
     session.commit()
-    return sched, get_deployment(session, ctx.org, deployment)
+    return sched, get_deployment(session, ctx.org, deployment, viewer=ctx.viewer)
 
 
 def _add(
@@ -318,7 +319,10 @@ def list_schedules(ctx: OrgContext, session: Session) -> list[tuple[Schedule, st
         select(Schedule, Deployment.name, User.name)
         .join(Deployment, Deployment.id == Schedule.deployment_id)
         .join(User, User.id == Schedule.user_id)
-        .where(Schedule.org_id == ctx.org.id)
+        .where(
+            Schedule.org_id == ctx.org.id,
+            Schedule.deployment_id.in_(visibility.visible_deployment_ids(ctx.viewer)),
+        )
         .order_by(Schedule.created_at)
     ).all()
     return [(sched, dep_name, user_name) for sched, dep_name, user_name in rows]
@@ -328,10 +332,15 @@ def get_schedule(
     ctx: OrgContext, session: Session, schedule_id: uuid.UUID
 ) -> tuple[Schedule, Deployment]:
     sched = session.get(Schedule, schedule_id)
-    if sched is None or sched.org_id != ctx.org.id:
+    dep = session.get(Deployment, sched.deployment_id) if sched is not None else None
+    # One guard: the org's, and the deployment's project visible (policies.visibility).
+    if (
+        sched is None
+        or dep is None
+        or sched.org_id != ctx.org.id
+        or not visibility.can_see_deployment(session, ctx.viewer, dep)
+    ):
         raise NotFound("No such schedule in this organization.", code="schedule_not_found")
-    dep = session.get(Deployment, sched.deployment_id)
-    assert dep is not None  # schedules are deleted with their deployment
     return sched, dep
 
 

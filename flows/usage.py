@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session
 
 from flows.models import ACTIVE_STATES, HELD, Deployment, Job
 from orgs import settings_doc
-from orgs.models import Organization
-from policies.admission import AdmissionSnapshot, JobRequest, OrgUsage, UserUsage
+from orgs.models import Organization, Team, TeamMember
+from policies.admission import AdmissionSnapshot, JobRequest, OrgUsage, TeamUsage, UserUsage
 from policies.permissions import Role
 
 __all__ = ["REQUESTED_KEY", "admission_snapshot", "job_request_for"]
@@ -116,6 +116,7 @@ def admission_snapshot(
                 counted = counted.where(Job.id != exclude_job_id)
             deployment_running = int(session.scalar(counted) or 0)
 
+    teams = _team_usage(session, org, user_id, active, exclude_job_id) if user_id else ()
     return AdmissionSnapshot(
         role=role,
         limits=limits,
@@ -124,7 +125,44 @@ def admission_snapshot(
         org=OrgUsage(running_by_type=org_by_type),
         for_release=for_release,
         deployment_running=deployment_running,
+        teams=teams,
     )
+
+
+def _team_usage(
+    session: Session,
+    org: Organization,
+    user_id: UUID,
+    active: tuple[str, ...],
+    exclude_job_id: UUID | None,
+) -> tuple[TeamUsage, ...]:
+    """The user's teams that carry limits, each with its members' active jobs in the
+    org (counted under the same org lock as the user's own, so team caps hold exactly)."""
+    teams = session.scalars(
+        select(Team)
+        .join(TeamMember, TeamMember.team_id == Team.id)
+        .where(
+            Team.org_id == org.id,
+            TeamMember.user_id == user_id,
+            (Team.max_concurrent_jobs.is_not(None)) | (Team.machine_types.is_not(None)),
+        )
+        .order_by(Team.name)
+    ).all()
+    out: list[TeamUsage] = []
+    for team in teams:
+        running = 0
+        if team.max_concurrent_jobs is not None:
+            members = select(TeamMember.user_id).where(TeamMember.team_id == team.id)
+            counted = select(func.count()).select_from(Job)
+            counted = counted.where(
+                Job.org_id == org.id, Job.user_id.in_(members), Job.state.in_(active)
+            )
+            if exclude_job_id is not None:
+                counted = counted.where(Job.id != exclude_job_id)
+            running = int(session.scalar(counted) or 0)
+        types = tuple(team.machine_types) if team.machine_types is not None else None
+        out.append(TeamUsage(team.name, team.max_concurrent_jobs, types, running))
+    return tuple(out)
 
 
 def job_request_for(job: Job, deployment_known: bool = True) -> JobRequest:

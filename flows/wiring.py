@@ -15,7 +15,7 @@ from flows.dispatch.housekeeping import DatasetGarbageCollector
 from flows.dispatch.scaler import Scaler
 from flows.dispatch.service import Service
 from flows.gateway import PrefectGateway
-from orgs import cascade, machines, notifications
+from orgs import cascade, machines, notifications, teams
 from orgs.config import Settings
 from orgs.db import Database
 
@@ -23,11 +23,13 @@ from orgs.db import Database
 def wire_hooks() -> None:
     """Register every hook; idempotent (a second app in the same process re-registers)."""
     # Member removed, in this order: machines stop taking work, the `member.left`
-    # notification is queued, dataset access lists forget them, their jobs end.
+    # notification is queued, dataset access lists forget them, they leave its teams,
+    # their jobs end.
     for member_hook in (
         machines.revoke_member_machines,
         notifications.member_left,
         catalog.drop_access_of_removed_member,
+        teams.drop_member_teams,
         hooks.cancel_member_jobs,
     ):
         cascade.on_member_removed(member_hook)
@@ -38,6 +40,7 @@ def wire_hooks() -> None:
         machines.retire_org_machines,
         catalog.drop_org_datasets,
         hooks.forget_org_in_prefect,
+        teams.drop_org_teams,
     ):
         cascade.on_org_deleted(org_hook)
     # A rejected or removed machine's runs are to be cancelled (rows; Prefect after).

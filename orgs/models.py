@@ -368,3 +368,35 @@ class ProvisionedMachine(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ever_online: Mapped[bool] = mapped_column(Boolean, default=False)
     idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+class Team(Base):
+    """A named group of an organization's members (orgs.teams): projects may be visible
+    to chosen teams only, and a team may carry limits on top of each member's own
+    (`max_concurrent_jobs` for its members combined; `machine_types` they may use,
+    None: any)."""
+
+    __tablename__ = "teams"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    max_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    machine_types: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TeamMember(Base):
+    """A member of a team (always a member of the team's organization: removing them
+    from the organization removes these rows in the same transaction)."""
+
+    __tablename__ = "team_members"
+
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -57,6 +57,14 @@ class SecuritySettings(BaseModel):
     require_2fa: bool = False
 
 
+class ProjectSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    # False: members may not create personal projects (visible only to their creator),
+    # nor deploy into or run jobs of one (policies.visibility); admins still see them.
+    allow_personal: bool = True
+
+
 class OrgSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,12 +72,15 @@ class OrgSettings(BaseModel):
     machines: MachineSettings = MachineSettings()
     storage: StorageSettings = StorageSettings()
     security: SecuritySettings = SecuritySettings()
+    projects: ProjectSettings = ProjectSettings()
     sso: SsoSettings = SsoSettings()
     limits: LimitsDocument = DEFAULT_LIMITS
 
 
-SECTIONS = frozenset({"invitations", "machines", "storage", "security", "sso", "limits"})
-MERGED_SECTIONS = ("invitations", "machines", "storage", "security", "sso")
+SECTIONS = frozenset(
+    {"invitations", "machines", "storage", "security", "projects", "sso", "limits"}
+)
+MERGED_SECTIONS = ("invitations", "machines", "storage", "security", "projects", "sso")
 
 
 def default_settings() -> dict[str, Any]:

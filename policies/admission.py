@@ -49,6 +49,7 @@ __all__ = [
     "Rule",
     "RuleOutcome",
     "Status",
+    "TeamUsage",
     "UserUsage",
     "decide",
     "effective_resources",
@@ -131,6 +132,24 @@ class OrgUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class TeamUsage:
+    """One of the submitter's teams that carries limits (orgs.teams): its cap on its
+    members' active jobs combined (None: none) with their ``running`` count now, and the
+    machine types it allows (None: any). Every team's limits apply: they stack on top of
+    the submitter's own, as the org's do."""
+
+    name: str
+    max_concurrent_jobs: int | None = None
+    machine_types: tuple[str, ...] | None = None
+    running: int = 0
+
+    def without_job(self) -> TeamUsage:
+        return TeamUsage(
+            self.name, self.max_concurrent_jobs, self.machine_types, max(0, self.running - 1)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class AdmissionSnapshot:
     """Everything a decision looks at. ``role`` None: the submitter is not (or no longer)
     a member. ``for_release``: the job was admitted before (see the module docstring).
@@ -143,6 +162,7 @@ class AdmissionSnapshot:
     org: OrgUsage = field(default_factory=OrgUsage)
     for_release: bool = False
     deployment_running: int = 0
+    teams: tuple[TeamUsage, ...] = ()
 
 
 # ------------------------------------------------------------------- decisions
@@ -368,6 +388,42 @@ def _type_scale(s: AdmissionSnapshot) -> _Check:
     return _pass(f"The organization has {have} of {cap} '{name}' jobs running.")
 
 
+def _team_machine_types(s: AdmissionSnapshot) -> _Check:
+    name = s.request.machine_type
+    limiting = [t for t in s.teams if t.machine_types is not None]
+    if not limiting:
+        return _Check("skip", "None of your teams limits machine types.")
+    for team in limiting:
+        if name not in (team.machine_types or ()):
+            allowed = ", ".join(team.machine_types or ()) or "none"
+            return _fail(
+                f"Your team '{team.name}' may use only these machine types: {allowed} "
+                f"(team {team.name}: machine_types); '{name}' is not one of them.",
+                "machine_type",
+            )
+    return _pass(f"Your teams allow '{name}' machines.")
+
+
+def _team_concurrency(s: AdmissionSnapshot) -> _Check:
+    limiting = [t for t in s.teams if t.max_concurrent_jobs is not None]
+    if not limiting:
+        return _Check("skip", "None of your teams limits concurrent jobs.")
+    for team in limiting:
+        cap = team.max_concurrent_jobs or 0
+        if team.running >= cap:
+            return _fail(
+                f"Your team '{team.name}' has {team.running} of {cap} concurrent jobs "
+                f"running (team {team.name}: max_concurrent_jobs)."
+            )
+    return _pass(
+        "; ".join(
+            f"Team '{t.name}' has {t.running} of {t.max_concurrent_jobs} concurrent jobs running"
+            for t in limiting
+        )
+        + "."
+    )
+
+
 def _deployment_running(s: AdmissionSnapshot) -> tuple[int, int] | None:
     cap = s.request.deployment_limit
     return None if cap is None else (s.deployment_running, cap)
@@ -403,6 +459,7 @@ REJECT_RULES: Final[tuple[Rule, ...]] = (
     Rule("known_deployment", "reject", _known_deployment),
     Rule("dataset_access", "reject", _dataset_access),
     Rule("known_machine_type", "reject", _known_machine_type),
+    Rule("team_machine_types", "reject", _team_machine_types),
     Rule("runtime_within_limit", "reject", _runtime_within_limit),
     Rule("memory_within_limit", "reject", _memory_within_limit),
     Rule("queue_within_limit", "reject", _queue_within_limit, on_release=False),
@@ -412,6 +469,7 @@ REJECT_RULES: Final[tuple[Rule, ...]] = (
 )
 HOLD_RULES: Final[tuple[Rule, ...]] = (
     Rule("user_concurrency", "hold", _user_concurrency),
+    Rule("team_concurrency", "hold", _team_concurrency),
     Rule("type_quota", "hold", _type_quota),
     Rule("type_scale", "hold", _type_scale),
     Rule("deployment_concurrency", "hold", _deployment_concurrency),

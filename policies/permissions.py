@@ -53,6 +53,12 @@ class Permission(StrEnum):
     deployments_manage_all = "deployments:manage-all"
     projects_create = "projects:create"
     projects_manage_all = "projects:manage-all"
+    # every project whatever its visibility (members see org-wide ones, their teams' and
+    # their own: policies.visibility)
+    projects_view_all = "projects:view-all"
+    # teams: members see the teams they are in; admins see and manage all of them
+    teams_view = "teams:view"
+    teams_manage = "teams:manage"
     jobs_submit = "jobs:submit"
     jobs_view_own = "jobs:view-own"
     jobs_view_all = "jobs:view-all"
@@ -88,6 +94,7 @@ _MEMBER: frozenset[Permission] = frozenset(
         Permission.deployments_view,
         Permission.deployments_register,
         Permission.projects_create,
+        Permission.teams_view,
         Permission.jobs_submit,
         Permission.jobs_view_own,
         Permission.jobs_cancel_own,
@@ -108,6 +115,8 @@ _ADMIN: frozenset[Permission] = _MEMBER | {
     Permission.machines_approve,
     Permission.deployments_manage_all,
     Permission.projects_manage_all,
+    Permission.projects_view_all,
+    Permission.teams_manage,
     Permission.jobs_view_all,
     Permission.jobs_cancel_all,
     Permission.jobs_tag_all,
@@ -143,6 +152,8 @@ _DENIAL: dict[Permission, str] = {
     Permission.machines_approve: "Only admins and owners may approve or reject machines.",
     Permission.deployments_manage_all: "Only admins may change other members' deployments.",
     Permission.projects_manage_all: "Only the project's creator or an admin may change it.",
+    Permission.projects_view_all: "Only admins and owners see every project.",
+    Permission.teams_manage: "Only admins and owners may manage teams.",
     Permission.jobs_view_all: "Only admins and owners may view other members' jobs.",
     Permission.jobs_cancel_all: "Only admins and owners may cancel other members' jobs.",
     Permission.jobs_tag_all: "Only the job's submitter, admins and owners may change its tags.",

@@ -35,6 +35,7 @@ from api.cli import projects as project_cmds
 from api.cli import schedules as schedule_cmds
 from api.cli import secrets as secret_cmds
 from api.cli import stack as stack_cmds
+from api.cli import teams as team_cmds
 from api.cli import two_factor as two_factor_cmds
 from api.cli.options import LogFormatOpt
 from api.cli.roles import commands as role_cmds
@@ -69,6 +70,7 @@ app.add_typer(account.account_app, name="account")
 account.account_app.add_typer(two_factor_cmds.app, name="2fa")
 app.add_typer(orgs.app, name="org")
 app.add_typer(members.app, name="member")
+app.add_typer(team_cmds.app, name="team")
 app.add_typer(invites.app, name="invite")
 app.add_typer(machines.app, name="machine")
 app.add_typer(machine_types.app, name="machine-type")

@@ -21,6 +21,28 @@ GitOpt = Annotated[
     typer.Option("--git", help="Its Git repository: https://host/path or git@host:path."),
 ]
 DescriptionOpt = Annotated[str | None, typer.Option("--description")]
+VisibilityOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--visibility",
+        help="Who sees it: org (everyone), teams (the --team teams) or personal (you).",
+    ),
+]
+TeamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--team", help="A team that sees it (repeat; with --visibility teams)."),
+]
+
+
+def _visibility_body(visibility: str | None, team: list[str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if team and visibility is None:
+        visibility = "teams"
+    if visibility is not None:
+        body["visibility"] = visibility
+    if team:
+        body["teams"] = list(team)
+    return body
 
 
 def _lines(project: dict[str, Any]) -> None:
@@ -28,6 +50,10 @@ def _lines(project: dict[str, Any]) -> None:
     if project.get("description"):
         output.say(str(project["description"]))
     output.say(f"git:         {project.get('git_url') or '-'}")
+    shown = project.get("visibility") or "org"
+    if project.get("teams"):
+        shown += f" ({', '.join(project['teams'])})"
+    output.say(f"visibility:  {shown}")
     output.say(f"deployments: {project.get('deployment_count')}")
     output.say(f"created:     {output.when(project.get('created_at'))}")
     deps = project.get("deployments") or []
@@ -46,14 +72,20 @@ def create(
     name: ProjectArg,
     git: GitOpt = None,
     description: DescriptionOpt = None,
+    visibility: VisibilityOpt = None,
+    team: TeamOpt = None,
     use: Annotated[bool, typer.Option("--use", help="Make it the current project.")] = False,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Create a project in the organization."""
+    """Create a project in the organization (visible to everyone unless --visibility)."""
     cfg = config.effective()
     slug = require_org(cfg, org)
-    body: dict[str, Any] = {"name": name, "description": description or ""}
+    body: dict[str, Any] = {
+        "name": name,
+        "description": description or "",
+        **_visibility_body(visibility, team),
+    }
     if git is not None:
         body["git_url"] = git
     with connect(cfg) as client:
@@ -76,11 +108,13 @@ def list_(org: OrgOpt = None, json_: JsonOpt = False) -> None:
         return
     current = config.current_project(config.effective(), slug)
     output.table(
-        ["", "NAME", "DEPLOYMENTS", "GIT", "DESCRIPTION"],
+        ["", "NAME", "VISIBILITY", "DEPLOYMENTS", "GIT", "DESCRIPTION"],
         (
             [
                 "*" if p.get("name") == current else "",
                 p.get("name"),
+                p.get("visibility", "org")
+                + (f" ({','.join(p['teams'])})" if p.get("teams") else ""),
                 p.get("deployment_count"),
                 p.get("git_url") or "",
                 p.get("description") or "",
@@ -105,15 +139,23 @@ def update(
     name: ProjectArg,
     git: GitOpt = None,
     description: DescriptionOpt = None,
+    visibility: VisibilityOpt = None,
+    team: TeamOpt = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Change a project's description or Git repository (`--git ''` removes it)."""
-    if git is None and description is None:
-        raise UsageProblem("Nothing to change: give --git and/or --description.")
+    """Change a project's description, Git repository (`--git ''` removes it) or
+    visibility (`--visibility teams --team T`)."""
+    if git is None and description is None and visibility is None and not team:
+        raise UsageProblem(
+            "Nothing to change: give --git, --description, --visibility and/or --team."
+        )
     cfg = config.effective()
     slug = require_org(cfg, org)
-    body = {k: v for k, v in (("git_url", git), ("description", description)) if v is not None}
+    body: dict[str, Any] = {
+        k: v for k, v in (("git_url", git), ("description", description)) if v is not None
+    }
+    body.update(_visibility_body(visibility, team))
     with connect(cfg) as client:
         project = client.patch(f"/orgs/{seg(slug)}/projects/{seg(name)}", json=body)
     if json_:

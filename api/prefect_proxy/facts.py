@@ -13,11 +13,13 @@ from typing import Any, Final
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
+from flows import visibility
 from flows.gateway import work_pool_name
 from flows.jobs import visible_jobs
 from flows.models import CANCELLING, RUNNING, SCHEDULED, Deployment, Job, JobSubrun
 from orgs import settings_doc
 from orgs.models import Organization
+from policies.access import Viewer
 from policies.prefect_rules import (
     Actor,
     DeploymentFacts,
@@ -107,13 +109,16 @@ def org_pools(session: Session, org_id: uuid.UUID) -> frozenset[str]:
     return frozenset(work_pool_name(org.slug, t) for t in types)
 
 
-def org_deployment_ids(session: Session, org_id: uuid.UUID) -> list[uuid.UUID]:
-    ids = session.scalars(
-        select(Deployment.prefect_deployment_id).where(
-            Deployment.org_id == org_id, Deployment.prefect_deployment_id.is_not(None)
-        )
+def org_deployment_ids(
+    session: Session, org_id: uuid.UUID, viewer: Viewer | None = None
+) -> list[uuid.UUID]:
+    """The org's deployments in Prefect; for a member, those whose project they see."""
+    stmt = select(Deployment.prefect_deployment_id).where(
+        Deployment.org_id == org_id, Deployment.prefect_deployment_id.is_not(None)
     )
-    return [i for i in ids if i is not None]
+    if viewer is not None:
+        stmt = stmt.where(visibility.visible_deployments(viewer))
+    return [i for i in session.scalars(stmt) if i is not None]
 
 
 def org_flow_names(session: Session, org_id: uuid.UUID) -> list[str]:
@@ -142,7 +147,10 @@ def deployment(session: Session, prefect_id: uuid.UUID) -> Deployment | None:
 
 
 def deployment_facts(session: Session, actor: Actor, dep: Deployment | None) -> DeploymentFacts:
-    if dep is None:
+    if dep is None or (
+        actor.viewer is not None and not visibility.can_see_deployment(session, actor.viewer, dep)
+    ):
+        # Not there, or in a project the member does not see: like another org's (404).
         return DeploymentFacts(org_id=uuid.UUID(int=0))
     held = False
     if actor.principal in (Principal.job, Principal.machine):
@@ -150,15 +158,25 @@ def deployment_facts(session: Session, actor: Actor, dep: Deployment | None) -> 
     return DeploymentFacts(org_id=dep.org_id, held_by_actor=held)
 
 
-def deployment_by_name(session: Session, org_id: uuid.UUID, name: str) -> Deployment | None:
-    """The org's deployment `name`; Prefect's own `<org>.<name>` is accepted too."""
+def deployment_by_name(
+    session: Session, org_id: uuid.UUID, name: str, viewer: Viewer | None = None
+) -> Deployment | None:
+    """The org's deployment `name` (for a member: if they see its project); Prefect's
+    own `<org>.<name>` is accepted too."""
     org = session.get(Organization, org_id)
     if org is None:
         return None
     name = name.removeprefix(f"{org.slug}.")
-    return session.scalars(
+    dep = session.scalars(
         select(Deployment).where(Deployment.org_id == org_id, Deployment.name == name)
     ).first()
+    if (
+        dep is not None
+        and viewer is not None
+        and not visibility.can_see_deployment(session, viewer, dep)
+    ):
+        return None
+    return dep
 
 
 def flow_facts(session: Session, actor: Actor, flow_name: str) -> FlowFacts:

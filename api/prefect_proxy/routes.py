@@ -311,7 +311,7 @@ async def _deployment(
 async def _deployment_name(
     p: PrefectProxy, r: Request, a: Actor, e: Endpoint, params: dict[str, str]
 ) -> Response:
-    dep = await p._db(facts.deployment_by_name, a.org_id, params["name"])
+    dep = await p._db(facts.deployment_by_name, a.org_id, params["name"], a.viewer)
     if dep is None or dep.prefect_deployment_id is None:
         raise NotFound(f"No deployment '{params['name']}' in this organization.")
     return await p.forward(r, path=f"/deployments/{dep.prefect_deployment_id}")
@@ -431,7 +431,7 @@ async def _flows_filter(
 async def _deployments_filter(
     p: PrefectProxy, r: Request, a: Actor, e: Endpoint, _: dict[str, str]
 ) -> Response:
-    org_ids = {str(i) for i in await p._db(facts.org_deployment_ids, a.org_id)}
+    org_ids = {str(i) for i in await p._db(facts.org_deployment_ids, a.org_id, a.viewer)}
     return await _filter_within(p, r, "deployments", "id", org_ids)
 
 

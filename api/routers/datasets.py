@@ -37,13 +37,12 @@ from api.schemas import ErrorOut, Page, PublicUserOut
 from datasets import catalog, stores, wire
 from datasets.access import Caller, require_output
 from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
-from flows import job_data, lineage
+from flows import job_data, lineage, visibility
 from flows.models import Job
 from orgs.context import OrgContext
 from orgs.db import Database
 from orgs.models import User
-from policies import access
-from policies.access import JobFacts, JobTokenUse
+from policies.access import JobTokenUse
 from policies.errors import Invalid, NotFound
 from policies.permissions import Permission
 
@@ -100,6 +99,11 @@ class AccessIn(BaseModel):
     members: list[str] | None = Field(
         default=None, max_length=1000, description="Replaces the list: user ids or names."
     )
+    teams: list[str] | None = Field(
+        default=None,
+        max_length=100,
+        description="Replaces the team list: members of these teams read it too.",
+    )
 
 
 class VersionRef(BaseModel):
@@ -150,6 +154,7 @@ class AccessOut(BaseModel):
     name: str
     visibility: str
     members: list[PublicUserOut]
+    teams: list[str] = Field(default_factory=list)
 
 
 class DeleteOut(BaseModel):
@@ -389,8 +394,8 @@ def _content_disposition(filename: str) -> str:
 
 def job_in_org(session: Session, caller: Caller, job_id: uuid.UUID) -> Job:
     """The job if the caller may see it: their own, any for admins, the token's own."""
-    job = session.get(Job, job_id)
-    if job is None or not access.can_view_job(caller.viewer, JobFacts.of(job)):
+    job = visibility.visible_job(session, caller.viewer, job_id)
+    if job is None:
         raise NotFound(f"No job {job_id} in this organization.", code="job_not_found")
     return job
 
@@ -595,13 +600,19 @@ def set_access(
     """Visibility and the member list of a restricted dataset (creator or admin)."""
     dataset = catalog.find_dataset(session, caller.ctx, name)
     catalog.set_access(
-        caller.ctx, session, dataset, visibility=body.visibility, members=body.members
+        caller.ctx,
+        session,
+        dataset,
+        visibility=body.visibility,
+        members=body.members,
+        team_names=body.teams,
     )
     members = catalog.access_members(session, dataset.id)
     return AccessOut(
         name=dataset.name,
         visibility=dataset.visibility,
         members=[PublicUserOut(id=u.id, name=u.name) for u in members],
+        teams=catalog.access_teams(session, dataset.id),
     )
 
 

@@ -210,8 +210,10 @@ def list_deployments(
     session: SessionDep,
     project: Annotated[str | None, Query(max_length=64, description="Only this project's.")] = None,
 ) -> DeploymentList:
-    in_project = projects.get_project(session, ctx.org, project) if project else None
-    found = deployments.list_deployments(session, ctx.org, project=in_project)
+    in_project = (
+        projects.get_project(session, ctx.org, project, viewer=ctx.viewer) if project else None
+    )
+    found = deployments.list_deployments(session, ctx.org, viewer=ctx.viewer, project=in_project)
     items = [deployment_out(d, ctx.org.slug) for d in found]
     return DeploymentList(items=items, total=len(items))
 
@@ -259,7 +261,7 @@ def register_deployment(
                     f"Schedule #{i + 1}: {exc.detail}", field=f"schedules.{i}.{exc.field}"
                 ) from None
         schedules.check_declared(body.parameter_schema, body.parameters, declared, body.name)
-    project = projects.resolve_for_deployment(session, ctx.org, body.project, deployment=body.name)
+    project = projects.resolve_for_deployment(ctx, session, body.project, deployment=body.name)
     dep, created = deployments.register(
         ctx,
         session,
@@ -275,7 +277,7 @@ def register_deployment(
         synced = schedules.sync_declared(
             ctx, session, gateway, dep, declared, backend=settings.schedules_backend
         )
-        dep = deployments.get_deployment(session, ctx.org, body.name)
+        dep = deployments.get_deployment(session, ctx.org, body.name, viewer=ctx.viewer)
     if not created:
         response.status_code = status.HTTP_200_OK
     out = deployment_out(dep, ctx.org.slug)
@@ -286,7 +288,9 @@ def register_deployment(
 
 @router.get("/orgs/{org}/deployments/{name}")
 def get_deployment(name: NamePath, ctx: DeploymentsView, session: SessionDep) -> DeploymentOut:
-    return deployment_out(deployments.get_deployment(session, ctx.org, name), ctx.org.slug)
+    return deployment_out(
+        deployments.get_deployment(session, ctx.org, name, viewer=ctx.viewer), ctx.org.slug
+    )
 
 
 @router.delete("/orgs/{org}/deployments/{name}", status_code=status.HTTP_204_NO_CONTENT)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import Requires, SessionDep
 from api.routers.deployments import DeploymentOut, GatewayDep, deployment_out
-from flows import projects
+from flows import projects, visibility
 from flows.models import Project
 from orgs.context import OrgContext
 from policies.permissions import Permission
@@ -33,12 +33,23 @@ class ProjectIn(BaseModel):
         examples=["git@github.com:team/vision.git"],
     )
     description: str = Field("", max_length=projects.MAX_DESCRIPTION)
+    visibility: str = Field(
+        "org",
+        max_length=16,
+        description="Who sees it (and its deployments, jobs, schedules): `org` (everyone), "
+        "`teams` (members of `teams`), or `personal` (its creator). Admins see all.",
+    )
+    teams: list[str] | None = Field(None, max_length=100, description="With `teams`.")
 
 
 class ProjectPatch(BaseModel):
     description: str | None = Field(None, max_length=projects.MAX_DESCRIPTION)
     git_url: str | None = Field(
         None, max_length=projects.MAX_GIT_URL, description="An empty string removes it."
+    )
+    visibility: str | None = Field(None, max_length=16, description="org, teams or personal.")
+    teams: list[str] | None = Field(
+        None, max_length=100, description="The teams of a `teams` project (replaces them)."
     )
 
 
@@ -47,6 +58,8 @@ class ProjectOut(BaseModel):
     name: str
     description: str
     git_url: str | None
+    visibility: str
+    teams: list[str]
     deployment_count: int
     created_by: uuid.UUID | None
     created_at: datetime
@@ -61,12 +74,14 @@ class ProjectList(BaseModel):
     total: int
 
 
-def project_out(project: Project, deployment_count: int) -> ProjectOut:
+def project_out(project: Project, deployment_count: int, teams: list[str]) -> ProjectOut:
     return ProjectOut(
         id=project.id,
         name=project.name,
         description=project.description,
         git_url=project.git_url,
+        visibility=project.visibility,
+        teams=teams,
         deployment_count=deployment_count,
         created_by=project.created_by,
         created_at=project.created_at,
@@ -75,7 +90,7 @@ def project_out(project: Project, deployment_count: int) -> ProjectOut:
 
 def _detail(ctx: OrgContext, session: SessionDep, project: Project) -> ProjectDetail:
     deps = projects.project_deployments(session, project)
-    base = project_out(project, len(deps))
+    base = project_out(project, len(deps), visibility.project_teams(session, project))
     return ProjectDetail(
         **base.model_dump(), deployments=[deployment_out(d, ctx.org.slug) for d in deps]
     )
@@ -83,14 +98,22 @@ def _detail(ctx: OrgContext, session: SessionDep, project: Project) -> ProjectDe
 
 @router.get("/orgs/{org}/projects")
 def list_projects(ctx: ProjectsView, session: SessionDep) -> ProjectList:
-    items = [project_out(p, n) for p, n in projects.list_projects(session, ctx.org)]
+    rows = projects.list_projects(session, ctx.org, viewer=ctx.viewer)
+    names = visibility.teams_of(session, [p.id for p, _ in rows])
+    items = [project_out(p, n, names.get(p.id, [])) for p, n in rows]
     return ProjectList(items=items, total=len(items))
 
 
 @router.post("/orgs/{org}/projects", status_code=status.HTTP_201_CREATED)
 def create_project(body: ProjectIn, ctx: ProjectsManage, session: SessionDep) -> ProjectDetail:
     project = projects.create_project(
-        ctx, session, name=body.name, description=body.description, git_url=body.git_url
+        ctx,
+        session,
+        name=body.name,
+        description=body.description,
+        git_url=body.git_url,
+        visibility=body.visibility,
+        team_names=body.teams,
     )
     return _detail(ctx, session, project)
 
@@ -98,7 +121,7 @@ def create_project(body: ProjectIn, ctx: ProjectsManage, session: SessionDep) ->
 @router.get("/orgs/{org}/projects/{name}")
 def get_project(name: NamePath, ctx: ProjectsView, session: SessionDep) -> ProjectDetail:
     """A project with its deployments."""
-    return _detail(ctx, session, projects.get_project(session, ctx.org, name))
+    return _detail(ctx, session, projects.get_project(session, ctx.org, name, viewer=ctx.viewer))
 
 
 @router.patch("/orgs/{org}/projects/{name}")
@@ -112,6 +135,8 @@ def update_project(
         session,
         name,
         description=changes.get("description"),
+        visibility=changes.get("visibility"),
+        team_names=changes.get("teams"),
         **({"git_url": changes["git_url"]} if "git_url" in changes else {}),
     )
     return _detail(ctx, session, project)

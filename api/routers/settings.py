@@ -23,6 +23,7 @@ from orgs.context import OrgContext
 from orgs.settings_doc import (
     InvitationSettings,
     MachineSettings,
+    ProjectSettings,
     SecuritySettings,
     StorageSettings,
 )
@@ -62,6 +63,11 @@ class SettingsIn(BaseModel):
     security: dict[str, Any] | None = Field(
         default=None, description="`require_2fa`: members without two-factor get 403."
     )
+    projects: dict[str, Any] | None = Field(
+        default=None,
+        description="`allow_personal`: false stops members creating, deploying into or "
+        "running personal projects.",
+    )
 
 
 class SettingsOut(BaseModel):
@@ -72,6 +78,7 @@ class SettingsOut(BaseModel):
     machines: MachineSettings
     storage: StorageSettings
     security: SecuritySettings = SecuritySettings()
+    projects: ProjectSettings = ProjectSettings()
     sso: SsoSettings
     limits: LimitsDocument
     members_without_2fa: int | None = Field(
@@ -121,6 +128,7 @@ def _settings_out(ctx: OrgContext, session: Session) -> SettingsOut:
         without = settings_doc.members_without_2fa(session, ctx.org.id)
     return SettingsOut(
         security=doc.security,
+        projects=doc.projects,
         members_without_2fa=without,
         name=ctx.org.name,
         description=ctx.org.description,
@@ -213,7 +221,7 @@ def put_settings(
     given = _parse_json(body.data)
     changes = {
         key: value
-        for key in ("invitations", "machines", "storage", "security", "sso", "limits")
+        for key in ("invitations", "machines", "storage", "security", "projects", "sso", "limits")
         if (value := getattr(given, key)) is not None
     }
     sso.check_org_provider(settings, changes)

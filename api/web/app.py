@@ -41,6 +41,7 @@ from api.web import (
     routes_settings,
     routes_sso,
     routes_submit,
+    routes_teams,
     routes_tokens,
 )
 from api.web.core import STATIC, render
@@ -182,6 +183,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_settings,
         routes_secrets,
         routes_registries,
+        routes_teams,
         routes_profile,
         routes_tokens,
         routes_sso,

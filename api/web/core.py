@@ -79,6 +79,12 @@ NOTICES: Mapping[str, str] = {
     "registry_added": "Registry added. Its password is not shown again.",
     "registry_set": "Registry login replaced. Its password is not shown again.",
     "registry_removed": "Registry removed.",
+    "team_created": "Team created. Add its members below.",
+    "team_member_added": "Added to the team.",
+    "team_member_removed": "Removed from the team.",
+    "team_deleted": (
+        "Team deleted. Projects shared only with it are now seen by admins and their creator."
+    ),
     "notifications": "Notification targets saved.",
     "test_sent": "Test notification queued for every target.",
     "signed_out": "You are signed out.",
@@ -210,6 +216,7 @@ def _nav(page: OrgPage) -> Nav:
     links = [
         ("dashboard", "Dashboard", page.url()),
         ("members", "Members", page.url("/members")),
+        ("teams", "Teams", page.url("/teams")),
         ("machines", "Machines", page.url("/machines")),
         ("projects", "Projects", page.url("/projects")),
         ("jobs", "Jobs", page.url("/jobs")),

@@ -108,7 +108,10 @@ def jobs_page(
         per_page=JOBS_PER_PAGE,
         filters={k: v or "" for k, v in filters.items()},
         states=[s for s in STATE_ORDER if s in ALL_STATES],
-        deployment_names=[d.name for d in deployments.list_deployments(page.session, page.org)],
+        deployment_names=[
+            d.name
+            for d in deployments.list_deployments(page.session, page.org, viewer=page.ctx.viewer)
+        ],
         error=error,
     )
 

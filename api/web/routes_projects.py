@@ -35,7 +35,7 @@ def _projects(
         page=page,
         active="projects",
         status_code=code,
-        rows=projects.list_projects(page.session, page.org),
+        rows=projects.list_projects(page.session, page.org, viewer=page.ctx.viewer),
         errors=errors or {},
         form=form or {},
     )
@@ -72,7 +72,7 @@ def create_project(
 
 @router.get("/orgs/{org}/projects/{name}")
 def project_page(request: Request, page: PageDeploymentsView, name: ProjectName) -> Response:
-    project = projects.get_project(page.session, page.org, name)
+    project = projects.get_project(page.session, page.org, name, viewer=page.ctx.viewer)
     return render(
         request,
         "project.html",

@@ -301,6 +301,17 @@ def save_security(
         return _settings(request, page, code=status_for(exc), errors=errors, form=form)
 
 
+@router.post("/orgs/{org}/settings/projects")
+def save_projects(
+    request: Request,
+    page: PageSettingsUpdate,
+    allow_personal: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    form = {"allow_personal": allow_personal}
+    changes = {"projects": {"allow_personal": allow_personal == "yes"}}
+    return _apply(request, page, form, changes=changes, prefix="projects")
+
+
 async def form_data(request: Request) -> FormData:
     """The whole form, for editors whose field names are not fixed (one per row)."""
     return await request.form()

@@ -77,7 +77,7 @@ from api.web import session as web_session
 from api.web.app import PagesMount
 from api.web.core import OrgPage, PageRequires, org_page
 from datasets import bundle_format
-from orgs import accounts, join_requests, organizations, registries, secrets
+from orgs import accounts, join_requests, organizations, registries, secrets, teams
 from orgs.config import get_settings
 from orgs.context import member_context
 from orgs.db import Database
@@ -542,6 +542,15 @@ def _secret(w: World, role: str) -> str:
     return name
 
 
+def _team(w: World, role: str) -> str:
+    """A team the owner made with the world's member in it (members see only theirs)."""
+    with w.api.db.session() as s:
+        ctx = member_context(s, w.org_slug, w.user(s, w.people["owner"]))
+        team = teams.create_team(ctx, s, name=_unique("team"))
+        teams.add_member(ctx, s, team.name, w.people["member"].name)
+        return team.name
+
+
 def _join_request(w: World, role: str) -> str:
     """A pending request to rejoin from someone who was a member and left."""
     with w.api.db.session() as s:
@@ -589,6 +598,8 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "jobs/{id}": _job,
     "schedules/{id}": _schedule,
     "secrets/{name}": _secret,
+    "teams/{team}": _team,
+    "members/{user}": lambda w, role: w.people["member"].name,
     "registries/{key}": _registry,
     # The console's parameter names.
     "{machine_id}": _machine,
@@ -628,6 +639,8 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
         "slots": 1,
     },
     "POST /orgs/{org}/datasets": lambda w, role: {"name": _unique("ds")},
+    "POST /orgs/{org}/teams": lambda w, role: {"name": _unique("team")},
+    "POST /orgs/{org}/teams/{team}/members": lambda w, role: {"user": w.people["admin"].name},
     "POST /orgs/{org}/deployments": lambda w, role: {
         "name": _unique("deploy"),
         "entrypoint": "flows/library/train.py:train",
@@ -783,6 +796,13 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
     "POST /orgs/{org}/machines/{machine_id}/reject": lambda w, role: PageBody({"reason": "no"}),
     "POST /orgs/{org}/datasets": lambda w, role: PageBody({"name": _unique("ds")}),
     "POST /orgs/{org}/projects": lambda w, role: PageBody({"name": _unique("proj").lower()}),
+    "POST /orgs/{org}/teams": lambda w, role: PageBody({"name": _unique("team")}),
+    "POST /orgs/{org}/teams/{team}/members": lambda w, role: PageBody(
+        {"user": w.people["admin"].name}
+    ),
+    "POST /orgs/{org}/teams/{team}/members/remove": lambda w, role: PageBody(
+        {"user": w.people["member"].name}
+    ),
     "POST /orgs/{org}/datasets/{name}/versions": lambda w, role: PageBody(
         content=b"console bytes",
         headers={"Content-Type": "application/octet-stream", "Accept": "application/json"},

@@ -65,6 +65,7 @@ def test_members_read_defaults_admins_write(api: ApiClient) -> None:
         "machines": {"approval_required": True, "offline_after_s": 60},
         "storage": {"max_bytes": None},
         "security": {"require_2fa": False},
+        "projects": {"allow_personal": True},
         "sso": {"provider": None, "allowed_domains": [], "required": False},
         "limits": DEFAULT_LIMITS.model_dump(mode="json"),
         "members_without_2fa": None,
