@@ -48,7 +48,11 @@ class SubmitForm:
 
 
 def _dep_for(page: OrgPage, name: str) -> Deployment | None:
-    return deployments.find_deployment(page.session, page.org, name) if name else None
+    return (
+        deployments.find_deployment(page.session, page.org, name, viewer=page.ctx.viewer)
+        if name
+        else None
+    )
 
 
 def _int_field(form: SubmitForm, key: str, errors: dict[str, str], *, scale: int = 1) -> int | None:
@@ -127,9 +131,11 @@ def _render(
     errors: Mapping[str, str] | None = None,
     explanation: jobs.Explanation | None = None,
 ) -> Response:
-    project_rows = [p for p, _ in projects.list_projects(page.session, page.org)]
+    project_rows = [
+        p for p, _ in projects.list_projects(page.session, page.org, viewer=page.ctx.viewer)
+    ]
     project = form.get("project")
-    all_deps = deployments.list_deployments(page.session, page.org)
+    all_deps = deployments.list_deployments(page.session, page.org, viewer=page.ctx.viewer)
     by_project = {p.id: p.name for p in project_rows}
     deps = [
         d
