@@ -27,6 +27,7 @@ requests_app = typer.Typer(
 )
 logo_app = typer.Typer(help="The organization's logo (PNG, JPEG or WebP, at most 1 MB).")
 org_app.add_typer(requests_app, name="join-requests")
+org_app.add_typer(requests_app, name="requests", hidden=True)  # API.md's name for it
 org_app.add_typer(logo_app, name="logo")
 
 
