@@ -162,8 +162,14 @@ class DeleteOut(BaseModel):
 class DatastoreIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["default", "s3"]
-    bucket: str | None = Field(default=None, max_length=63)
+    kind: Literal["default", "s3", "swift", "azure", "gcs"] = Field(
+        description="s3 (AWS or any S3-compatible endpoint), swift (OpenStack Swift's S3 "
+        "API; endpoint_url required), azure (Blob Storage), gcs (Google Cloud Storage), "
+        "or default (the installation's store)."
+    )
+    bucket: str | None = Field(default=None, max_length=63, description="s3, swift, gcs.")
+    account: str | None = Field(default=None, max_length=24, description="azure: the account.")
+    container: str | None = Field(default=None, max_length=63, description="azure.")
     prefix: str | None = Field(default=None, max_length=512)
     endpoint_url: str | None = Field(default=None, max_length=512)
     region: str | None = Field(default=None, max_length=32)
@@ -180,6 +186,17 @@ class DatastoreIn(BaseModel):
         default=None, max_length=256, description="Stored with the store, never returned."
     )
     session_token: str | None = Field(default=None, max_length=4096)
+    account_key: str | None = Field(
+        default=None, max_length=256, description="azure: stored, never returned."
+    )
+    sas_token: str | None = Field(
+        default=None, max_length=4096, description="azure: stored, never returned."
+    )
+    service_account_json: str | None = Field(
+        default=None,
+        max_length=16384,
+        description="gcs: a service account's JSON key; stored, never returned.",
+    )
     verify: bool = Field(default=True, description="Write and read back a probe first.")
 
 
@@ -189,7 +206,9 @@ class DatastoreOut(BaseModel):
     config: dict[str, str]
     created_at: datetime | None
     access_key_id: str | None = Field(
-        default=None, description="The stored key's id (its secret is never shown)."
+        default=None,
+        description="What may be shown of the stored credentials: an S3 key's id, a GCS "
+        "service account's e-mail, or which Azure credential (never a secret).",
     )
 
 
@@ -642,12 +661,26 @@ def show_datastore(
 def configure_datastore(
     body: DatastoreIn, caller: StorageConfigure, session: SessionDep, settings: SettingsDep
 ) -> DatastoreOut:
-    """Use the organization's own S3 bucket (or the default store again) for new
-    uploads. Requests are signed with the access key given here, or not at all; the API
-    server's own AWS credentials only where the operator allows it."""
-    keys = stores.validate_keys(body.access_key_id, body.secret_access_key, body.session_token)
+    """Use the organization's own S3 bucket, Swift container (S3 API), Azure Blob
+    container or GCS bucket (or the default store again) for new uploads. Requests are
+    signed with the credentials given here, or not at all; the API server's own cloud
+    credentials only where the operator allows it (S3)."""
+    keys: stores.StoreKeys | None
     config: dict[str, Any] = {}
-    if body.kind == stores.KIND_S3:
+    if body.kind == stores.KIND_AZURE:
+        keys = stores.validate_azure_keys(body.account_key, body.sas_token)
+        config = {
+            "account": body.account,
+            "container": body.container,
+            "prefix": body.prefix,
+            "endpoint_url": body.endpoint_url,
+        }
+    elif body.kind == stores.KIND_GCS:
+        keys = stores.validate_gcs_keys(body.service_account_json)
+        config = {"bucket": body.bucket, "prefix": body.prefix, "endpoint_url": body.endpoint_url}
+    else:
+        keys = stores.validate_keys(body.access_key_id, body.secret_access_key, body.session_token)
+    if body.kind in stores.S3_KINDS:
         if not body.bucket:
             raise Invalid("An S3 store needs a bucket.", field="bucket")
         config = {
