@@ -14,21 +14,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from api.app import create_app
+from api.cli.main import app as cli_app
 from datasets import stores
 from datasets.models import DataStore
 from datasets.storage import Storage
 from orgs.config import get_settings
+from orgs.db import Database
 from orgs.models import Organization
 from tests.azurite_server import ACCOUNT, ACCOUNT_KEY
 from tests.s3_server import S3_REGION
-from tests.support import ApiClient, Person
+from tests.support import ApiClient, Person, serve_in_thread
 
 KINDS = ["default", "s3", "swift", "azure", "gcs"]
 ORG_KEY = "ORGKEY0000000001"
@@ -225,3 +230,62 @@ def test_custom_cloud_endpoints_need_the_operators_allowlist(
     api.set_settings(store_endpoint_allowlist="")
     r = api.get(f"/orgs/{world.slug}/datasets/d/versions/latest/download", world.alice)
     assert r.status_code == 403 and r.json()["error"] == "store_endpoint_refused", r.text
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture
+def served(sqlite_database: Database) -> Iterator[str]:
+    settings = get_settings().model_copy(update={"store_endpoint_allowlist": "127.0.0.1/32"})
+    with serve_in_thread(create_app(settings, sqlite_database)) as url:
+        yield url.removesuffix("/api/v1")
+
+
+@pytest.mark.parametrize("kind", ["swift", "azure", "gcs"])
+def test_cli_configures_each_store(
+    served: str,
+    sqlite_database: Database,
+    tmp_path: Path,
+    kind: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    store = _store(kind, request)
+    b = store.body
+    args = {
+        "swift": [
+            "--container", b.get("bucket", ""), "--endpoint-url", b.get("endpoint_url", ""),
+            "--region", S3_REGION, "--access-key-id", ORG_KEY, "--secret-access-key", ORG_SECRET,
+        ],
+        "azure": [
+            "--account", ACCOUNT, "--container", b.get("container", ""),
+            "--endpoint-url", b.get("endpoint_url", ""), "--secret", ACCOUNT_KEY,
+        ],
+        "gcs": ["--bucket", b.get("bucket", ""), "--endpoint-url", b.get("endpoint_url", "")],
+    }[kind]  # fmt: skip
+    with ApiClient.start(sqlite_database) as api:
+        owner = api.signup()
+        slug = api.create_org(owner)
+        env = {
+            "CSHARE_CONFIG": str(tmp_path / "cli.toml"),
+            "CSHARE_API_URL": served,
+            "CSHARE_TOKEN": owner.token,
+            "CSHARE_ORG": slug,
+            "COLUMNS": "240",
+        }
+
+        def cli(*words: str) -> str:
+            result = CliRunner().invoke(cli_app, list(words), env=env)
+            assert result.exit_code == 0, (words, result.stdout, result.stderr, result.exception)
+            return str(result.stdout)
+
+        said = cli("dataset", "store", kind, *args)
+        shown = cli("dataset", "store", "show")
+        assert kind.capitalize()[:3].lower() in said.lower()
+        for secret in store.secrets:
+            assert secret not in said and secret not in shown
+        data = os.urandom(20_000)
+        (tmp_path / "in.bin").write_bytes(data)
+        cli("dataset", "upload", "blobs", str(tmp_path / "in.bin"), "--create")
+        cli("dataset", "download", "blobs", "--output", str(tmp_path / "out.bin"))
+        assert (tmp_path / "out.bin").read_bytes() == data
