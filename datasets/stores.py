@@ -300,17 +300,33 @@ def backend_for(session: Session, settings: Settings, store_id: uuid.UUID | None
     return _backend(settings, store.kind, dict(store.config), store)
 
 
-def active_store(session: Session, org_id: uuid.UUID) -> DataStore | None:
+def active_store(
+    session: Session, org_id: uuid.UUID, project_id: uuid.UUID | None = None
+) -> DataStore | None:
+    """The organization's store (`project_id` None), or the project's own default store
+    (None when the project names none)."""
     return session.scalars(
         select(DataStore)
-        .where(DataStore.org_id == org_id, DataStore.active.is_(True))
+        .where(
+            DataStore.org_id == org_id,
+            DataStore.active.is_(True),
+            DataStore.project_id.is_(None)
+            if project_id is None
+            else DataStore.project_id == project_id,
+        )
         .order_by(DataStore.created_at.desc())
     ).first()
 
 
-def current_store(session: Session, settings: Settings, org_id: uuid.UUID) -> StoreRef:
-    """Where the organization's new uploads go."""
-    store = active_store(session, org_id)
+def current_store(
+    session: Session, settings: Settings, org_id: uuid.UUID, project_id: uuid.UUID | None = None
+) -> StoreRef:
+    """Where new uploads go: a job's outputs to its project's default store when the
+    project names one (`project_id`), everything else to the organization's store (its
+    own, else the installation's)."""
+    store = active_store(session, org_id, project_id) if project_id is not None else None
+    if store is None:
+        store = active_store(session, org_id)
     if store is None:
         return StoreRef(None, default_store(settings))
     return StoreRef(store.id, _backend(settings, store.kind, dict(store.config), store))
@@ -529,10 +545,13 @@ def _public_keys(keys: StoreKeys | None) -> str | None:
     return None
 
 
-def describe(session: Session, settings: Settings, org_id: uuid.UUID) -> dict[str, Any]:
+def describe(
+    session: Session, settings: Settings, org_id: uuid.UUID, project_id: uuid.UUID | None = None
+) -> dict[str, Any]:
     """What members see of where their organization's bytes go (no secrets: whether a
-    key is stored, and its public id)."""
-    store = active_store(session, org_id)
+    key is stored, and its public id). With `project_id`: the project's own default
+    store for outputs ("default": none, outputs go to the organization's store)."""
+    store = active_store(session, org_id, project_id)
     if store is None:
         return {
             "kind": KIND_DEFAULT,
@@ -612,16 +631,18 @@ def configure(
     config: dict[str, Any],
     verify: bool,
     keys: StoreKeys | None = None,
+    project_id: uuid.UUID | None = None,
 ) -> None:
     """Make `kind`/`config` (and the organization's credentials `keys`) the organization's
-    store for new uploads; commits.
+    store for new uploads, or with `project_id` the project's default store for its jobs'
+    outputs ("default" there: none, back to the organization's); commits.
 
     The endpoint must pass the guard now (and will again on every connection). With
     `verify`, the bucket is written and read back first, exactly as uploads will reach
     it, so a typo or a missing permission is a 422 now rather than a failed upload
     later. The session is closed during that check: no lock is held on the network.
     """
-    before = describe(session, settings, ctx.org.id)
+    before = describe(session, settings, ctx.org.id, project_id)
     if kind == KIND_DEFAULT:
         if keys is not None:
             raise Invalid("The default store takes no credentials.", field="access_key_id")
@@ -631,13 +652,20 @@ def configure(
             session.close()  # nothing of the database is held while the store is asked
             _probe(settings, kind, config, keys)
     for old in session.scalars(
-        select(DataStore).where(DataStore.org_id == ctx.org.id, DataStore.active.is_(True))
+        select(DataStore).where(
+            DataStore.org_id == ctx.org.id,
+            DataStore.active.is_(True),
+            DataStore.project_id.is_(None)
+            if project_id is None
+            else DataStore.project_id == project_id,
+        )
     ):
         old.active = False
     if kind != KIND_DEFAULT:
         session.add(
             DataStore(
                 org_id=ctx.org.id,
+                project_id=project_id,
                 kind=kind,
                 config=config,
                 credentials=_credentials(settings, keys),
@@ -646,7 +674,7 @@ def configure(
             )
         )
     session.flush()
-    after = describe(session, settings, ctx.org.id)
+    after = describe(session, settings, ctx.org.id, project_id)
     audit.record(
         session,
         org_id=ctx.org.id,
@@ -655,7 +683,7 @@ def configure(
         target_type="datastore",
         target_id=after["id"] or KIND_DEFAULT,
         before=_audited(before),
-        after=_audited(after),
+        after={**_audited(after), **({"project_id": str(project_id)} if project_id else {})},
     )
     session.commit()
 

@@ -37,8 +37,9 @@ from api.schemas import ErrorOut, Page, PublicUserOut
 from datasets import catalog, stores, wire
 from datasets.access import Caller, require_output
 from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
-from flows import job_data, lineage
+from flows import job_data, lineage, projects
 from flows.models import Job
+from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import Database
 from orgs.models import User
@@ -665,6 +666,16 @@ def configure_datastore(
     container or GCS bucket (or the default store again) for new uploads. Requests are
     signed with the credentials given here, or not at all; the API server's own cloud
     credentials only where the operator allows it (S3)."""
+    return _configure(body, caller, session, settings, None)
+
+
+def _configure(
+    body: DatastoreIn,
+    caller: Caller,
+    session: Session,
+    settings: Settings,
+    project_id: uuid.UUID | None,
+) -> DatastoreOut:
     keys: stores.StoreKeys | None
     config: dict[str, Any] = {}
     if body.kind == stores.KIND_AZURE:
@@ -691,9 +702,44 @@ def configure_datastore(
             "profile": body.profile,
         }
     stores.configure(
-        caller.ctx, session, settings, kind=body.kind, config=config, verify=body.verify, keys=keys
+        caller.ctx,
+        session,
+        settings,
+        kind=body.kind,
+        config=config,
+        verify=body.verify,
+        keys=keys,
+        project_id=project_id,
     )
-    return _datastore_out(stores.describe(session, settings, caller.org.id))
+    return _datastore_out(stores.describe(session, settings, caller.org.id, project_id))
+
+
+ProjectName = Annotated[str, Path(max_length=64)]
+
+
+@router.get("/orgs/{org}/projects/{project}/datastore")
+def show_project_datastore(
+    project: ProjectName, caller: DatasetsRead, session: SessionDep, settings: SettingsDep
+) -> DatastoreOut:
+    """The project's default store for its jobs' outputs ("default": none, they go to the
+    organization's store). Never a secret."""
+    found = projects.get_project(session, caller.org, project)
+    return _datastore_out(stores.describe(session, settings, caller.org.id, found.id))
+
+
+@router.put("/orgs/{org}/projects/{project}/datastore")
+def configure_project_datastore(
+    project: ProjectName,
+    body: DatastoreIn,
+    caller: StorageConfigure,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> DatastoreOut:
+    """Name the project's default store (admins): the outputs of its jobs go there; the
+    same settings and credentials as the organization's store. `kind: default` removes
+    it (outputs go to the organization's store again)."""
+    found = projects.get_project(session, caller.org, project)
+    return _configure(body, caller, session, settings, found.id)
 
 
 @router.get("/orgs/{org}/jobs/{id}/inputs")

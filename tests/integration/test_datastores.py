@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ from api.cli.main import app as cli_app
 from datasets import stores
 from datasets.models import DataStore
 from datasets.storage import Storage
+from flows.models import Deployment, Job, Project
 from orgs.config import get_settings
 from orgs.db import Database
 from orgs.models import Organization
 from tests.azurite_server import ACCOUNT, ACCOUNT_KEY
+from tests.integration.test_datasets import job_token, make_job
 from tests.s3_server import S3_REGION
 from tests.support import ApiClient, Person, serve_in_thread
 
@@ -289,3 +292,95 @@ def test_cli_configures_each_store(
         cli("dataset", "upload", "blobs", str(tmp_path / "in.bin"), "--create")
         cli("dataset", "download", "blobs", "--output", str(tmp_path / "out.bin"))
         assert (tmp_path / "out.bin").read_bytes() == data
+
+
+# --------------------------------------------------------------------------- project default
+
+
+def _job_in_project(api: ApiClient, world: World, project: str) -> str:
+    """A running job of a deployment in `project`, and the token its flow would get."""
+    with api.db.transaction() as s:
+        org = s.scalars(select(Organization).where(Organization.slug == world.slug)).one()
+        found = s.scalars(
+            select(Project).where(Project.org_id == org.id, Project.name == project)
+        ).one()
+        deployment = Deployment(
+            org_id=org.id,
+            project_id=found.id,
+            name=f"train-{uuid.uuid4().hex[:6]}",
+            flow_name="train",
+            entrypoint="flows/train.py:train",
+            machine_type="cpu",
+        )
+        s.add(deployment)
+        s.flush()
+        deployment_id = deployment.id
+    job = make_job(api.db, world.slug, str(world.alice.id), state="running")
+    with api.db.transaction() as s:
+        row = s.get(Job, job.id)
+        assert row is not None
+        row.deployment_id = deployment_id
+    return job_token(api.db, job)
+
+
+def test_job_outputs_go_to_the_projects_default_store(
+    api: ApiClient, world: World, store: Store
+) -> None:
+    """A project may name its default store: its jobs' outputs go there, everything else
+    to the organization's store (here the installation's own). Without one ("default"),
+    outputs go to the organization's store too."""
+    r = api.post(f"/orgs/{world.slug}/projects", world.owner, json={"name": "vision"})
+    assert r.status_code == 201, r.text
+    url = f"/orgs/{world.slug}/projects/vision/datastore"
+    r = api.put(url, world.alice, json=store.body)
+    assert r.status_code == 403, r.text  # admins only
+    r = api.put(url, world.owner, json=store.body)
+    assert r.status_code == 200 and r.json()["kind"] == store.kind, r.text
+    shown = api.get(url, world.alice)
+    assert shown.status_code == 200 and shown.json()["kind"] == store.kind
+    for secret in store.secrets:
+        assert secret not in shown.text and secret not in r.text
+    assert api.get(f"/orgs/{world.slug}/datastore", world.alice).json()["kind"] == "default"
+    outsider = api.signup()
+    assert api.get(url, outsider).status_code == 404
+    assert api.get(f"/orgs/{world.slug}/projects/nope/datastore", world.owner).status_code == 404
+
+    api.post(f"/orgs/{world.slug}/datasets", world.alice, json={"name": "models"})
+    token = _job_in_project(api, world, "vision")
+    output = os.urandom(30_000)
+    r = api.client.post(
+        f"/api/v1/orgs/{world.slug}/datasets/models/versions",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
+        content=output,
+    )
+    assert r.status_code == 201, r.text
+    by_hand = os.urandom(30_000)
+    upload(api, world, "models", by_hand)
+
+    settings = cast(Any, api.client.app).state.settings
+    with api.db.session(write=False) as session:
+        org = session.scalars(select(Organization).where(Organization.slug == world.slug)).one()
+        project = session.scalars(select(Project).where(Project.org_id == org.id)).all()
+        vision = next(p for p in project if p.name == "vision")
+        project_store = stores.active_store(session, org.id, vision.id)
+        org_backend = stores.backend_for(session, settings, None)
+        project_backend = stores.backend_for(
+            session, settings, project_store.id if project_store else None
+        )
+    out_sha = hashlib.sha256(output).hexdigest()
+    hand_sha = hashlib.sha256(by_hand).hexdigest()
+    assert project_backend.exists(out_sha)
+    assert org_backend.exists(hand_sha)
+    if store.kind == "default":
+        assert project_store is None  # no project store: the organization's
+    else:
+        assert not org_backend.exists(out_sha) and not project_backend.exists(hand_sha)
+    for version, data in (("1", output), ("2", by_hand)):
+        got, sha = download(api, world, "models", version)
+        assert got == data and sha == hashlib.sha256(data).hexdigest()
+
+    # Removing the project's store: later outputs go to the organization's again, and
+    # what is stored keeps reading from where its bytes are.
+    assert api.put(url, world.owner, json={"kind": "default"}).json()["kind"] == "default"
+    got, _sha = download(api, world, "models", "1")
+    assert got == output

@@ -1,0 +1,38 @@
+"""project data stores: data_stores.project_id
+
+Revision ID: 0031
+Revises: 0029
+
+A store row with a project is that project's default store: the outputs of its jobs go
+there (datasets/stores.py). NULL: the organization's store, as before.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0031"
+down_revision = "0029"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("data_stores") as batch:
+        batch.add_column(sa.Column("project_id", sa.Uuid(), nullable=True))
+        batch.create_foreign_key(
+            "fk_data_stores_project_id_projects",
+            "projects",
+            ["project_id"],
+            ["id"],
+            ondelete="CASCADE",
+        )
+        batch.create_index("ix_data_stores_project_id", ["project_id"])
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("data_stores") as batch:
+        batch.drop_index("ix_data_stores_project_id")
+        batch.drop_constraint("fk_data_stores_project_id_projects", type_="foreignkey")
+        batch.drop_column("project_id")
