@@ -467,12 +467,30 @@ def _store_lines(store: dict[str, Any]) -> None:
         output.say(f"credentials: {store['access_key_id']} (secret stored, never shown)")
 
 
-def _put_store(org: str | None, json_: bool, body: dict[str, Any]) -> None:
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--project",
+        help="Set this project's default store for its jobs' outputs instead of the "
+        "organization's store.",
+    ),
+]
+
+
+def _store_path(slug: str, project: str | None) -> str:
+    if project:
+        return f"/orgs/{seg(slug)}/projects/{seg(project)}/datastore"
+    return f"/orgs/{seg(slug)}/datastore"
+
+
+def _put_store(
+    org: str | None, json_: bool, body: dict[str, Any], project: str | None = None
+) -> None:
     cfg = config.effective()
     slug = require_org(cfg, org)
     with connect(cfg) as client:
         store = client.put(
-            f"/orgs/{seg(slug)}/datastore", json={k: v for k, v in body.items() if v is not None}
+            _store_path(slug, project), json={k: v for k, v in body.items() if v is not None}
         )
     if json_:
         output.print_json(store)
@@ -481,9 +499,10 @@ def _put_store(org: str | None, json_: bool, body: dict[str, Any]) -> None:
 
 
 @store_app.command("show")
-def store_show(org: OrgOpt = None, json_: JsonOpt = False) -> None:
-    """Where new uploads go."""
-    _slug, store = read_org(org, "datastore")
+def store_show(project: ProjectOpt = None, org: OrgOpt = None, json_: JsonOpt = False) -> None:
+    """Where new uploads go (with --project: where that project's job outputs go)."""
+    parts = ("projects", project, "datastore") if project else ("datastore",)
+    _slug, store = read_org(org, *parts)
     if output.printed_as_json(store, json_):
         return
     _store_lines(store)
@@ -517,13 +536,12 @@ def store_s3(
         ),
     ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    project: ProjectOpt = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Store new uploads in an S3 bucket (admins), signed with the bucket's own access
     key (or unsigned, for a bucket open to anyone)."""
-    cfg = config.effective()
-    slug = require_org(cfg, org)
     if access_key_id and not secret_access_key:
         secret_access_key = typer.prompt("Secret access key", hide_input=True)
     body = {
@@ -537,14 +555,7 @@ def store_s3(
         "secret_access_key": secret_access_key,
         "verify": verify,
     }
-    with connect(cfg) as client:
-        store = client.put(
-            f"/orgs/{seg(slug)}/datastore", json={k: v for k, v in body.items() if v is not None}
-        )
-    if json_:
-        output.print_json(store)
-        return
-    _store_lines(store)
+    _put_store(org, json_, body, project)
 
 
 @store_app.command("swift")
@@ -569,6 +580,7 @@ def store_swift(
         ),
     ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    project: ProjectOpt = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -588,6 +600,7 @@ def store_swift(
             "secret_access_key": secret_access_key,
             "verify": verify,
         },
+        project,
     )
 
 
@@ -615,6 +628,7 @@ def store_azure(
         bool, typer.Option("--anonymous", help="No credentials (a public container).")
     ] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    project: ProjectOpt = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -634,6 +648,7 @@ def store_azure(
             "account_key": None if sas else secret,
             "verify": verify,
         },
+        project,
     )
 
 
@@ -650,6 +665,7 @@ def store_gcs(
         typer.Option("--endpoint-url", help="Only where the operator allows it (emulators)."),
     ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    project: ProjectOpt = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -666,17 +682,12 @@ def store_gcs(
             "service_account_json": key_file.read_text() if key_file else None,
             "verify": verify,
         },
+        project,
     )
 
 
 @store_app.command("default")
-def store_default(org: OrgOpt = None, json_: JsonOpt = False) -> None:
-    """Store new uploads in the installation's default store again (admins)."""
-    cfg = config.effective()
-    slug = require_org(cfg, org)
-    with connect(cfg) as client:
-        store = client.put(f"/orgs/{seg(slug)}/datastore", json={"kind": "default"})
-    if json_:
-        output.print_json(store)
-        return
-    _store_lines(store)
+def store_default(project: ProjectOpt = None, org: OrgOpt = None, json_: JsonOpt = False) -> None:
+    """Store new uploads in the installation's default store again (admins); with
+    --project: the project names no store of its own any more."""
+    _put_store(org, json_, {"kind": "default"}, project)

@@ -293,6 +293,17 @@ def test_cli_configures_each_store(
         cli("dataset", "download", "blobs", "--output", str(tmp_path / "out.bin"))
         assert (tmp_path / "out.bin").read_bytes() == data
 
+        # The same store as a project's default for its jobs' outputs, and back.
+        r = api.post(f"/orgs/{slug}/projects", owner, json={"name": "vision"})
+        assert r.status_code == 201, r.text
+        assert "default store" in cli("dataset", "store", "show", "--project", "vision")
+        cli("dataset", "store", kind, *args, "--project", "vision")
+        shown_project = cli("dataset", "store", "show", "--project", "vision", "--json")
+        assert json.loads(shown_project)["kind"] == kind
+        cli("dataset", "store", "default", "--project", "vision")
+        shown_project = cli("dataset", "store", "show", "--project", "vision", "--json")
+        assert json.loads(shown_project)["kind"] == "default"
+
 
 # --------------------------------------------------------------------------- project default
 
