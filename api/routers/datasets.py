@@ -666,12 +666,12 @@ def configure_datastore(
     container or GCS bucket (or the default store again) for new uploads. Requests are
     signed with the credentials given here, or not at all; the API server's own cloud
     credentials only where the operator allows it (S3)."""
-    return _configure(body, caller, session, settings, None)
+    return apply_datastore(body, caller.ctx, session, settings, None)
 
 
-def _configure(
+def apply_datastore(
     body: DatastoreIn,
-    caller: Caller,
+    ctx: OrgContext,
     session: Session,
     settings: Settings,
     project_id: uuid.UUID | None,
@@ -701,8 +701,10 @@ def _configure(
             "region": body.region,
             "profile": body.profile,
         }
+    """The organization's (`project_id` None) or a project's store set from `body`; the
+    API and the console's data stores page both come here."""
     stores.configure(
-        caller.ctx,
+        ctx,
         session,
         settings,
         kind=body.kind,
@@ -711,7 +713,7 @@ def _configure(
         keys=keys,
         project_id=project_id,
     )
-    return _datastore_out(stores.describe(session, settings, caller.org.id, project_id))
+    return _datastore_out(stores.describe(session, settings, ctx.org.id, project_id))
 
 
 ProjectName = Annotated[str, Path(max_length=64)]
@@ -739,7 +741,7 @@ def configure_project_datastore(
     same settings and credentials as the organization's store. `kind: default` removes
     it (outputs go to the organization's store again)."""
     found = projects.get_project(session, caller.org, project)
-    return _configure(body, caller, session, settings, found.id)
+    return apply_datastore(body, caller.ctx, session, settings, found.id)
 
 
 @router.get("/orgs/{org}/jobs/{id}/inputs")

@@ -31,6 +31,7 @@ from api.web import (
     csrf,
     routes_account,
     routes_data,
+    routes_datastores,
     routes_jobs,
     routes_org,
     routes_org_profile,
@@ -177,6 +178,7 @@ def create_pages_app(parent: FastAPI) -> FastAPI:
         routes_projects,
         routes_settings,
         routes_secrets,
+        routes_datastores,
         routes_profile,
         routes_sso,
     ):

@@ -73,6 +73,8 @@ NOTICES: Mapping[str, str] = {
     "saved": "Settings saved.",
     "secret_set": "Secret saved. Its value is not shown again.",
     "secret_deleted": "Secret deleted.",
+    "datastore_set": "Data store saved. Its credentials are not shown again.",
+    "datastore_reset": "Back to the default store.",
     "notifications": "Notification targets saved.",
     "test_sent": "Test notification queued for every target.",
     "signed_out": "You are signed out.",
@@ -213,6 +215,8 @@ def _nav(page: OrgPage) -> Nav:
         links.append(("settings", "Settings", page.url("/settings")))
     if page.can(Permission.secrets_manage):
         links.append(("secrets", "Secrets", page.url("/secrets")))
+    if page.can(Permission.storage_configure):
+        links.append(("datastores", "Data stores", page.url("/datastores")))
     if page.can(Permission.audit_view):
         links.append(("audit", "Audit log", page.url("/audit")))
     if org_ui_access(page.ctx.viewer):
