@@ -20,19 +20,13 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("data_stores") as batch:
+        # No foreign key: a deleted project must not take the store row (and with it the
+        # blobs of the outputs stored there) along.
         batch.add_column(sa.Column("project_id", sa.Uuid(), nullable=True))
-        batch.create_foreign_key(
-            "fk_data_stores_project_id_projects",
-            "projects",
-            ["project_id"],
-            ["id"],
-            ondelete="CASCADE",
-        )
         batch.create_index("ix_data_stores_project_id", ["project_id"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("data_stores") as batch:
         batch.drop_index("ix_data_stores_project_id")
-        batch.drop_constraint("fk_data_stores_project_id_projects", type_="foreignkey")
         batch.drop_column("project_id")

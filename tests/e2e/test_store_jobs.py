@@ -29,7 +29,12 @@ from tests.s3_server import S3_REGION
 
 __all__ = ["stack"]
 
-pytestmark = [pytest.mark.prefect, pytest.mark.xdist_group("prefect"), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.prefect,
+    pytest.mark.xdist_group("prefect"),
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]
 
 
 def direct(body: dict[str, Any]) -> Storage | None:

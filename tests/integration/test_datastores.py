@@ -390,8 +390,16 @@ def test_job_outputs_go_to_the_projects_default_store(
         got, sha = download(api, world, "models", version)
         assert got == data and sha == hashlib.sha256(data).hexdigest()
 
-    # Removing the project's store: later outputs go to the organization's again, and
-    # what is stored keeps reading from where its bytes are.
+    # Removing the project's store: what is stored keeps reading from where its bytes are.
     assert api.put(url, world.owner, json={"kind": "default"}).json()["kind"] == "default"
+    got, _sha = download(api, world, "models", "1")
+    assert got == output
+
+    # So does deleting the project while its store holds outputs.
+    assert api.put(url, world.owner, json=store.body).status_code == 200
+    with api.db.transaction() as s:
+        for job in s.scalars(select(Job).where(Job.state == "running")):
+            job.state = "completed"
+    assert api.delete(f"/orgs/{world.slug}/projects/vision", world.owner).status_code == 204
     got, _sha = download(api, world, "models", "1")
     assert got == output
