@@ -279,7 +279,7 @@ def _start_api(
         except httpx.HTTPError:
             return False
 
-    wait_for("the API", healthy, 60, 0.2)
+    wait_for("the API", healthy, 180, 0.2)  # slow imports on a loaded CI box
     return process, url
 
 
