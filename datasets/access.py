@@ -43,6 +43,8 @@ class JobScope:
     # The dataset names the job declared as its outputs; None: it declared none, so it
     # may write any dataset its user may write.
     outputs: frozenset[str] | None = None
+    # The project of the job's deployment: its outputs go to that project's store.
+    project_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)

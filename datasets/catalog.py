@@ -540,7 +540,9 @@ def plan_upload(
         org_id=caller.org.id,
         dataset_id=dataset.id,
         dataset_name=dataset.name,
-        store=stores.current_store(session, settings, caller.org.id),
+        store=stores.current_store(
+            session, settings, caller.org.id, producer.project_id if producer else None
+        ),
         actor=caller.user,
         job_id=producer.id if producer else None,
         kind=kind,

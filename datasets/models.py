@@ -53,6 +53,11 @@ class DataStore(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    # Set: the project's default store, where its jobs' outputs go (migration 0031);
+    # None: the organization's store for everything else. No foreign key on purpose:
+    # deleting the project must not delete the row, whose blobs still hold the bytes of
+    # the outputs it received (the row simply stops being anyone's default).
+    project_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True, index=True)
     kind: Mapped[str] = mapped_column(String(16))
     # bucket, prefix, endpoint_url, region, profile (the name of an AWS profile)
     config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -1,4 +1,5 @@
-"""Which store holds an organization's bytes: the default store, or the org's own S3.
+"""Which store holds an organization's bytes: the default store, or the org's own S3
+bucket (or OpenStack Swift through its S3 API), Azure Blob container or GCS bucket.
 
 The default store is the installation's (`CSHARE_DATASET_STORE_URL`, else local disk
 under `CSHARE_HOME/datasets`). An admin may give the organization its own S3 bucket
@@ -16,6 +17,7 @@ profiles, instance role) and `profile` are used for it only when the operator se
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
@@ -30,7 +32,9 @@ from urllib.parse import parse_qs, urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from datasets.endpoints import EndpointPolicy
+from datasets.azure import AzureKeys, AzureStorage
+from datasets.endpoints import EndpointPolicy, EndpointRefused
+from datasets.gcs import GcsKeys, GcsStorage
 from datasets.local import LocalStorage
 from datasets.models import DataStore
 from datasets.s3 import S3Keys, S3Storage
@@ -42,6 +46,14 @@ from policies.errors import Forbidden, Invalid, NotFound
 
 KIND_DEFAULT = "default"
 KIND_S3 = "s3"
+# OpenStack Swift through its S3 API (s3api middleware): S3 with a required endpoint.
+KIND_SWIFT = "swift"
+KIND_AZURE = "azure"
+KIND_GCS = "gcs"
+S3_KINDS = (KIND_S3, KIND_SWIFT)
+KINDS = (KIND_DEFAULT, KIND_S3, KIND_SWIFT, KIND_AZURE, KIND_GCS)
+_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
+_CONTAINER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -91,12 +103,25 @@ def _backend(
         return found
 
 
-def _fingerprint(keys: S3Keys | None) -> str:
+def _fingerprint(keys: StoreKeys | None) -> str:
     """Tells keys apart in the cache key without keeping them in it."""
     if keys is None:
         return ""
-    text = "\0".join((keys.access_key_id, keys.secret_access_key, keys.session_token or ""))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(repr(_key_fields(keys)).encode()).hexdigest()
+
+
+def _key_fields(keys: StoreKeys) -> dict[str, str]:
+    if isinstance(keys, S3Keys):
+        fields = {
+            "access_key_id": keys.access_key_id,
+            "secret_access_key": keys.secret_access_key,
+            "session_token": keys.session_token,
+        }
+    elif isinstance(keys, AzureKeys):
+        fields = {"account_key": keys.account_key, "sas_token": keys.sas_token}
+    else:
+        fields = {"service_account_json": keys.service_account_json}
+    return {k: v for k, v in fields.items() if v}
 
 
 # Stored keys are sealed with the server's secrets key (orgs.secret_box, as org secrets
@@ -104,13 +129,30 @@ def _fingerprint(keys: S3Keys | None) -> str:
 SEALED: Final = "sealed"
 
 
-def _keys(settings: Settings, credentials: dict[str, Any] | None) -> S3Keys | None:
+def _unsealed(settings: Settings, credentials: dict[str, Any] | None) -> dict[str, Any] | None:
     if not credentials:
         return None
     if SEALED in credentials:
-        credentials = json.loads(
-            secret_box.decrypt(settings, credentials[SEALED], label="of the org's data store")
+        return dict(
+            json.loads(
+                secret_box.decrypt(settings, credentials[SEALED], label="of the org's data store")
+            )
         )
+    return credentials
+
+
+StoreKeys = S3Keys | AzureKeys | GcsKeys
+
+
+def _keys(settings: Settings, credentials: dict[str, Any] | None) -> StoreKeys | None:
+    """The stored credentials as the store's kind of keys (which fields they have tells)."""
+    credentials = _unsealed(settings, credentials)
+    if not credentials:
+        return None
+    if "service_account_json" in credentials:
+        return GcsKeys(credentials["service_account_json"])
+    if "account_key" in credentials or "sas_token" in credentials:
+        return AzureKeys(credentials.get("account_key"), credentials.get("sas_token"))
     return S3Keys(
         credentials["access_key_id"],
         credentials["secret_access_key"],
@@ -119,7 +161,7 @@ def _keys(settings: Settings, credentials: dict[str, Any] | None) -> S3Keys | No
 
 
 def _org_s3(
-    settings: Settings, config: dict[str, Any], keys: S3Keys | None, **tuning: Any
+    settings: Settings, config: dict[str, Any], keys: StoreKeys | None, **tuning: Any
 ) -> S3Storage:
     """An organization's S3 store: isolated from the server's credentials unless the
     operator allows them, every connection through the endpoint guard."""
@@ -132,15 +174,66 @@ def _org_s3(
         endpoint_url=config.get("endpoint_url"),
         region=config.get("region"),
         profile=config.get("profile"),
-        keys=keys,
+        keys=keys if isinstance(keys, S3Keys) else None,
         isolated=isolated,
         guard=EndpointPolicy(settings.store_allowlist()),
         **tuning,
     )
 
 
+def require_allowed_endpoint(settings: Settings, url: str, *, field: str = "endpoint_url") -> None:
+    """Azure and GCS stores connect through their own HTTP stacks, where the per-connection
+    guard of `datasets.endpoints` cannot be installed: a custom endpoint (an emulator, a
+    sovereign cloud) is accepted only when the operator's allowlist names it (its host,
+    or every address it resolves to). Without one, the cloud's fixed public endpoint is
+    used. `EndpointRefused` (403) otherwise; callers saving a store turn it into a 422."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    allowlist = settings.store_allowlist()
+    if allowlist.allows_host(host):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    found = EndpointPolicy(allowlist).addresses(parts.scheme, host, port)
+    if not all(allowlist.allows_address(a) for a in found):
+        raise EndpointRefused(
+            f"A custom endpoint for an Azure or GCS store ('{host}') must be allowed by the "
+            "operator (CSHARE_STORE_ENDPOINT_ALLOWLIST); leave endpoint_url out to use the "
+            "cloud's own endpoint."
+        )
+
+
+def _org_azure(
+    settings: Settings, config: dict[str, Any], keys: StoreKeys | None, **tuning: Any
+) -> AzureStorage:
+    if config.get("endpoint_url"):
+        require_allowed_endpoint(settings, config["endpoint_url"])
+    return AzureStorage(
+        config["account"],
+        config["container"],
+        prefix=config.get("prefix") or "",
+        endpoint_url=config.get("endpoint_url"),
+        keys=keys if isinstance(keys, AzureKeys) else None,
+        **tuning,
+    )
+
+
+def _org_gcs(
+    settings: Settings, config: dict[str, Any], keys: StoreKeys | None, **tuning: Any
+) -> GcsStorage:
+    if config.get("endpoint_url"):
+        require_allowed_endpoint(settings, config["endpoint_url"])
+    tuning.pop("concurrency", None)  # resumable uploads send one part at a time
+    return GcsStorage(
+        config["bucket"],
+        prefix=config.get("prefix") or "",
+        endpoint_url=config.get("endpoint_url"),
+        keys=keys if isinstance(keys, GcsKeys) else None,
+        **tuning,
+    )
+
+
 def _build(
-    settings: Settings, kind: str, config: dict[str, Any], org: bool, keys: S3Keys | None
+    settings: Settings, kind: str, config: dict[str, Any], org: bool, keys: StoreKeys | None
 ) -> Storage:
     if kind == "local":
         return LocalStorage(
@@ -153,8 +246,12 @@ def _build(
         "concurrency": settings.dataset_s3_concurrency,
         "chunk_size": settings.dataset_chunk_bytes,
     }
-    if kind == KIND_S3 and org:
+    if kind in S3_KINDS and org:
         return _org_s3(settings, config, keys, **tuning)
+    if kind == KIND_AZURE and org:
+        return _org_azure(settings, config, keys, **tuning)
+    if kind == KIND_GCS and org:
+        return _org_gcs(settings, config, keys, **tuning)
     if kind == KIND_S3:
         return S3Storage(
             config["bucket"],
@@ -203,17 +300,33 @@ def backend_for(session: Session, settings: Settings, store_id: uuid.UUID | None
     return _backend(settings, store.kind, dict(store.config), store)
 
 
-def active_store(session: Session, org_id: uuid.UUID) -> DataStore | None:
+def active_store(
+    session: Session, org_id: uuid.UUID, project_id: uuid.UUID | None = None
+) -> DataStore | None:
+    """The organization's store (`project_id` None), or the project's own default store
+    (None when the project names none)."""
     return session.scalars(
         select(DataStore)
-        .where(DataStore.org_id == org_id, DataStore.active.is_(True))
+        .where(
+            DataStore.org_id == org_id,
+            DataStore.active.is_(True),
+            DataStore.project_id.is_(None)
+            if project_id is None
+            else DataStore.project_id == project_id,
+        )
         .order_by(DataStore.created_at.desc())
     ).first()
 
 
-def current_store(session: Session, settings: Settings, org_id: uuid.UUID) -> StoreRef:
-    """Where the organization's new uploads go."""
-    store = active_store(session, org_id)
+def current_store(
+    session: Session, settings: Settings, org_id: uuid.UUID, project_id: uuid.UUID | None = None
+) -> StoreRef:
+    """Where new uploads go: a job's outputs to its project's default store when the
+    project names one (`project_id`), everything else to the organization's store (its
+    own, else the installation's)."""
+    store = active_store(session, org_id, project_id) if project_id is not None else None
+    if store is None:
+        store = active_store(session, org_id)
     if store is None:
         return StoreRef(None, default_store(settings))
     return StoreRef(store.id, _backend(settings, store.kind, dict(store.config), store))
@@ -321,10 +434,124 @@ def validate_keys(
     return S3Keys(access_key_id, secret_access_key, session_token)
 
 
-def describe(session: Session, settings: Settings, org_id: uuid.UUID) -> dict[str, Any]:
+def _check_prefix(prefix: str | None) -> str:
+    clean = (prefix or "").strip("/")
+    if clean and (
+        len(clean) > 512
+        or any(p in ("", ".", "..") for p in clean.split("/"))
+        or any(ord(c) < 32 or ord(c) == 127 for c in clean)
+    ):
+        raise Invalid(
+            "The prefix is up to 512 printable characters of '/'-separated names "
+            "(no empty, '.' or '..' parts).",
+            field="prefix",
+        )
+    return clean
+
+
+def _check_endpoint(endpoint_url: str | None) -> None:
+    # The same shape as an S3 endpoint (validate_s3 checks it).
+    if endpoint_url is not None:
+        validate_s3(bucket="shape-check", endpoint_url=endpoint_url)
+
+
+def validate_azure(
+    *,
+    account: str | None,
+    container: str | None,
+    prefix: str | None = None,
+    endpoint_url: str | None = None,
+) -> dict[str, Any]:
+    """An Azure Blob store's settings, checked (each error names its field)."""
+    if not _ACCOUNT_RE.fullmatch(account or ""):
+        raise Invalid("The storage account is 3-24 lowercase letters and digits.", field="account")
+    if not _CONTAINER_RE.fullmatch(container or ""):
+        raise Invalid(
+            "The container is 3-63 lowercase letters, digits and single '-' between them.",
+            field="container",
+        )
+    _check_endpoint(endpoint_url)
+    config = {
+        "account": account,
+        "container": container,
+        "prefix": _check_prefix(prefix),
+        "endpoint_url": endpoint_url,
+    }
+    return {k: v for k, v in config.items() if v not in (None, "")}
+
+
+def validate_gcs(
+    *, bucket: str | None, prefix: str | None = None, endpoint_url: str | None = None
+) -> dict[str, Any]:
+    """A GCS store's settings, checked (each error names its field)."""
+    if not _BUCKET_RE.fullmatch(bucket or "") or ".." in (bucket or ""):
+        raise Invalid(
+            "GCS bucket names are 3-63 lowercase letters, digits, '.' and '-'.",
+            field="bucket",
+        )
+    _check_endpoint(endpoint_url)
+    config = {"bucket": bucket, "prefix": _check_prefix(prefix), "endpoint_url": endpoint_url}
+    return {k: v for k, v in config.items() if v not in (None, "")}
+
+
+def validate_azure_keys(account_key: str | None, sas_token: str | None) -> AzureKeys | None:
+    """The container's account key or SAS token (not both); errors never echo them."""
+    if account_key is None and sas_token is None:
+        return None
+    if account_key is not None and sas_token is not None:
+        raise Invalid("Give an account_key or a sas_token, not both.", field="sas_token")
+    if account_key is not None:
+        try:
+            valid = len(account_key) <= 256 and len(base64.b64decode(account_key, validate=True))
+        except ValueError:
+            valid = False
+        if not valid:
+            raise Invalid("account_key is the account's base64 access key.", field="account_key")
+    if sas_token is not None and (
+        not 8 <= len(sas_token) <= 4096 or any(not 32 < ord(c) < 127 for c in sas_token)
+    ):
+        raise Invalid("sas_token is a SAS query string like 'sv=...&sig=...'.", field="sas_token")
+    return AzureKeys(account_key=account_key, sas_token=sas_token)
+
+
+def validate_gcs_keys(service_account_json: str | None) -> GcsKeys | None:
+    """A service account key (the JSON file Google hands out); errors never echo it."""
+    if service_account_json is None:
+        return None
+    rule = "service_account_json is the JSON key file of a service account."
+    try:
+        info = json.loads(service_account_json)
+    except ValueError:
+        raise Invalid(rule, field="service_account_json") from None
+    if (
+        len(service_account_json) > 16384
+        or not isinstance(info, dict)
+        or info.get("type") != "service_account"
+        or not all(isinstance(info.get(k), str) for k in ("client_email", "private_key"))
+    ):
+        raise Invalid(rule, field="service_account_json")
+    return GcsKeys(service_account_json)
+
+
+def _public_keys(keys: StoreKeys | None) -> str | None:
+    """What of the credentials may be shown: the S3 key id, a service account's e-mail,
+    or only which kind of Azure credential is stored."""
+    if isinstance(keys, S3Keys):
+        return keys.access_key_id
+    if isinstance(keys, GcsKeys):
+        return str(json.loads(keys.service_account_json).get("client_email", "")) or None
+    if isinstance(keys, AzureKeys):
+        return "account key" if keys.account_key else "SAS token"
+    return None
+
+
+def describe(
+    session: Session, settings: Settings, org_id: uuid.UUID, project_id: uuid.UUID | None = None
+) -> dict[str, Any]:
     """What members see of where their organization's bytes go (no secrets: whether a
-    key is stored, and its public id)."""
-    store = active_store(session, org_id)
+    key is stored, and its public id). With `project_id`: the project's own default
+    store for outputs ("default": none, outputs go to the organization's store)."""
+    store = active_store(session, org_id, project_id)
     if store is None:
         return {
             "kind": KIND_DEFAULT,
@@ -339,8 +566,60 @@ def describe(session: Session, settings: Settings, org_id: uuid.UUID) -> dict[st
         "id": store.id,
         "config": dict(store.config),
         "created_at": store.created_at,
-        "access_key_id": keys.access_key_id if keys else None,
+        "access_key_id": _public_keys(keys),
     }
+
+
+def _validated(
+    settings: Settings, kind: str, config: dict[str, Any], keys: StoreKeys | None
+) -> dict[str, Any]:
+    expected: type | None = {
+        KIND_S3: S3Keys,
+        KIND_SWIFT: S3Keys,
+        KIND_AZURE: AzureKeys,
+        KIND_GCS: GcsKeys,
+    }.get(kind)
+    if keys is not None and not isinstance(keys, expected or ()):
+        raise Invalid(f"These credentials do not fit a '{kind}' store.", field="kind")
+    if kind in S3_KINDS:
+        if kind == KIND_SWIFT and not config.get("endpoint_url"):
+            raise Invalid(
+                "A Swift store needs the endpoint_url of the cloud's S3 API "
+                "(e.g. https://swift.example.com).",
+                field="endpoint_url",
+            )
+        config = validate_s3(**config, allow_profile=settings.store_allow_server_credentials)
+        if config.get("endpoint_url"):
+            EndpointPolicy(settings.store_allowlist()).check_url(config["endpoint_url"])
+        return config
+    if kind == KIND_AZURE:
+        config = validate_azure(**config)
+    elif kind == KIND_GCS:
+        config = validate_gcs(**config)
+    else:
+        raise Invalid(f"kind is one of {', '.join(KINDS)}.", field="kind")
+    if config.get("endpoint_url"):
+        try:
+            require_allowed_endpoint(settings, config["endpoint_url"])
+        except EndpointRefused as exc:
+            raise Invalid(exc.detail, field="endpoint_url", code=exc.code) from None
+    return config
+
+
+def _probe(settings: Settings, kind: str, config: dict[str, Any], keys: StoreKeys | None) -> None:
+    # One attempt, short timeouts: an admin is waiting for the answer.
+    tuning: dict[str, Any] = {"connect_timeout": 3.0, "max_attempts": 1}
+    if kind in S3_KINDS:
+        backend: Storage = _org_s3(settings, config, keys, **tuning)
+    elif kind == KIND_AZURE:
+        backend = _org_azure(settings, config, keys, **tuning)
+    else:
+        backend = _org_gcs(settings, config, keys, **tuning)
+    field = "container" if kind == KIND_AZURE else "bucket"
+    try:
+        backend.check()
+    except StorageError as exc:
+        raise Invalid(f"The {field} is not usable: {exc.detail}", field=field) from None
 
 
 def configure(
@@ -351,40 +630,42 @@ def configure(
     kind: str,
     config: dict[str, Any],
     verify: bool,
-    keys: S3Keys | None = None,
+    keys: StoreKeys | None = None,
+    project_id: uuid.UUID | None = None,
 ) -> None:
-    """Make `kind`/`config` (and the org's access key `keys`) the organization's store
-    for new uploads; commits.
+    """Make `kind`/`config` (and the organization's credentials `keys`) the organization's
+    store for new uploads, or with `project_id` the project's default store for its jobs'
+    outputs ("default" there: none, back to the organization's); commits.
 
     The endpoint must pass the guard now (and will again on every connection). With
     `verify`, the bucket is written and read back first, exactly as uploads will reach
     it, so a typo or a missing permission is a 422 now rather than a failed upload
     later. The session is closed during that check: no lock is held on the network.
     """
-    before = describe(session, settings, ctx.org.id)
-    if kind == KIND_S3:
-        config = validate_s3(**config, allow_profile=settings.store_allow_server_credentials)
-        if config.get("endpoint_url"):
-            EndpointPolicy(settings.store_allowlist()).check_url(config["endpoint_url"])
+    before = describe(session, settings, ctx.org.id, project_id)
+    if kind == KIND_DEFAULT:
+        if keys is not None:
+            raise Invalid("The default store takes no credentials.", field="access_key_id")
+    else:
+        config = _validated(settings, kind, config, keys)
         if verify:
-            session.close()  # nothing of the database is held while S3 is asked
-            try:
-                # One attempt, short timeouts: an admin is waiting for the answer.
-                _org_s3(settings, config, keys, connect_timeout=3.0, max_attempts=1).check()
-            except StorageError as exc:
-                raise Invalid(f"The bucket is not usable: {exc.detail}", field="bucket") from None
-    elif kind != KIND_DEFAULT:
-        raise Invalid("kind is 'default' or 's3'.", field="kind")
-    elif keys is not None:
-        raise Invalid("The default store takes no access key.", field="access_key_id")
+            session.close()  # nothing of the database is held while the store is asked
+            _probe(settings, kind, config, keys)
     for old in session.scalars(
-        select(DataStore).where(DataStore.org_id == ctx.org.id, DataStore.active.is_(True))
+        select(DataStore).where(
+            DataStore.org_id == ctx.org.id,
+            DataStore.active.is_(True),
+            DataStore.project_id.is_(None)
+            if project_id is None
+            else DataStore.project_id == project_id,
+        )
     ):
         old.active = False
-    if kind == KIND_S3:
+    if kind != KIND_DEFAULT:
         session.add(
             DataStore(
                 org_id=ctx.org.id,
+                project_id=project_id,
                 kind=kind,
                 config=config,
                 credentials=_credentials(settings, keys),
@@ -393,7 +674,7 @@ def configure(
             )
         )
     session.flush()
-    after = describe(session, settings, ctx.org.id)
+    after = describe(session, settings, ctx.org.id, project_id)
     audit.record(
         session,
         org_id=ctx.org.id,
@@ -402,18 +683,15 @@ def configure(
         target_type="datastore",
         target_id=after["id"] or KIND_DEFAULT,
         before=_audited(before),
-        after=_audited(after),
+        after={**_audited(after), **({"project_id": str(project_id)} if project_id else {})},
     )
     session.commit()
 
 
-def _credentials(settings: Settings, keys: S3Keys | None) -> dict[str, Any] | None:
+def _credentials(settings: Settings, keys: StoreKeys | None) -> dict[str, Any] | None:
     if keys is None:
         return None
-    stored = {"access_key_id": keys.access_key_id, "secret_access_key": keys.secret_access_key}
-    if keys.session_token:
-        stored["session_token"] = keys.session_token
-    return {SEALED: secret_box.encrypt(settings, json.dumps(stored))}
+    return {SEALED: secret_box.encrypt(settings, json.dumps(_key_fields(keys)))}
 
 
 def reseal_credentials(session: Session, settings: Settings) -> int:

@@ -11,14 +11,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from datasets.access import Caller, JobScope, can_read, dataset_not_found
 from datasets.catalog import find_dataset, find_version, parse_input, pinned_entry
 from datasets.models import Dataset, DatasetVersion, JobInput
 from datasets.names import validate_name
 from flows import visibility
-from flows.models import Job
+from flows.models import Deployment, Job
 from orgs.context import OrgContext, member_context
 from orgs.models import Organization, User
 from policies import access
@@ -53,7 +53,14 @@ def job_scope(job: Job) -> JobScope:
         for e in job.inputs or []
         if isinstance(e, Mapping) and e.get("version_id")
     )
-    return JobScope(id=job.id, pinned=pinned, outputs=declared_outputs(job))
+    session = object_session(job)
+    deployment = (
+        session.get(Deployment, job.deployment_id)
+        if session is not None and job.deployment_id is not None
+        else None
+    )
+    project_id = deployment.project_id if deployment is not None else None
+    return JobScope(id=job.id, pinned=pinned, outputs=declared_outputs(job), project_id=project_id)
 
 
 def output_job(session: Session, caller: Caller, job_id: uuid.UUID | None) -> JobScope | None:

@@ -368,6 +368,8 @@ class ProvisionedMachine(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ever_online: Mapped[bool] = mapped_column(Boolean, default=False)
     idle_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class Team(Base):
     """A named group of an organization's members (orgs.teams): projects may be visible
     to chosen teams only, and a team may carry limits on top of each member's own

@@ -43,6 +43,8 @@ from tests.support import ApiClient
 pytest_plugins = [
     "tests.prefect_server",
     "tests.s3_server",
+    "tests.azurite_server",
+    "tests.gcs_server",
     "tests.http_receiver",
     "tests.smtp_server",
     "tests.git_servers",

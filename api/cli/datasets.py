@@ -453,21 +453,56 @@ def _store_lines(store: dict[str, Any]) -> None:
         output.say("The installation's default store.")
         return
     cfg = store.get("config") or {}
-    output.say(
-        f"S3 bucket {cfg.get('bucket')}"
-        + (f", prefix {cfg['prefix']}" if cfg.get("prefix") else "")
-    )
+    where = {
+        "s3": f"S3 bucket {cfg.get('bucket')}",
+        "swift": f"Swift container {cfg.get('bucket')} (S3 API)",
+        "gcs": f"GCS bucket {cfg.get('bucket')}",
+        "azure": f"Azure container {cfg.get('container')} of account {cfg.get('account')}",
+    }.get(store["kind"], store["kind"])
+    output.say(where + (f", prefix {cfg['prefix']}" if cfg.get("prefix") else ""))
     for key in ("endpoint_url", "region", "profile"):
         if cfg.get(key):
             output.say(f"{key}: {cfg[key]}")
     if store.get("access_key_id"):
-        output.say(f"access key: {store['access_key_id']} (secret stored, never shown)")
+        output.say(f"credentials: {store['access_key_id']} (secret stored, never shown)")
+
+
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--project",
+        help="Set this project's default store for its jobs' outputs instead of the "
+        "organization's store.",
+    ),
+]
+
+
+def _store_path(slug: str, project: str | None) -> str:
+    if project:
+        return f"/orgs/{seg(slug)}/projects/{seg(project)}/datastore"
+    return f"/orgs/{seg(slug)}/datastore"
+
+
+def _put_store(
+    org: str | None, json_: bool, body: dict[str, Any], project: str | None = None
+) -> None:
+    cfg = config.effective()
+    slug = require_org(cfg, org)
+    with connect(cfg) as client:
+        store = client.put(
+            _store_path(slug, project), json={k: v for k, v in body.items() if v is not None}
+        )
+    if json_:
+        output.print_json(store)
+        return
+    _store_lines(store)
 
 
 @store_app.command("show")
-def store_show(org: OrgOpt = None, json_: JsonOpt = False) -> None:
-    """Where new uploads go."""
-    _slug, store = read_org(org, "datastore")
+def store_show(project: ProjectOpt = None, org: OrgOpt = None, json_: JsonOpt = False) -> None:
+    """Where new uploads go (with --project: where that project's job outputs go)."""
+    parts = ("projects", project, "datastore") if project else ("datastore",)
+    _slug, store = read_org(org, *parts)
     if output.printed_as_json(store, json_):
         return
     _store_lines(store)
@@ -501,13 +536,12 @@ def store_s3(
         ),
     ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    project: ProjectOpt = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Store new uploads in an S3 bucket (admins), signed with the bucket's own access
     key (or unsigned, for a bucket open to anyone)."""
-    cfg = config.effective()
-    slug = require_org(cfg, org)
     if access_key_id and not secret_access_key:
         secret_access_key = typer.prompt("Secret access key", hide_input=True)
     body = {
@@ -521,24 +555,139 @@ def store_s3(
         "secret_access_key": secret_access_key,
         "verify": verify,
     }
-    with connect(cfg) as client:
-        store = client.put(
-            f"/orgs/{seg(slug)}/datastore", json={k: v for k, v in body.items() if v is not None}
-        )
-    if json_:
-        output.print_json(store)
-        return
-    _store_lines(store)
+    _put_store(org, json_, body, project)
+
+
+@store_app.command("swift")
+def store_swift(
+    container: Annotated[str, typer.Option("--container", help="The Swift container.")],
+    endpoint_url: Annotated[
+        str,
+        typer.Option("--endpoint-url", help="The cloud's S3 API, e.g. https://swift.example.com."),
+    ],
+    prefix: Annotated[str | None, typer.Option("--prefix")] = None,
+    region: Annotated[str | None, typer.Option("--region")] = None,
+    access_key_id: Annotated[
+        str | None,
+        typer.Option("--access-key-id", help="EC2 credentials (openstack ec2 credentials create)."),
+    ] = None,
+    secret_access_key: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-access-key",
+            envvar="CSHARE_STORE_SECRET_ACCESS_KEY",
+            help="Its secret (asked for when not given; never shown again).",
+        ),
+    ] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    project: ProjectOpt = None,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Store new uploads in an OpenStack Swift container through its S3 API (admins)."""
+    if access_key_id and not secret_access_key:
+        secret_access_key = typer.prompt("Secret access key", hide_input=True)
+    _put_store(
+        org,
+        json_,
+        {
+            "kind": "swift",
+            "bucket": container,
+            "prefix": prefix,
+            "endpoint_url": endpoint_url,
+            "region": region,
+            "access_key_id": access_key_id,
+            "secret_access_key": secret_access_key,
+            "verify": verify,
+        },
+        project,
+    )
+
+
+@store_app.command("azure")
+def store_azure(
+    account: Annotated[str, typer.Option("--account", help="The storage account.")],
+    container: Annotated[str, typer.Option("--container", help="The blob container.")],
+    prefix: Annotated[str | None, typer.Option("--prefix")] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option("--endpoint-url", help="Only where the operator allows it (emulators)."),
+    ] = None,
+    sas: Annotated[
+        bool, typer.Option("--sas", help="Give a SAS token instead of the account key.")
+    ] = False,
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            "--secret",
+            envvar="CSHARE_STORE_SECRET",
+            help="The account key (or SAS token with --sas); asked for when not given.",
+        ),
+    ] = None,
+    anonymous: Annotated[
+        bool, typer.Option("--anonymous", help="No credentials (a public container).")
+    ] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    project: ProjectOpt = None,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Store new uploads in an Azure Blob Storage container (admins)."""
+    if not anonymous and not secret:
+        secret = typer.prompt("SAS token" if sas else "Account key", hide_input=True)
+    _put_store(
+        org,
+        json_,
+        {
+            "kind": "azure",
+            "account": account,
+            "container": container,
+            "prefix": prefix,
+            "endpoint_url": endpoint_url,
+            "sas_token": secret if sas else None,
+            "account_key": None if sas else secret,
+            "verify": verify,
+        },
+        project,
+    )
+
+
+@store_app.command("gcs")
+def store_gcs(
+    bucket: Annotated[str, typer.Option("--bucket", help="The bucket.")],
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help="A service account's JSON key (stored sealed)."),
+    ] = None,
+    prefix: Annotated[str | None, typer.Option("--prefix")] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option("--endpoint-url", help="Only where the operator allows it (emulators)."),
+    ] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    project: ProjectOpt = None,
+    org: OrgOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Store new uploads in a Google Cloud Storage bucket (admins); without --key-file
+    requests are anonymous (a public bucket)."""
+    _put_store(
+        org,
+        json_,
+        {
+            "kind": "gcs",
+            "bucket": bucket,
+            "prefix": prefix,
+            "endpoint_url": endpoint_url,
+            "service_account_json": key_file.read_text() if key_file else None,
+            "verify": verify,
+        },
+        project,
+    )
 
 
 @store_app.command("default")
-def store_default(org: OrgOpt = None, json_: JsonOpt = False) -> None:
-    """Store new uploads in the installation's default store again (admins)."""
-    cfg = config.effective()
-    slug = require_org(cfg, org)
-    with connect(cfg) as client:
-        store = client.put(f"/orgs/{seg(slug)}/datastore", json={"kind": "default"})
-    if json_:
-        output.print_json(store)
-        return
-    _store_lines(store)
+def store_default(project: ProjectOpt = None, org: OrgOpt = None, json_: JsonOpt = False) -> None:
+    """Store new uploads in the installation's default store again (admins); with
+    --project: the project names no store of its own any more."""
+    _put_store(org, json_, {"kind": "default"}, project)

@@ -37,8 +37,9 @@ from api.schemas import ErrorOut, Page, PublicUserOut
 from datasets import catalog, stores, wire
 from datasets.access import Caller, require_output
 from datasets.models import KIND_DIRECTORY, KIND_FILE, Dataset, DatasetVersion
-from flows import job_data, lineage, visibility
+from flows import job_data, lineage, projects, visibility
 from flows.models import Job
+from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import Database
 from orgs.models import User
@@ -167,8 +168,14 @@ class DeleteOut(BaseModel):
 class DatastoreIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["default", "s3"]
-    bucket: str | None = Field(default=None, max_length=63)
+    kind: Literal["default", "s3", "swift", "azure", "gcs"] = Field(
+        description="s3 (AWS or any S3-compatible endpoint), swift (OpenStack Swift's S3 "
+        "API; endpoint_url required), azure (Blob Storage), gcs (Google Cloud Storage), "
+        "or default (the installation's store)."
+    )
+    bucket: str | None = Field(default=None, max_length=63, description="s3, swift, gcs.")
+    account: str | None = Field(default=None, max_length=24, description="azure: the account.")
+    container: str | None = Field(default=None, max_length=63, description="azure.")
     prefix: str | None = Field(default=None, max_length=512)
     endpoint_url: str | None = Field(default=None, max_length=512)
     region: str | None = Field(default=None, max_length=32)
@@ -185,6 +192,17 @@ class DatastoreIn(BaseModel):
         default=None, max_length=256, description="Stored with the store, never returned."
     )
     session_token: str | None = Field(default=None, max_length=4096)
+    account_key: str | None = Field(
+        default=None, max_length=256, description="azure: stored, never returned."
+    )
+    sas_token: str | None = Field(
+        default=None, max_length=4096, description="azure: stored, never returned."
+    )
+    service_account_json: str | None = Field(
+        default=None,
+        max_length=16384,
+        description="gcs: a service account's JSON key; stored, never returned.",
+    )
     verify: bool = Field(default=True, description="Write and read back a probe first.")
 
 
@@ -194,7 +212,9 @@ class DatastoreOut(BaseModel):
     config: dict[str, str]
     created_at: datetime | None
     access_key_id: str | None = Field(
-        default=None, description="The stored key's id (its secret is never shown)."
+        default=None,
+        description="What may be shown of the stored credentials: an S3 key's id, a GCS "
+        "service account's e-mail, or which Azure credential (never a secret).",
     )
 
 
@@ -653,12 +673,36 @@ def show_datastore(
 def configure_datastore(
     body: DatastoreIn, caller: StorageConfigure, session: SessionDep, settings: SettingsDep
 ) -> DatastoreOut:
-    """Use the organization's own S3 bucket (or the default store again) for new
-    uploads. Requests are signed with the access key given here, or not at all; the API
-    server's own AWS credentials only where the operator allows it."""
-    keys = stores.validate_keys(body.access_key_id, body.secret_access_key, body.session_token)
+    """Use the organization's own S3 bucket, Swift container (S3 API), Azure Blob
+    container or GCS bucket (or the default store again) for new uploads. Requests are
+    signed with the credentials given here, or not at all; the API server's own cloud
+    credentials only where the operator allows it (S3)."""
+    return apply_datastore(body, caller.ctx, session, settings, None)
+
+
+def apply_datastore(
+    body: DatastoreIn,
+    ctx: OrgContext,
+    session: Session,
+    settings: Settings,
+    project_id: uuid.UUID | None,
+) -> DatastoreOut:
+    keys: stores.StoreKeys | None
     config: dict[str, Any] = {}
-    if body.kind == stores.KIND_S3:
+    if body.kind == stores.KIND_AZURE:
+        keys = stores.validate_azure_keys(body.account_key, body.sas_token)
+        config = {
+            "account": body.account,
+            "container": body.container,
+            "prefix": body.prefix,
+            "endpoint_url": body.endpoint_url,
+        }
+    elif body.kind == stores.KIND_GCS:
+        keys = stores.validate_gcs_keys(body.service_account_json)
+        config = {"bucket": body.bucket, "prefix": body.prefix, "endpoint_url": body.endpoint_url}
+    else:
+        keys = stores.validate_keys(body.access_key_id, body.secret_access_key, body.session_token)
+    if body.kind in stores.S3_KINDS:
         if not body.bucket:
             raise Invalid("An S3 store needs a bucket.", field="bucket")
         config = {
@@ -668,10 +712,47 @@ def configure_datastore(
             "region": body.region,
             "profile": body.profile,
         }
+    """The organization's (`project_id` None) or a project's store set from `body`; the
+    API and the console's data stores page both come here."""
     stores.configure(
-        caller.ctx, session, settings, kind=body.kind, config=config, verify=body.verify, keys=keys
+        ctx,
+        session,
+        settings,
+        kind=body.kind,
+        config=config,
+        verify=body.verify,
+        keys=keys,
+        project_id=project_id,
     )
-    return _datastore_out(stores.describe(session, settings, caller.org.id))
+    return _datastore_out(stores.describe(session, settings, ctx.org.id, project_id))
+
+
+ProjectName = Annotated[str, Path(max_length=64)]
+
+
+@router.get("/orgs/{org}/projects/{project}/datastore")
+def show_project_datastore(
+    project: ProjectName, caller: DatasetsRead, session: SessionDep, settings: SettingsDep
+) -> DatastoreOut:
+    """The project's default store for its jobs' outputs ("default": none, they go to the
+    organization's store). Never a secret."""
+    found = projects.get_project(session, caller.org, project)
+    return _datastore_out(stores.describe(session, settings, caller.org.id, found.id))
+
+
+@router.put("/orgs/{org}/projects/{project}/datastore")
+def configure_project_datastore(
+    project: ProjectName,
+    body: DatastoreIn,
+    caller: StorageConfigure,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> DatastoreOut:
+    """Name the project's default store (admins): the outputs of its jobs go there; the
+    same settings and credentials as the organization's store. `kind: default` removes
+    it (outputs go to the organization's store again)."""
+    found = projects.get_project(session, caller.org, project)
+    return apply_datastore(body, caller.ctx, session, settings, found.id)
 
 
 @router.get("/orgs/{org}/jobs/{id}/inputs")

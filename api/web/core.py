@@ -85,6 +85,8 @@ NOTICES: Mapping[str, str] = {
     "team_deleted": (
         "Team deleted. Projects shared only with it are now seen by admins and their creator."
     ),
+    "datastore_set": "Data store saved. Its credentials are not shown again.",
+    "datastore_reset": "Back to the default store.",
     "notifications": "Notification targets saved.",
     "test_sent": "Test notification queued for every target.",
     "signed_out": "You are signed out.",
@@ -228,6 +230,8 @@ def _nav(page: OrgPage) -> Nav:
         links.append(("secrets", "Secrets", page.url("/secrets")))
     if page.can(Permission.registries_manage):
         links.append(("registries", "Registries", page.url("/registries")))
+    if page.can(Permission.storage_configure):
+        links.append(("datastores", "Data stores", page.url("/datastores")))
     if page.can(Permission.audit_view):
         links.append(("audit", "Audit log", page.url("/audit")))
     if org_ui_access(page.ctx.viewer):

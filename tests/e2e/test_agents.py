@@ -266,6 +266,8 @@ def _start_api(
         CSHARE_NOTIFICATIONS_ENABLED="true",
         CSHARE_NOTIFICATIONS_ALLOW_LOOPBACK="true",
         CSHARE_NOTIFICATIONS_POLL_S="0.5",
+        # The data store emulators (moto, Azurite, GCS) listen on loopback.
+        CSHARE_STORE_ENDPOINT_ALLOWLIST="127.0.0.1/32",
     )
     log = (home / "api.log").open("ab")
     process = subprocess.Popen(
