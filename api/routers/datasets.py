@@ -736,7 +736,7 @@ def show_project_datastore(
 ) -> DatastoreOut:
     """The project's default store for its jobs' outputs ("default": none, they go to the
     organization's store). Never a secret."""
-    found = projects.get_project(session, caller.org, project)
+    found = projects.get_project(session, caller.org, project, viewer=caller.ctx.viewer)
     return _datastore_out(stores.describe(session, settings, caller.org.id, found.id))
 
 
@@ -751,7 +751,7 @@ def configure_project_datastore(
     """Name the project's default store (admins): the outputs of its jobs go there; the
     same settings and credentials as the organization's store. `kind: default` removes
     it (outputs go to the organization's store again)."""
-    found = projects.get_project(session, caller.org, project)
+    found = projects.get_project(session, caller.org, project, viewer=caller.ctx.viewer)
     return apply_datastore(body, caller.ctx, session, settings, found.id)
 
 

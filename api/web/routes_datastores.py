@@ -34,7 +34,7 @@ KIND_LABELS = {
 
 
 def _project_list(page: OrgPage) -> list[Project]:
-    return [p for p, _n in projects.list_projects(page.session, page.org)]
+    return [p for p, _n in projects.list_projects(page.session, page.org, viewer=page.ctx.viewer)]
 
 
 def _page(
@@ -90,7 +90,11 @@ async def set_datastore(request: Request, page: PageStorageConfigure) -> Respons
         field = str(first["loc"][0]) if first.get("loc") else "kind"
         return _page(request, page, code=422, errors={field: first["msg"]}, form=kept)
     try:
-        found = projects.get_project(page.session, page.org, project) if project else None
+        found = (
+            projects.get_project(page.session, page.org, project, viewer=page.ctx.viewer)
+            if project
+            else None
+        )
         apply_datastore(
             body, page.ctx, page.session, settings_of(request), found.id if found else None
         )
@@ -106,7 +110,11 @@ def reset_datastore(
     page: PageStorageConfigure,
     project: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
-    found = projects.get_project(page.session, page.org, project) if project else None
+    found = (
+        projects.get_project(page.session, page.org, project, viewer=page.ctx.viewer)
+        if project
+        else None
+    )
     apply_datastore(
         DatastoreIn(kind="default"),
         page.ctx,
