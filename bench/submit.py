@@ -253,14 +253,25 @@ def table(results: list[Result]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres", "all"], default="all")
-    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument(
+        "--prefect-db",
+        choices=["sqlite", "postgres"],
+        default="postgres",
+        help="Prefect server's own database (postgres: a scratch database at --pg-url)",
+    )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--pg-url", default=os.environ.get("CSHARE_TEST_PG_URL", DEFAULT_PG_URL))
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
 
     home = Path(tempfile.mkdtemp(prefix="cshare-bench-prefect-"))
-    process, server = _start_server(home)
+    drop_prefect_db: Callable[[], None] = lambda: None  # noqa: E731
+    prefect_url = None
+    if args.prefect_db == "postgres":
+        scratch, drop_prefect_db = scratch_pg(args.pg_url)
+        prefect_url = scratch.replace("postgresql://", "postgresql+asyncpg://", 1)
+    process, server = _start_server(home, prefect_url)
     os.environ.update(
         PREFECT_API_URL=server.api_url,
         PREFECT_API_AUTH_STRING=server.auth_string,
@@ -284,6 +295,7 @@ def main() -> None:
                 drop()
     finally:
         _stop(process)
+        drop_prefect_db()
         shutil.rmtree(home, ignore_errors=True)
     print(table(results))
 

@@ -307,7 +307,67 @@ def submit(
     ``created`` is False when ``idempotency_key`` matched an earlier job of this user:
     that job is returned unchanged (its run made if it is still missing).
     """
-    spec = _track_git(ctx, session, spec, settings)
+    spec = track_git(ctx, session, spec, settings)
+    admitted = admit(ctx, session, spec)
+    job = admitted.job
+    if not admitted.created:
+        session.commit()
+        ensure_flow_run(session, gateway, job)
+        return job, False
+    try:
+        session.commit()
+    except IntegrityError:
+        # The same idempotency key committed by a parallel request first (or the
+        # deployment was deleted meanwhile).
+        session.rollback()
+        existing = (
+            _by_idempotency_key(session, ctx.org.id, ctx.user.id, spec.idempotency_key)
+            if spec.idempotency_key is not None
+            else None
+        )
+        if existing is None:
+            raise Conflict(
+                "The deployment changed while the job was submitted; submit it again.",
+                code="conflict",
+            ) from None
+        session.commit()
+        ensure_flow_run(session, gateway, existing)
+        return existing, False
+    admitted.record_metrics()
+    ensure_flow_run(
+        session,
+        gateway,
+        job,
+        deployment=admitted.deployment,
+        org=ctx.org,
+        user=ctx.user,
+        defer=defer,
+    )
+    return job, True
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """One submission admitted in the caller's transaction (not committed yet)."""
+
+    job: Job
+    created: bool  # False: the idempotency key named an earlier job, returned as is
+    decision: Accept | Hold | None = None
+    deployment: Deployment | None = None
+
+    def record_metrics(self) -> None:
+        """After the commit: the decision's metrics."""
+        if self.decision is not None:
+            metrics.record_decision(self.decision)
+            if isinstance(self.decision, Accept):
+                metrics.observe_dispatch_latency(0.0)
+
+
+def admit(ctx: OrgContext, session: Session, spec: SubmitSpec) -> Admitted:
+    """Admission and the ledger row (with its audit row and idempotency key) in the
+    caller's write transaction, under the org's admission lock; no commit, no Prefect.
+    Raises the rejection (nothing added). Rows added earlier in the same transaction
+    are counted (autoflush), so a batch admits exactly as the same singles in order."""
     prep = _prepare(ctx, session, spec)
     org, user = ctx.org, ctx.user
     snapshot = admission_snapshot(
@@ -316,9 +376,7 @@ def submit(
     if spec.idempotency_key is not None:
         existing = _by_idempotency_key(session, org.id, user.id, spec.idempotency_key)
         if existing is not None:
-            session.commit()
-            ensure_flow_run(session, gateway, existing)
-            return existing, False
+            return Admitted(existing, False)
     decision = decide(snapshot)
     if isinstance(decision, Reject):
         log.info("job rejected: org=%s user=%s rule=%s", org.slug, user.name, decision.rule)
@@ -326,7 +384,6 @@ def submit(
         raise rejection(decision)
     assert prep.deployment is not None  # known_deployment passed
     resources = effective_resources(snapshot.limits, prep.request)
-    held = isinstance(decision, Hold)
     job = ledger.create(
         session,
         ledger.event_for(decision),
@@ -359,35 +416,10 @@ def submit(
         image=dict(spec.image) if spec.image else None,
     ).job
     _link_inputs(session, job)
-    try:
-        session.commit()
-    except IntegrityError:
-        # The same idempotency key committed by a parallel request first (or the
-        # deployment was deleted meanwhile).
-        session.rollback()
-        existing = (
-            _by_idempotency_key(session, org.id, user.id, spec.idempotency_key)
-            if spec.idempotency_key is not None
-            else None
-        )
-        if existing is None:
-            raise Conflict(
-                "The deployment changed while the job was submitted; submit it again.",
-                code="conflict",
-            ) from None
-        session.commit()
-        ensure_flow_run(session, gateway, existing)
-        return existing, False
-    metrics.record_decision(decision)
-    if not held:
-        metrics.observe_dispatch_latency(0.0)
-    ensure_flow_run(
-        session, gateway, job, deployment=prep.deployment, org=org, user=user, defer=defer
-    )
-    return job, True
+    return Admitted(job, True, decision, prep.deployment)
 
 
-def _track_git(
+def track_git(
     ctx: OrgContext, session: Session, spec: SubmitSpec, settings: Settings | None
 ) -> SubmitSpec:
     """A `--track` Git deployment's branch resolved again for this submission: the job
@@ -502,6 +534,26 @@ def job_variables_for(dep: Deployment, job: Job) -> dict[str, Any]:
     return variables
 
 
+def create_run(
+    gateway: PrefectGateway, job: Job, deployment: Deployment, org_slug: str, user_name: str
+) -> FlowRunRef:
+    """Prefect's run of `job` (created, or found again by its key: the job id). Touches
+    no session, so batches call it from several threads."""
+    assert deployment.prefect_deployment_id is not None
+    held = job.state == HELD
+    return gateway.create_flow_run(
+        deployment.prefect_deployment_id,
+        idempotency_key=str(job.id),
+        parameters=job.parameters,
+        name=run_name(deployment.name, user_name, job.id),
+        tags=[*run_tags(org_slug, user_name, job.machine_type), *job.tags],
+        held=held,
+        hold_reason=job.reason if held else None,
+        job_variables=job_variables_for(deployment, job),
+        scheduled_time=None if held else scheduled_time_of(job),
+    )
+
+
 def ensure_flow_run(
     session: Session,
     gateway: PrefectGateway,
@@ -532,29 +584,17 @@ def ensure_flow_run(
     user = user or session.get(User, job.user_id)
     session.commit()
     if deployment is None or deployment.prefect_deployment_id is None or org is None:
-        _fail_job(session, job.id, "The job's deployment no longer exists.")
+        fail_job(session, job.id, "The job's deployment no longer exists.")
         return None
     user_name = user.name if user is not None else "unknown"
-    held = job.state == HELD
-    scheduled_for = scheduled_time_of(job)
     try:
-        ref = gateway.create_flow_run(
-            deployment.prefect_deployment_id,
-            idempotency_key=str(job.id),
-            parameters=job.parameters,
-            name=run_name(deployment.name, user_name, job.id),
-            tags=[*run_tags(org.slug, user_name, job.machine_type), *job.tags],
-            held=held,
-            hold_reason=job.reason if held else None,
-            job_variables=job_variables_for(deployment, job),
-            scheduled_time=None if held else scheduled_for,
-        )
+        ref = create_run(gateway, job, deployment, org.slug, user_name)
     except Unavailable as exc:
         log.warning("flow run for job %s not created yet (dispatcher retries): %s", job.id, exc)
         return None
     except DomainError as exc:
         log.warning("Prefect refused the flow run of job %s: %s", job.id, exc.detail)
-        _fail_job(session, job.id, f"Prefect refused to create the run: {exc.detail}")
+        fail_job(session, job.id, f"Prefect refused to create the run: {exc.detail}")
         return None
     job.flow_run_id = ref.id
     if defer is not None:
@@ -562,7 +602,7 @@ def ensure_flow_run(
         schedule(lambda: _attach_later(db, gateway, job.id, ref))
         return ref
     state = attach_flow_run(session, job.id, ref)
-    _settle_after_attach(gateway, ref, state)
+    settle_after_attach(gateway, ref, state)
     return ref
 
 
@@ -571,11 +611,24 @@ def _attach_later(
 ) -> None:
     with db.session() as session:
         state = attach_flow_run(session, job_id, ref)
-    _settle_after_attach(gateway, ref, state)
+    settle_after_attach(gateway, ref, state)
 
 
 def attach_flow_run(session: Session, job_id: uuid.UUID, ref: FlowRunRef) -> str | None:
     """Store the run id (first writer wins); returns the job's state at that moment."""
+    return attach_flow_runs(session, [(job_id, ref)])[0]
+
+
+def attach_flow_runs(
+    session: Session, refs: Sequence[tuple[uuid.UUID, FlowRunRef]]
+) -> list[str | None]:
+    """`attach_flow_run` for many jobs in one transaction; their states, in order."""
+    states = [_attach_one(session, job_id, ref) for job_id, ref in refs]
+    session.commit()
+    return states
+
+
+def _attach_one(session: Session, job_id: uuid.UUID, ref: FlowRunRef) -> str | None:
     state = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.flow_run_id.is_(None))
@@ -584,11 +637,10 @@ def attach_flow_run(session: Session, job_id: uuid.UUID, ref: FlowRunRef) -> str
     )
     if state is None:  # attached already (by the dispatcher or a retry)
         state = session.scalar(select(Job.state).where(Job.id == job_id))
-    session.commit()
     return state
 
 
-def _settle_after_attach(gateway: PrefectGateway, ref: FlowRunRef, state: str | None) -> None:
+def settle_after_attach(gateway: PrefectGateway, ref: FlowRunRef, state: str | None) -> None:
     # The job moved while its run was being created: cancelled meanwhile, or released by
     # the dispatcher before the run existed. Best effort; the dispatcher reconciles both.
     try:
@@ -600,7 +652,7 @@ def _settle_after_attach(gateway: PrefectGateway, ref: FlowRunRef, state: str | 
         log.info("run %s left for the dispatcher to settle: %s", ref.id, exc.detail)
 
 
-def _fail_job(session: Session, job_id: uuid.UUID, reason: str) -> None:
+def fail_job(session: Session, job_id: uuid.UUID, reason: str) -> None:
     job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).first()
     if job is not None:
         ledger.apply(session, job, JobEvent.fail, reason=reason, prefect_state="")
