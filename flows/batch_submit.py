@@ -2,8 +2,9 @@
 
 Each item goes through exactly what a single submission does (`flows.jobs.admit`: its
 checks, admission under the org's lock, the ledger row with its audit row and
-idempotency key), in order, in ONE transaction: the lock is taken once and every row
-added before an item is counted for it, so a batch that crosses a limit is admitted,
+idempotency key), in order, in ONE transaction: the lock is taken and the ledger
+counted once (`flows.usage.AdmissionCounter`), and every job admitted before an item
+is counted for it, so a batch that crosses a limit is admitted,
 held or refused item by item exactly as the same singles sent one after another.
 An item that fails (bad parameters, unknown deployment, a refusing rule) gets its own
 error and adds nothing; the others go on.
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from flows import jobs
 from flows.gateway import FlowRunRef, PrefectGateway
 from flows.models import FINAL_STATES, Deployment, Job
+from flows.usage import AdmissionCounter
 from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import Database
@@ -131,12 +133,16 @@ def _admit_all(
 ) -> tuple[list[ItemResult], list[jobs.Admitted]]:
     results: list[ItemResult] = []
     admitted: list[jobs.Admitted] = []
+    # The org lock and the ledger's counts once for the batch (kept up to date in
+    # memory), each deployment looked up once.
+    counter = AdmissionCounter(session, ctx.org, ctx.user.id, ctx.role)
+    deployments: dict[str, Deployment | None] = {}
     for index, spec in enumerate(specs):
         if isinstance(spec, DomainError):
             results.append(ItemResult(index, error=spec))
             continue
         try:
-            item = jobs.admit(ctx, session, spec)
+            item = jobs.admit(ctx, session, spec, counter=counter, deployments=deployments)
         except DomainError as exc:
             # Raised before anything of this item was added (checks, admission).
             results.append(ItemResult(index, error=exc))

@@ -54,7 +54,7 @@ from flows.models import (
     Job,
     Project,
 )
-from flows.usage import REQUESTED_KEY, admission_snapshot
+from flows.usage import REQUESTED_KEY, AdmissionCounter, admission_snapshot
 from orgs import metrics
 from orgs.config import Settings
 from orgs.context import OrgContext
@@ -212,8 +212,14 @@ def _link_inputs(session: Session, job: Job) -> None:
         link_job_inputs(session, job)
 
 
-def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
-    """Checks that need no lock; builds the admission request."""
+def _prepare(
+    ctx: OrgContext,
+    session: Session,
+    spec: SubmitSpec,
+    deployments: dict[str, Deployment | None] | None = None,
+) -> _Prepared:
+    """Checks that need no lock; builds the admission request. `deployments`: the
+    deployments looked up so far (by name), for a batch."""
     if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
         raise Invalid(
             f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}.", field="priority"
@@ -221,7 +227,12 @@ def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
     if spec.idempotency_key is not None and spec.idempotency_key.startswith("schedule:"):
         # That namespace keys the fires of schedules (flows.dispatch.dispatcher).
         raise Invalid("Idempotency keys may not start with 'schedule:'.", field="idempotency_key")
-    dep = find_deployment(session, ctx.org, spec.deployment)
+    if deployments is None:
+        dep = find_deployment(session, ctx.org, spec.deployment)
+    elif spec.deployment in deployments:
+        dep = deployments[spec.deployment]
+    else:
+        dep = deployments[spec.deployment] = find_deployment(session, ctx.org, spec.deployment)
     machine_type = spec.machine_type or (dep.machine_type if dep is not None else "cpu")
     if dep is not None:
         if spec.machine_type and spec.machine_type != dep.machine_type:
@@ -363,16 +374,27 @@ class Admitted:
                 metrics.observe_dispatch_latency(0.0)
 
 
-def admit(ctx: OrgContext, session: Session, spec: SubmitSpec) -> Admitted:
+def admit(
+    ctx: OrgContext,
+    session: Session,
+    spec: SubmitSpec,
+    *,
+    counter: AdmissionCounter | None = None,
+    deployments: dict[str, Deployment | None] | None = None,
+) -> Admitted:
     """Admission and the ledger row (with its audit row and idempotency key) in the
     caller's write transaction, under the org's admission lock; no commit, no Prefect.
     Raises the rejection (nothing added). Rows added earlier in the same transaction
-    are counted (autoflush), so a batch admits exactly as the same singles in order."""
-    prep = _prepare(ctx, session, spec)
+    are counted, so a batch admits exactly as the same singles in order: from the
+    ledger (autoflush), or from `counter` (the batch's counts kept in memory)."""
+    prep = _prepare(ctx, session, spec, deployments)
     org, user = ctx.org, ctx.user
-    snapshot = admission_snapshot(
-        session, org, user.id, ctx.role, prep.request, lock=True, deployment_id=_dep_id(prep)
-    )
+    if counter is not None:
+        snapshot = counter.snapshot(prep.request, _dep_id(prep))
+    else:
+        snapshot = admission_snapshot(
+            session, org, user.id, ctx.role, prep.request, lock=True, deployment_id=_dep_id(prep)
+        )
     if spec.idempotency_key is not None:
         existing = _by_idempotency_key(session, org.id, user.id, spec.idempotency_key)
         if existing is not None:
@@ -416,6 +438,8 @@ def admit(ctx: OrgContext, session: Session, spec: SubmitSpec) -> Admitted:
         image=dict(spec.image) if spec.image else None,
     ).job
     _link_inputs(session, job)
+    if counter is not None:
+        counter.add(decision, job.machine_type, job.deployment_id)
     return Admitted(job, True, decision, prep.deployment)
 
 
