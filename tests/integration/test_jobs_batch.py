@@ -48,7 +48,9 @@ def test_batch_over_the_limits_is_admitted_as_singles_would_be(
 ) -> None:
     dep = org.deploy("train")
     alice, bob = org.add_member(), org.add_member()
-    items = [{"deployment": "train", "parameters": {"seed": i}} for i in range(8)]
+    items: list[dict[str, Any]] = [
+        {"deployment": "train", "parameters": {"seed": i}} for i in range(8)
+    ]
     items[3] = {"deployment": "nope"}  # refused on its own; the rest go on
     items[5] = {"deployment": "train", "parameters": {"epochs": "many"}}  # schema
     # The same submissions one by one, as bob, give the reference answer.
