@@ -318,8 +318,9 @@ def submit(
     ``created`` is False when ``idempotency_key`` matched an earlier job of this user:
     that job is returned unchanged (its run made if it is still missing).
     """
-    spec = track_git(ctx, session, spec, settings)
-    admitted = admit(ctx, session, spec)
+    deployments: dict[str, Deployment | None] = {}  # looked up once for both
+    spec = track_git(ctx, session, spec, settings, deployments)
+    admitted = admit(ctx, session, spec, deployments=deployments)
     job = admitted.job
     if not admitted.created:
         session.commit()
@@ -393,7 +394,7 @@ def admit(
         snapshot = counter.snapshot(prep.request, _dep_id(prep))
     else:
         snapshot = admission_snapshot(
-            session, org, user.id, ctx.role, prep.request, lock=True, deployment_id=_dep_id(prep)
+            session, org, user.id, ctx.role, prep.request, lock=True, deployment=prep.deployment
         )
     if spec.idempotency_key is not None:
         existing = _by_idempotency_key(session, org.id, user.id, spec.idempotency_key)
@@ -444,7 +445,11 @@ def admit(
 
 
 def track_git(
-    ctx: OrgContext, session: Session, spec: SubmitSpec, settings: Settings | None
+    ctx: OrgContext,
+    session: Session,
+    spec: SubmitSpec,
+    settings: Settings | None,
+    deployments: dict[str, Deployment | None] | None = None,
 ) -> SubmitSpec:
     """A `--track` Git deployment's branch resolved again for this submission: the job
     records the commit it names now. Git is asked outside any transaction (the read one
@@ -452,6 +457,8 @@ def track_git(
     if spec.code is not None:  # a rerun: exactly the old job's commit
         return spec
     dep = find_deployment(session, ctx.org, spec.deployment)
+    if deployments is not None:
+        deployments[spec.deployment] = dep
     code = dict(dep.code) if dep is not None and dep.code else None
     if dep is None or code is None or not git_sources.is_git(code) or not code.get("track"):
         return spec

@@ -53,6 +53,7 @@ def admission_snapshot(
     for_release: bool = False,
     lock: bool = False,
     deployment_id: UUID | None = None,
+    deployment: Deployment | None = None,
 ) -> AdmissionSnapshot:
     """The snapshot ``policies.admission.decide`` needs, counted from the ledger.
 
@@ -100,7 +101,11 @@ def admission_snapshot(
             running_by_type[machine_type] = running_by_type.get(machine_type, 0) + n
 
     deployment_running = 0
-    if deployment_id is not None:
+    if deployment is not None:
+        request, deployment_running = _with_deployment_limit(
+            session, request, deployment.id, exclude_job_id, deployment
+        )
+    elif deployment_id is not None:
         request, deployment_running = _with_deployment_limit(
             session, request, deployment_id, exclude_job_id
         )
@@ -117,15 +122,24 @@ def admission_snapshot(
 
 
 def _with_deployment_limit(
-    session: Session, request: JobRequest, deployment_id: UUID, exclude_job_id: UUID | None
+    session: Session,
+    request: JobRequest,
+    deployment_id: UUID,
+    exclude_job_id: UUID | None,
+    loaded: Deployment | None = None,
 ) -> tuple[JobRequest, int]:
     """The request with its deployment's concurrency limit, and that deployment's jobs
-    holding a slot (0 when it has no limit: then nobody looks)."""
-    limit_row = session.execute(
-        select(Deployment.concurrency_limit, Deployment.collision_strategy).where(
-            Deployment.id == deployment_id
-        )
-    ).first()
+    holding a slot (0 when it has no limit: then nobody looks). `loaded`: the
+    deployment as read in this transaction, saving the query."""
+    limit_row: Any
+    if loaded is not None:
+        limit_row = (loaded.concurrency_limit, loaded.collision_strategy)
+    else:
+        limit_row = session.execute(
+            select(Deployment.concurrency_limit, Deployment.collision_strategy).where(
+                Deployment.id == deployment_id
+            )
+        ).first()
     if limit_row is None or limit_row[0] is None:
         return request, 0
     request = replace(
