@@ -640,6 +640,7 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
     "PATCH /orgs/{org}/projects/{name}": lambda w, role: {"description": "Matrix."},
     "POST /orgs/{org}/jobs": lambda w, role: {"deployment": _deployment(w)},
     "POST /orgs/{org}/jobs/explain": lambda w, role: {"deployment": _deployment(w)},
+    "POST /orgs/{org}/jobs:batch": lambda w, role: {"jobs": [{"deployment": _deployment(w)}]},
     "POST /orgs/{org}/schedules": lambda w, role: {
         "deployment": _deployment(w),
         "cron": "*/15 * * * *",
