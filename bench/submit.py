@@ -50,6 +50,7 @@ import psycopg
 
 from bench.common import free_port
 from bench.common import process as api_process
+from tests import prefect_server
 from tests.prefect_server import REPO_ROOT, _start_server, _stop
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -320,7 +321,13 @@ def main() -> None:
     if args.prefect_db == "postgres":
         scratch, drop_prefect_db = scratch_pg(args.pg_url)
         prefect_url = scratch.replace("postgresql://", "postgresql+asyncpg://", 1)
-    process, server = _start_server(home, prefect_url)
+    # Prefect's first start on PostgreSQL runs its migrations: minutes on a busy machine.
+    prefect_server.SERVER_START_TIMEOUT_S = 300
+    try:
+        process, server = _start_server(home, prefect_url)
+    except BaseException:
+        drop_prefect_db()
+        raise
     os.environ.update(
         PREFECT_API_URL=server.api_url,
         PREFECT_API_AUTH_STRING=server.auth_string,

@@ -102,6 +102,20 @@ def test_batch_over_the_limits_is_admitted_as_singles_would_be(
     assert {e["target_id"] for e in audit["items"]} == created
     assert len(audit["items"]) == 5
 
+    # The limits are read afresh after a settings change (their parsed form is cached).
+    carol = org.add_member()
+    two = batch(org, carol, [{"deployment": "train"}] * 2).json()
+    assert [outcome(i) for i in two["items"]] == [(201, "scheduled")] * 2
+    assert outcome(batch(org, carol, [{"deployment": "train"}]).json()["items"][0]) == (
+        201,
+        "held",
+    )
+    org.set_limits(limits_doc(concurrent=4, queued=3))
+    assert outcome(batch(org, carol, [{"deployment": "train"}]).json()["items"][0]) == (
+        201,
+        "scheduled",
+    )
+
 
 def test_batch_idempotency_per_item(org: OrgSetup, prefect_gateway: PrefectGateway) -> None:
     dep = org.deploy("train")
