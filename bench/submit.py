@@ -1,19 +1,26 @@
 """Job submission throughput and latency: through the API vs raw Prefect.
 
-    python -m bench.submit [--db sqlite|postgres|all] [--concurrency 1,8,32]
-                           [--requests 200] [--pg-url URL]
+    python -m bench.submit [--db sqlite|postgres|all] [--concurrency 1,8,32,64]
+                           [--requests 200] [--batch 100] [--prefect-db postgres|sqlite]
+                           [--pg-url URL]
 
-Starts a Prefect server (SQLite, the embedded defaults: late-runs service off) and, per
-control-plane database, the API under uvicorn on 127.0.0.1 with one org and the `train`
-deployment. Then, at each concurrency, sends `--requests`:
+Starts a Prefect server (by default on a scratch PostgreSQL database at --pg-url, the
+production topology; late-runs service off) and, per control-plane database, the API
+under uvicorn on 127.0.0.1 with one org and the `train` deployment. Then, at each
+concurrency, sends `--requests`:
 
 - raw: `create_flow_run_from_deployment` with Prefect's own client (default settings,
   one client per thread) straight to the Prefect server;
 - API: `POST /api/v1/orgs/{org}/jobs` (auth, admission under the org lock, the ledger
-  row and audit row, then the flow run through the gateway, then the run id stored).
+  row and audit row in one transaction, then the flow run through the gateway, the run
+  id stored after the answer).
+
+Then the same number of jobs through `POST /orgs/{org}/jobs:batch` in calls of
+`--batch` jobs, one call at a time.
 
 No worker runs: runs stay Scheduled, so both sides measure run creation only. Prints a
-Markdown table: requests/s, p50/p99 latency (ms), errors, and API/raw throughput.
+Markdown table: requests/s, p50/p99 latency (ms), errors, and API/raw throughput, and
+the batch endpoint's jobs/s against single submissions'.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import psycopg
 
 from bench.common import free_port
 from bench.common import process as api_process
+from tests import prefect_server
 from tests.prefect_server import REPO_ROOT, _start_server, _stop
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -149,6 +157,7 @@ def bench_db(
     schema: dict[str, Any],
     levels: list[int],
     requests: int,
+    batch_size: int = 0,
 ) -> list[Result]:
     # The API in its own process, as `cshare server` runs it: sharing this process (and
     # its GIL) with the load generator cost it ~40 ms per request.
@@ -215,6 +224,21 @@ def bench_db(
             )
             return resp.status_code == 201 and resp.json().get("flow_run_id") is not None
 
+        def batch_call(size: int) -> Callable[[int], bool]:
+            def call(i: int) -> bool:
+                client = getattr(local, "client", None)
+                if client is None:
+                    client = local.client = httpx.Client(base_url=url, timeout=600, headers=auth)
+                items = [
+                    {"deployment": "train", "parameters": {"seed": i * size + k}}
+                    for k in range(size)
+                ]
+                resp = client.post(f"/orgs/{slug}/jobs:batch", json={"jobs": items})
+                body = resp.json() if resp.status_code == 200 else {}
+                return bool(body) and body.get("created") == size
+
+            return call
+
         # Warm both paths (imports, connection pools) before measuring.
         run_load("warmup", db_kind, 4, 20, raw.call)
         run_load("warmup", db_kind, 4, 20, api_call)
@@ -227,6 +251,16 @@ def bench_db(
                 file=sys.stderr,
             )
         raw.close()
+        if batch_size:
+            # The same number of jobs as one level's singles, in batches of
+            # `batch_size`, one call at a time (the batch spreads its Prefect calls).
+            calls = max(1, requests // batch_size)
+            done = run_load("batch", db_kind, 1, calls, batch_call(batch_size))
+            jobs_per_s = calls * batch_size / done.wall_s if done.wall_s else 0.0
+            results.append(
+                Result("batch", db_kind, batch_size, done.wall_s, done.latencies_ms, done.errors)
+            )
+            print(f"  {db_kind} batch of {batch_size}: {jobs_per_s:.1f} jobs/s", file=sys.stderr)
     return results
 
 
@@ -236,7 +270,7 @@ def table(results: list[Result]) -> str:
         "| API req/s | API p50 ms | API p99 ms | API errors | API/raw |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    by_key = {(r.kind, r.db, r.concurrency): r for r in results}
+    by_key = {(r.kind, r.db, r.concurrency): r for r in results if r.kind != "batch"}
     for (kind, db, level), raw in by_key.items():
         if kind != "raw":
             continue
@@ -247,20 +281,53 @@ def table(results: list[Result]) -> str:
             f"| {raw.errors} | {api.throughput:.1f} | {api.pct(50):.0f} | {api.pct(99):.0f} "
             f"| {api.errors} | {ratio:.0%} |"
         )
+    for b in results:
+        if b.kind != "batch":
+            continue
+        size = b.concurrency
+        jobs_per_s = len(b.latencies_ms) * size / b.wall_s if b.wall_s else 0.0
+        single = by_key.get(("api", b.db, 1))
+        ratio = jobs_per_s / single.throughput if single and single.throughput else float("nan")
+        lines.append("")
+        lines.append(
+            f"{b.db}: batch endpoint, {len(b.latencies_ms)} calls of {size} jobs: "
+            f"{jobs_per_s:.1f} jobs/s ({b.pct(50):.0f} ms per call, {b.errors} errors) = "
+            f"{ratio:.1f}x single submissions at concurrency 1"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres", "all"], default="all")
-    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument(
+        "--prefect-db",
+        choices=["sqlite", "postgres"],
+        default="postgres",
+        help="Prefect server's own database (postgres: a scratch database at --pg-url)",
+    )
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--batch", type=int, default=100, help="jobs per batch call (0: no batch run)"
+    )
     parser.add_argument("--pg-url", default=os.environ.get("CSHARE_TEST_PG_URL", DEFAULT_PG_URL))
     args = parser.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
 
     home = Path(tempfile.mkdtemp(prefix="cshare-bench-prefect-"))
-    process, server = _start_server(home)
+    drop_prefect_db: Callable[[], None] = lambda: None  # noqa: E731
+    prefect_url = None
+    if args.prefect_db == "postgres":
+        scratch, drop_prefect_db = scratch_pg(args.pg_url)
+        prefect_url = scratch.replace("postgresql://", "postgresql+asyncpg://", 1)
+    # Prefect's first start on PostgreSQL runs its migrations: minutes on a busy machine.
+    prefect_server.SERVER_START_TIMEOUT_S = 300
+    try:
+        process, server = _start_server(home, prefect_url)
+    except BaseException:
+        drop_prefect_db()
+        raise
     os.environ.update(
         PREFECT_API_URL=server.api_url,
         PREFECT_API_AUTH_STRING=server.auth_string,
@@ -273,17 +340,20 @@ def main() -> None:
         if args.db in ("sqlite", "all"):
             path = Path(tempfile.mkdtemp(prefix="cshare-bench-db-")) / "cshare.db"
             results += bench_db(
-                "SQLite", f"sqlite:///{path}", server, schema, levels, args.requests
+                "SQLite", f"sqlite:///{path}", server, schema, levels, args.requests, args.batch
             )
             shutil.rmtree(path.parent, ignore_errors=True)
         if args.db in ("postgres", "all"):
             url, drop = scratch_pg(args.pg_url)
             try:
-                results += bench_db("PostgreSQL", url, server, schema, levels, args.requests)
+                results += bench_db(
+                    "PostgreSQL", url, server, schema, levels, args.requests, args.batch
+                )
             finally:
                 drop()
     finally:
         _stop(process)
+        drop_prefect_db()
         shutil.rmtree(home, ignore_errors=True)
     print(table(results))
 

@@ -65,7 +65,7 @@ from flows.models import (
     Job,
     Project,
 )
-from flows.usage import REQUESTED_KEY, admission_snapshot
+from flows.usage import REQUESTED_KEY, AdmissionCounter, admission_snapshot
 from orgs import metrics
 from orgs.config import Settings
 from orgs.context import OrgContext
@@ -224,8 +224,14 @@ def _link_inputs(session: Session, job: Job) -> None:
         link_job_inputs(session, job)
 
 
-def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
-    """Checks that need no lock; builds the admission request."""
+def _prepare(
+    ctx: OrgContext,
+    session: Session,
+    spec: SubmitSpec,
+    deployments: dict[str, Deployment | None] | None = None,
+) -> _Prepared:
+    """Checks that need no lock; builds the admission request. `deployments`: the
+    deployments looked up so far (by name), for a batch."""
     if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
         raise Invalid(
             f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}.", field="priority"
@@ -233,7 +239,14 @@ def _prepare(ctx: OrgContext, session: Session, spec: SubmitSpec) -> _Prepared:
     if spec.idempotency_key is not None and spec.idempotency_key.startswith("schedule:"):
         # That namespace keys the fires of schedules (flows.dispatch.dispatcher).
         raise Invalid("Idempotency keys may not start with 'schedule:'.", field="idempotency_key")
-    dep = find_deployment(session, ctx.org, spec.deployment, viewer=ctx.viewer)
+    if deployments is None:
+        dep = find_deployment(session, ctx.org, spec.deployment, viewer=ctx.viewer)
+    elif spec.deployment in deployments:
+        dep = deployments[spec.deployment]
+    else:
+        dep = deployments[spec.deployment] = find_deployment(
+            session, ctx.org, spec.deployment, viewer=ctx.viewer
+        )
     machine_type = spec.machine_type or (dep.machine_type if dep is not None else "cpu")
     if dep is not None:
         visibility.refuse_personal(
@@ -325,18 +338,88 @@ def submit(
     ``created`` is False when ``idempotency_key`` matched an earlier job of this user:
     that job is returned unchanged (its run made if it is still missing).
     """
-    spec = _track_git(ctx, session, spec, settings)
-    prep = _prepare(ctx, session, spec)
-    org, user = ctx.org, ctx.user
-    snapshot = admission_snapshot(
-        session, org, user.id, ctx.role, prep.request, lock=True, deployment_id=_dep_id(prep)
+    deployments: dict[str, Deployment | None] = {}  # looked up once for both
+    spec = track_git(ctx, session, spec, settings, deployments)
+    admitted = admit(ctx, session, spec, deployments=deployments)
+    job = admitted.job
+    if not admitted.created:
+        session.commit()
+        ensure_flow_run(session, gateway, job)
+        return job, False
+    try:
+        session.commit()
+    except IntegrityError:
+        # The same idempotency key committed by a parallel request first (or the
+        # deployment was deleted meanwhile).
+        session.rollback()
+        existing = (
+            _by_idempotency_key(session, ctx.org.id, ctx.user.id, spec.idempotency_key)
+            if spec.idempotency_key is not None
+            else None
+        )
+        if existing is None:
+            raise Conflict(
+                "The deployment changed while the job was submitted; submit it again.",
+                code="conflict",
+            ) from None
+        session.commit()
+        ensure_flow_run(session, gateway, existing)
+        return existing, False
+    admitted.record_metrics()
+    ensure_flow_run(
+        session,
+        gateway,
+        job,
+        deployment=admitted.deployment,
+        org=ctx.org,
+        user=ctx.user,
+        defer=defer,
     )
+    return job, True
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """One submission admitted in the caller's transaction (not committed yet)."""
+
+    job: Job
+    created: bool  # False: the idempotency key named an earlier job, returned as is
+    decision: Accept | Hold | None = None
+    deployment: Deployment | None = None
+
+    def record_metrics(self) -> None:
+        """After the commit: the decision's metrics."""
+        if self.decision is not None:
+            metrics.record_decision(self.decision)
+            if isinstance(self.decision, Accept):
+                metrics.observe_dispatch_latency(0.0)
+
+
+def admit(
+    ctx: OrgContext,
+    session: Session,
+    spec: SubmitSpec,
+    *,
+    counter: AdmissionCounter | None = None,
+    deployments: dict[str, Deployment | None] | None = None,
+) -> Admitted:
+    """Admission and the ledger row (with its audit row and idempotency key) in the
+    caller's write transaction, under the org's admission lock; no commit, no Prefect.
+    Raises the rejection (nothing added). Rows added earlier in the same transaction
+    are counted, so a batch admits exactly as the same singles in order: from the
+    ledger (autoflush), or from `counter` (the batch's counts kept in memory)."""
+    prep = _prepare(ctx, session, spec, deployments)
+    org, user = ctx.org, ctx.user
+    if counter is not None:
+        snapshot = counter.snapshot(prep.request, _dep_id(prep))
+    else:
+        snapshot = admission_snapshot(
+            session, org, user.id, ctx.role, prep.request, lock=True, deployment=prep.deployment
+        )
     if spec.idempotency_key is not None:
         existing = _by_idempotency_key(session, org.id, user.id, spec.idempotency_key)
         if existing is not None:
-            session.commit()
-            ensure_flow_run(session, gateway, existing)
-            return existing, False
+            return Admitted(existing, False)
     decision = decide(snapshot)
     if isinstance(decision, Reject):
         log.info("job rejected: org=%s user=%s rule=%s", org.slug, user.name, decision.rule)
@@ -344,7 +427,6 @@ def submit(
         raise rejection(decision)
     assert prep.deployment is not None  # known_deployment passed
     resources = effective_resources(snapshot.limits, prep.request)
-    held = isinstance(decision, Hold)
     job = ledger.create(
         session,
         ledger.event_for(decision),
@@ -377,36 +459,17 @@ def submit(
         image=dict(spec.image) if spec.image else None,
     ).job
     _link_inputs(session, job)
-    try:
-        session.commit()
-    except IntegrityError:
-        # The same idempotency key committed by a parallel request first (or the
-        # deployment was deleted meanwhile).
-        session.rollback()
-        existing = (
-            _by_idempotency_key(session, org.id, user.id, spec.idempotency_key)
-            if spec.idempotency_key is not None
-            else None
-        )
-        if existing is None:
-            raise Conflict(
-                "The deployment changed while the job was submitted; submit it again.",
-                code="conflict",
-            ) from None
-        session.commit()
-        ensure_flow_run(session, gateway, existing)
-        return existing, False
-    metrics.record_decision(decision)
-    if not held:
-        metrics.observe_dispatch_latency(0.0)
-    ensure_flow_run(
-        session, gateway, job, deployment=prep.deployment, org=org, user=user, defer=defer
-    )
-    return job, True
+    if counter is not None:
+        counter.add(decision, job.machine_type, job.deployment_id)
+    return Admitted(job, True, decision, prep.deployment)
 
 
-def _track_git(
-    ctx: OrgContext, session: Session, spec: SubmitSpec, settings: Settings | None
+def track_git(
+    ctx: OrgContext,
+    session: Session,
+    spec: SubmitSpec,
+    settings: Settings | None,
+    deployments: dict[str, Deployment | None] | None = None,
 ) -> SubmitSpec:
     """A `--track` Git deployment's branch resolved again for this submission: the job
     records the commit it names now. Git is asked outside any transaction (the read one
@@ -414,6 +477,8 @@ def _track_git(
     if spec.code is not None:  # a rerun: exactly the old job's commit
         return spec
     dep = find_deployment(session, ctx.org, spec.deployment, viewer=ctx.viewer)
+    if deployments is not None:
+        deployments[spec.deployment] = dep
     code = dict(dep.code) if dep is not None and dep.code else None
     if dep is None or code is None or not git_sources.is_git(code) or not code.get("track"):
         return spec
@@ -520,6 +585,26 @@ def job_variables_for(dep: Deployment, job: Job) -> dict[str, Any]:
     return variables
 
 
+def create_run(
+    gateway: PrefectGateway, job: Job, deployment: Deployment, org_slug: str, user_name: str
+) -> FlowRunRef:
+    """Prefect's run of `job` (created, or found again by its key: the job id). Touches
+    no session, so batches call it from several threads."""
+    assert deployment.prefect_deployment_id is not None
+    held = job.state == HELD
+    return gateway.create_flow_run(
+        deployment.prefect_deployment_id,
+        idempotency_key=str(job.id),
+        parameters=job.parameters,
+        name=run_name(deployment.name, user_name, job.id),
+        tags=[*run_tags(org_slug, user_name, job.machine_type), *job.tags],
+        held=held,
+        hold_reason=job.reason if held else None,
+        job_variables=job_variables_for(deployment, job),
+        scheduled_time=None if held else scheduled_time_of(job),
+    )
+
+
 def ensure_flow_run(
     session: Session,
     gateway: PrefectGateway,
@@ -550,29 +635,17 @@ def ensure_flow_run(
     user = user or session.get(User, job.user_id)
     session.commit()
     if deployment is None or deployment.prefect_deployment_id is None or org is None:
-        _fail_job(session, job.id, "The job's deployment no longer exists.")
+        fail_job(session, job.id, "The job's deployment no longer exists.")
         return None
     user_name = user.name if user is not None else "unknown"
-    held = job.state == HELD
-    scheduled_for = scheduled_time_of(job)
     try:
-        ref = gateway.create_flow_run(
-            deployment.prefect_deployment_id,
-            idempotency_key=str(job.id),
-            parameters=job.parameters,
-            name=run_name(deployment.name, user_name, job.id),
-            tags=[*run_tags(org.slug, user_name, job.machine_type), *job.tags],
-            held=held,
-            hold_reason=job.reason if held else None,
-            job_variables=job_variables_for(deployment, job),
-            scheduled_time=None if held else scheduled_for,
-        )
+        ref = create_run(gateway, job, deployment, org.slug, user_name)
     except Unavailable as exc:
         log.warning("flow run for job %s not created yet (dispatcher retries): %s", job.id, exc)
         return None
     except DomainError as exc:
         log.warning("Prefect refused the flow run of job %s: %s", job.id, exc.detail)
-        _fail_job(session, job.id, f"Prefect refused to create the run: {exc.detail}")
+        fail_job(session, job.id, f"Prefect refused to create the run: {exc.detail}")
         return None
     job.flow_run_id = ref.id
     if defer is not None:
@@ -580,7 +653,7 @@ def ensure_flow_run(
         schedule(lambda: _attach_later(db, gateway, job.id, ref))
         return ref
     state = attach_flow_run(session, job.id, ref)
-    _settle_after_attach(gateway, ref, state)
+    settle_after_attach(gateway, ref, state)
     return ref
 
 
@@ -589,11 +662,24 @@ def _attach_later(
 ) -> None:
     with db.session() as session:
         state = attach_flow_run(session, job_id, ref)
-    _settle_after_attach(gateway, ref, state)
+    settle_after_attach(gateway, ref, state)
 
 
 def attach_flow_run(session: Session, job_id: uuid.UUID, ref: FlowRunRef) -> str | None:
     """Store the run id (first writer wins); returns the job's state at that moment."""
+    return attach_flow_runs(session, [(job_id, ref)])[0]
+
+
+def attach_flow_runs(
+    session: Session, refs: Sequence[tuple[uuid.UUID, FlowRunRef]]
+) -> list[str | None]:
+    """`attach_flow_run` for many jobs in one transaction; their states, in order."""
+    states = [_attach_one(session, job_id, ref) for job_id, ref in refs]
+    session.commit()
+    return states
+
+
+def _attach_one(session: Session, job_id: uuid.UUID, ref: FlowRunRef) -> str | None:
     state = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.flow_run_id.is_(None))
@@ -602,11 +688,10 @@ def attach_flow_run(session: Session, job_id: uuid.UUID, ref: FlowRunRef) -> str
     )
     if state is None:  # attached already (by the dispatcher or a retry)
         state = session.scalar(select(Job.state).where(Job.id == job_id))
-    session.commit()
     return state
 
 
-def _settle_after_attach(gateway: PrefectGateway, ref: FlowRunRef, state: str | None) -> None:
+def settle_after_attach(gateway: PrefectGateway, ref: FlowRunRef, state: str | None) -> None:
     # The job moved while its run was being created: cancelled meanwhile, or released by
     # the dispatcher before the run existed. Best effort; the dispatcher reconciles both.
     try:
@@ -618,7 +703,7 @@ def _settle_after_attach(gateway: PrefectGateway, ref: FlowRunRef, state: str | 
         log.info("run %s left for the dispatcher to settle: %s", ref.id, exc.detail)
 
 
-def _fail_job(session: Session, job_id: uuid.UUID, reason: str) -> None:
+def fail_job(session: Session, job_id: uuid.UUID, reason: str) -> None:
     job = session.scalars(select(Job).where(Job.id == job_id).with_for_update()).first()
     if job is not None:
         ledger.apply(session, job, JobEvent.fail, reason=reason, prefect_state="")

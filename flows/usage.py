@@ -20,6 +20,8 @@ already serializes every writer, and SQLAlchemy renders no ``FOR UPDATE`` there.
 
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -30,10 +32,18 @@ from sqlalchemy.orm import Session
 from flows.models import ACTIVE_STATES, HELD, Deployment, Job
 from orgs import settings_doc
 from orgs.models import Organization, Team, TeamMember
-from policies.admission import AdmissionSnapshot, JobRequest, OrgUsage, TeamUsage, UserUsage
+from policies.admission import (
+    Accept,
+    AdmissionSnapshot,
+    Hold,
+    JobRequest,
+    OrgUsage,
+    TeamUsage,
+    UserUsage,
+)
 from policies.permissions import Role
 
-__all__ = ["REQUESTED_KEY", "admission_snapshot", "job_request_for"]
+__all__ = ["REQUESTED_KEY", "AdmissionCounter", "admission_snapshot", "job_request_for"]
 
 # Key in ``Job.job_metadata`` holding what the submitter asked for (None = "org maximum"),
 # so a held job's resources are recomputed against the limits in force at release.
@@ -51,6 +61,7 @@ def admission_snapshot(
     for_release: bool = False,
     lock: bool = False,
     deployment_id: UUID | None = None,
+    deployment: Deployment | None = None,
 ) -> AdmissionSnapshot:
     """The snapshot ``policies.admission.decide`` needs, counted from the ledger.
 
@@ -67,7 +78,7 @@ def admission_snapshot(
         raw_settings = dict(locked or {})
     else:
         raw_settings = dict(org.settings or {})
-    limits = settings_doc.load(raw_settings).limits
+    limits = _limits_of(org.id, raw_settings)
 
     # One round trip for both counts (each half index-only): the user's held and active
     # jobs, and the org's active jobs, per state and machine type.
@@ -98,23 +109,14 @@ def admission_snapshot(
             running_by_type[machine_type] = running_by_type.get(machine_type, 0) + n
 
     deployment_running = 0
-    if deployment_id is not None:
-        limit_row = session.execute(
-            select(Deployment.concurrency_limit, Deployment.collision_strategy).where(
-                Deployment.id == deployment_id
-            )
-        ).first()
-        if limit_row is not None and limit_row[0] is not None:
-            request = replace(
-                request,
-                deployment_limit=limit_row[0],
-                collision_strategy="cancel_new" if limit_row[1] == "cancel_new" else "enqueue",
-            )
-            counted = select(func.count()).select_from(Job)
-            counted = counted.where(Job.deployment_id == deployment_id, Job.state.in_(active))
-            if exclude_job_id is not None:
-                counted = counted.where(Job.id != exclude_job_id)
-            deployment_running = int(session.scalar(counted) or 0)
+    if deployment is not None:
+        request, deployment_running = _with_deployment_limit(
+            session, request, deployment.id, exclude_job_id, deployment
+        )
+    elif deployment_id is not None:
+        request, deployment_running = _with_deployment_limit(
+            session, request, deployment_id, exclude_job_id
+        )
 
     teams = _team_usage(session, org, user_id, active, exclude_job_id) if user_id else ()
     return AdmissionSnapshot(
@@ -163,6 +165,120 @@ def _team_usage(
         types = tuple(team.machine_types) if team.machine_types is not None else None
         out.append(TeamUsage(team.name, team.max_concurrent_jobs, types, running))
     return tuple(out)
+
+
+def _with_deployment_limit(
+    session: Session,
+    request: JobRequest,
+    deployment_id: UUID,
+    exclude_job_id: UUID | None,
+    loaded: Deployment | None = None,
+) -> tuple[JobRequest, int]:
+    """The request with its deployment's concurrency limit, and that deployment's jobs
+    holding a slot (0 when it has no limit: then nobody looks). `loaded`: the
+    deployment as read in this transaction, saving the query."""
+    limit_row: Any
+    if loaded is not None:
+        limit_row = (loaded.concurrency_limit, loaded.collision_strategy)
+    else:
+        limit_row = session.execute(
+            select(Deployment.concurrency_limit, Deployment.collision_strategy).where(
+                Deployment.id == deployment_id
+            )
+        ).first()
+    if limit_row is None or limit_row[0] is None:
+        return request, 0
+    request = replace(
+        request,
+        deployment_limit=limit_row[0],
+        collision_strategy="cancel_new" if limit_row[1] == "cancel_new" else "enqueue",
+    )
+    counted = select(func.count()).select_from(Job)
+    counted = counted.where(
+        Job.deployment_id == deployment_id, Job.state.in_(tuple(sorted(ACTIVE_STATES)))
+    )
+    if exclude_job_id is not None:
+        counted = counted.where(Job.id != exclude_job_id)
+    return request, int(session.scalar(counted) or 0)
+
+
+# The parsed limits of each org's settings as last seen, reused while the stored
+# settings are equal (compared whole, so any change, by any replica, is seen at once):
+# parsing the document was ~1 ms of every submission.
+_LIMITS: dict[UUID, tuple[dict[str, Any], Any]] = {}
+_LIMITS_LOCK = threading.Lock()
+_LIMITS_MAX = 4096
+
+
+def _limits_of(org_id: UUID, raw: dict[str, Any]) -> Any:
+    with _LIMITS_LOCK:
+        hit = _LIMITS.get(org_id)
+    if hit is not None and hit[0] == raw:
+        return hit[1]
+    limits = settings_doc.load(raw).limits
+    with _LIMITS_LOCK:
+        if len(_LIMITS) >= _LIMITS_MAX:
+            _LIMITS.clear()
+        # A copy of our own: the caller's nested dicts may be changed in place later.
+        _LIMITS[org_id] = (copy.deepcopy(raw), limits)
+    return limits
+
+
+class AdmissionCounter:
+    """Snapshots for many submissions of one user in one transaction (a batch): the
+    org lock taken and the ledger counted once, then each admitted job added here as
+    the ledger would count it. Exact: nobody else admits into this org while the lock
+    is held, and jobs ending meanwhile only make the counts err on the safe side."""
+
+    def __init__(
+        self, session: Session, org: Organization, user_id: UUID, role: Role | None
+    ) -> None:
+        self._session = session
+        self._base = admission_snapshot(
+            session, org, user_id, role, JobRequest(machine_type=""), lock=True
+        )
+        self._running = self._base.user.running
+        self._queued = self._base.user.queued
+        self._mine = dict(self._base.user.running_by_type)
+        self._org = dict(self._base.org.running_by_type)
+        self._teams = self._base.teams  # the submitter's teams, counts updated by add()
+        # deployment id -> (request fields, jobs holding a slot) once asked.
+        self._deployments: dict[UUID, tuple[JobRequest, int]] = {}
+
+    def snapshot(self, request: JobRequest, deployment_id: UUID | None) -> AdmissionSnapshot:
+        running = 0
+        if deployment_id is not None:
+            if deployment_id not in self._deployments:
+                limited, count = _with_deployment_limit(self._session, request, deployment_id, None)
+                self._deployments[deployment_id] = (limited, count)
+            limited, running = self._deployments[deployment_id]
+            request = replace(
+                request,
+                deployment_limit=limited.deployment_limit,
+                collision_strategy=limited.collision_strategy,
+            )
+        return replace(
+            self._base,
+            request=request,
+            user=UserUsage(self._running, self._queued, self._mine),
+            org=OrgUsage(self._org),
+            teams=self._teams,
+            deployment_running=running,
+        )
+
+    def add(self, decision: Accept | Hold, machine_type: str, deployment_id: UUID | None) -> None:
+        """A job just admitted (`Accept`: holds a slot now) or held."""
+        if isinstance(decision, Hold):
+            self._queued += 1
+            return
+        self._running += 1
+        self._mine[machine_type] = self._mine.get(machine_type, 0) + 1
+        self._org[machine_type] = self._org.get(machine_type, 0) + 1
+        # Each of the submitter's teams counts its members' active jobs: this one too.
+        self._teams = tuple(replace(t, running=t.running + 1) for t in self._teams)
+        if deployment_id is not None and deployment_id in self._deployments:
+            limited, count = self._deployments[deployment_id]
+            self._deployments[deployment_id] = (limited, count + 1)
 
 
 def job_request_for(job: Job, deployment_known: bool = True) -> JobRequest:

@@ -146,14 +146,19 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def _start_server(home: Path) -> tuple[subprocess.Popen[bytes], PrefectServer]:
+def _start_server(
+    home: Path, database_url: str | None = None
+) -> tuple[subprocess.Popen[bytes], PrefectServer]:
+    """`database_url`: Prefect's own database (SQLAlchemy async URL); default a SQLite
+    file under `home`."""
     auth_string = secrets.token_urlsafe(24)
     server_home = home / "server"
     server_home.mkdir(parents=True, exist_ok=True)
     env = _clean_env()
     env.update(
         PREFECT_HOME=str(server_home),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{server_home}/prefect.db",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url
+        or f"sqlite+aiosqlite:///{server_home}/prefect.db",
         PREFECT_SERVER_API_AUTH_STRING=auth_string,
         # SQLite: the late-runs service fights request handlers for the write lock.
         PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",

@@ -9,12 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import Requires, SessionDep, SettingsDep, get_database
 from api.errors import error_body, status_for
 from api.routers.deployments import GatewayDep
-from flows import containers, jobs, lineage
+from flows import batch_submit, containers, jobs, lineage
 from flows.gateway import PrefectGateway
 from flows.models import FINAL_STATES, Deployment, Job
 from flows.prefect_access import ui_url_for_flow_run
@@ -22,6 +23,7 @@ from orgs.config import Settings
 from orgs.context import OrgContext
 from orgs.db import Database
 from orgs.models import Machine, Organization, User
+from policies.errors import DomainError
 from policies.permissions import Permission
 
 router = APIRouter(tags=["jobs"])
@@ -173,9 +175,11 @@ def job_out(
     user_name: str | None = None,
     deployment_name: str | None = None,
     with_position: bool = True,
+    machine_names: dict[uuid.UUID, str] | None = None,
 ) -> JobOut:
     """One job as the API shows it. `with_position=False` (listings): no queue position
-    and no code fetch time (each is one more query per row)."""
+    and no code fetch time (each is one more query per row). `machine_names`: the
+    page's machines, read in one query (`machine_names_of`), not one per row."""
     org = session.get(Organization, job.org_id)
     if user_name is None:
         user = session.get(User, job.user_id)
@@ -185,8 +189,12 @@ def job_out(
         deployment_name = dep.name if dep is not None else None
     machine = None
     if job.machine_id is not None:
-        row = session.get(Machine, job.machine_id)
-        machine = NamedRef(id=job.machine_id, name=row.name if row is not None else None)
+        if machine_names is not None:
+            name = machine_names.get(job.machine_id)
+        else:
+            row = session.get(Machine, job.machine_id)
+            name = row.name if row is not None else None
+        machine = NamedRef(id=job.machine_id, name=name)
     return JobOut(
         id=job.id,
         state=job.state,
@@ -219,6 +227,15 @@ def job_out(
         else (dict(job.code) if job.code else None),
         image=dict(job.image) if job.image else None,
     )
+
+
+def machine_names_of(session: Session, rows: list[Job]) -> dict[uuid.UUID, str]:
+    """The names of the machines `rows` ran on, in one query."""
+    ids = {job.machine_id for job in rows if job.machine_id is not None}
+    if not ids:
+        return {}
+    found = session.execute(select(Machine.id, Machine.name).where(Machine.id.in_(ids)))
+    return dict(found.tuples().all())
 
 
 async def admission_rejected_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -284,6 +301,107 @@ def submit_job(
     return out
 
 
+class BatchIn(BaseModel):
+    jobs: list[JobIn] = Field(
+        min_length=1,
+        max_length=batch_submit.MAX_BATCH,
+        description=f"Up to {batch_submit.MAX_BATCH} job specs, each as for a single submit.",
+    )
+
+
+class BatchItemOut(BaseModel):
+    index: int = Field(description="The item's place in `jobs` (0-based).")
+    status: int = Field(
+        description="201 created, 200 found by its idempotency_key, or the "
+        "status a single submission would have answered with."
+    )
+    job: JobOut | None = None
+    error: str | None = Field(None, description="The error (or refusing rule) code.")
+    detail: str | None = None
+    rule: str | None = None
+    field: str | None = None
+
+
+class BatchOut(BaseModel):
+    items: list[BatchItemOut]
+    created: int
+    existing: int
+    failed: int
+
+
+def _batch_item(
+    result: batch_submit.ItemResult,
+    session: Session,
+    settings: Settings,
+    gateway: PrefectGateway,
+    user_name: str,
+    dep_names: dict[uuid.UUID, str],
+) -> BatchItemOut:
+    if result.job is None:
+        exc = result.error
+        assert exc is not None
+        rule = exc.rule if isinstance(exc, jobs.AdmissionRejected) else None
+        return BatchItemOut(
+            index=result.index,
+            status=status_for(exc),
+            error=exc.code,
+            detail=exc.detail,
+            rule=rule,
+            field=getattr(exc, "field", None),
+        )
+    job = result.job
+    out = job_out(
+        job,
+        session,
+        settings,
+        gateway,
+        user_name=user_name,
+        deployment_name=dep_names.get(job.deployment_id) if job.deployment_id else None,
+        with_position=False,
+    )
+    return BatchItemOut(index=result.index, status=201 if result.created else 200, job=out)
+
+
+@router.post("/orgs/{org}/jobs:batch")
+def submit_jobs_batch(
+    body: BatchIn,
+    ctx: JobsSubmit,
+    session: SessionDep,
+    gateway: GatewayDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+    db: Annotated[Database, Depends(get_database)],
+) -> BatchOut:
+    """Submit up to 1,000 jobs in one call, admitted in one transaction in order, each
+    exactly as a single submission would be (scheduled, held or refused by the same
+    rules, `idempotency_key` per item). Per-item results: `status` 201/200, or the
+    error a single submission would have answered with (the others still go in).
+    Malformed items are refused as a whole with 422 naming the item's index."""
+    specs: list[jobs.SubmitSpec | DomainError] = []
+    for item in body.jobs:
+        try:
+            specs.append(submit_spec(item, ctx, session, gateway, settings))
+        except DomainError as exc:
+            specs.append(exc)
+    results = batch_submit.submit_batch(
+        ctx, session, gateway, specs, defer=(background.add_task, db), settings=settings
+    )
+    dep_ids = {r.job.deployment_id for r in results if r.job is not None and r.job.deployment_id}
+    dep_names = dict(
+        session.execute(select(Deployment.id, Deployment.name).where(Deployment.id.in_(dep_ids)))
+        .tuples()
+        .all()
+    )
+    items = [_batch_item(r, session, settings, gateway, ctx.user.name, dep_names) for r in results]
+    session.commit()
+    return BatchOut(
+        items=items,
+        created=sum(1 for i in items if i.status == 201),
+        existing=sum(1 for i in items if i.status == 200),
+        failed=sum(1 for i in items if i.job is None),
+    )
+
+
 @router.post("/orgs/{org}/jobs/explain")
 def explain_job(body: JobIn, ctx: JobsSubmit, session: SessionDep) -> ExplainOut:
     """What a submission would get (decision, rule, queue position); creates nothing."""
@@ -329,6 +447,7 @@ def list_jobs(
         limit=limit,
         offset=offset,
     )
+    names = machine_names_of(session, [job for job, _, _ in rows])
     items = [
         job_out(
             job,
@@ -338,6 +457,7 @@ def list_jobs(
             user_name=user_name,
             deployment_name=dep_name,
             with_position=False,
+            machine_names=names,
         )
         for job, user_name, dep_name in rows
     ]

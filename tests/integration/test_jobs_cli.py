@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from api.app import create_app
-from api.cli.jobs import parse_params
+from api.cli.jobs import parse_params, parse_sweep
 from api.cli.main import app
+from api.cli.output import UsageProblem
 from orgs.db import Database
 from tests.integration.test_jobs_support import FakePrefect, jobs_app, limits_doc, setup_org
 from tests.prefect_server import REPO_ROOT
@@ -32,6 +33,27 @@ def test_parse_params() -> None:
         "f": "7",
         "g": "",
     }
+
+
+def test_parse_sweep() -> None:
+    assert parse_sweep(["x=1,2,3", "lr=0.1,0.01"]) == [
+        {"x": 1, "lr": 0.1},
+        {"x": 1, "lr": 0.01},
+        {"x": 2, "lr": 0.1},
+        {"x": 2, "lr": 0.01},
+        {"x": 3, "lr": 0.1},
+        {"x": 3, "lr": 0.01},
+    ]
+    assert parse_sweep(["s=[[1,2],[3]]", "n=a,true"]) == [
+        {"s": [1, 2], "n": "a"},
+        {"s": [1, 2], "n": True},
+        {"s": [3], "n": "a"},
+        {"s": [3], "n": True},
+    ]
+    assert parse_sweep(None) == [{}]
+    for bad in (["x"], ["=1"], ["x=1", "x=2"], ["x=[]"]):
+        with pytest.raises(UsageProblem):
+            parse_sweep(bad)
 
 
 class Cli:
@@ -112,6 +134,34 @@ def test_deploy_submit_follow_cancel(world: tuple[Cli, Cli, str, FakePrefect]) -
     cancelled = owner.json("job", "cancel", listed["items"][0]["id"], "--org", slug)
     assert cancelled["state"] == "cancelled"
     assert len(fake.runs) == 2
+
+
+def test_submit_sweep_is_one_batch(world: tuple[Cli, Cli, str, FakePrefect]) -> None:
+    alice, _owner, slug, fake = world
+    alice("deploy", str(REPO_ROOT / "prefect.yaml"), "--name", "train", "--org", slug)
+    args = ["job", "submit", "train", "-p", "epochs=3", "--sweep", "learning_rate=0.1,0.01"]
+    args += ["--sweep", "seed=1,2", "--idempotency-key", "grid", "--org", slug]
+    out = alice.json(*args)
+    assert (out["created"], out["existing"], out["failed"]) == (4, 0, 0)
+    points = [
+        (i["job"]["parameters"]["learning_rate"], i["job"]["parameters"]["seed"])
+        for i in out["items"]
+    ]
+    assert points == [(0.1, 1), (0.1, 2), (0.01, 1), (0.01, 2)]
+    assert {i["job"]["parameters"]["epochs"] for i in out["items"]} == {3}
+    # concurrent=1: the first runs, the rest wait, exactly as four singles would.
+    assert [i["job"]["state"] for i in out["items"]] == ["scheduled", "held", "held", "held"]
+    assert [i["job"]["idempotency_key"] for i in out["items"]] == [f"grid/{n}" for n in range(4)]
+    again = alice.json(*args)
+    assert [i["status"] for i in again["items"]] == [200] * 4
+    assert len(fake.runs) == 4
+    # A point the schema refuses is reported on its line; the others go in; exit 1.
+    result = alice("job", "submit", "train", "--sweep", "epochs=2,ten", "--org", slug, code=1)
+    assert "refused" in result.stdout and "epochs" in result.stdout
+    assert "1 submitted, 0 already there, 1 refused." in result.stdout
+    assert len(fake.runs) == 5
+    err = alice("job", "submit", "train", "--sweep", "x=1", "--explain", "--org", slug, code=2)
+    assert "--sweep" in err.stderr
 
 
 def test_schedule_commands(world: tuple[Cli, Cli, str, FakePrefect]) -> None:

@@ -654,6 +654,7 @@ BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
     "POST /orgs/{org}/jobs": lambda w, role: {"deployment": _deployment(w)},
     "POST /orgs/{org}/jobs/explain": lambda w, role: {"deployment": _deployment(w)},
     "PATCH /orgs/{org}/jobs/{id}/tags": lambda w, role: {"add": ["matrix"]},
+    "POST /orgs/{org}/jobs:batch": lambda w, role: {"jobs": [{"deployment": _deployment(w)}]},
     "POST /orgs/{org}/schedules": lambda w, role: {
         "deployment": _deployment(w),
         "cron": "*/15 * * * *",
