@@ -123,3 +123,39 @@ def test_team_machine_types_and_explain(database: Database) -> None:
         r = api.patch(f"{base}/cpu-only", org.owner, json={"machine_types": ["cpu", "gpu"]})
         assert r.status_code == 200
         assert org.submit(alice, "train-gpu").status_code == 201
+
+
+def test_a_batch_counts_the_team_cap_as_singles_would(database: Database) -> None:
+    """`jobs:batch` counts once under the org lock and then in memory: the team's running
+    jobs must be counted there too, so a batch of 5 under a cap of 3 (one already used by
+    a teammate) gives 2 scheduled and 3 held."""
+    slug = f"tb{uuid.uuid4().hex[:6]}"
+    fake = FakePrefect()
+    with jobs_app(database, fake) as api:
+        org = setup_org(
+            api, slug, limits_doc(concurrent=10, types={"cpu": (100, 10), "gpu": (10, 10)})
+        )
+        org.deploy("train", parameter_schema={})
+        alice, bob = org.add_member(), org.add_member()
+        base = f"/orgs/{slug}/teams"
+        assert (
+            api.post(base, org.owner, json={"name": "nlp", "max_concurrent_jobs": 3}).status_code
+            == 201
+        )
+        for who in (alice, bob):
+            assert (
+                api.post(f"{base}/nlp/members", org.owner, json={"user": who.name}).status_code
+                == 201
+            )
+        first = api.post(f"/orgs/{slug}/jobs", bob, json={"deployment": "train"})
+        assert first.status_code == 201 and first.json()["state"] == "scheduled", first.text
+        r = api.post(
+            f"/orgs/{slug}/jobs:batch",
+            alice,
+            json={"jobs": [{"deployment": "train"} for _ in range(5)]},
+        )
+        assert r.status_code == 200, r.text
+        items = r.json()["items"]
+        states = [item["job"]["state"] for item in items]
+        assert states == ["scheduled", "scheduled", "held", "held", "held"], states
+        assert {item["job"]["rule"] for item in items[2:]} == {"team_concurrency"}
