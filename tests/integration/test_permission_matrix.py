@@ -595,6 +595,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "deployments/{name}": _deployment,
     "bundles/{digest}": _bundle,
     "projects/{name}": _project,
+    "projects/{project}": _project,
     "jobs/{id}": _job,
     "schedules/{id}": _schedule,
     "secrets/{name}": _secret,
@@ -614,6 +615,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
 
 # "METHOD /path" -> a minimal valid body for (world, role); routes not listed get `{}`.
 BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
+    "PUT /orgs/{org}/projects/{project}/datastore": lambda w, role: {"kind": "default"},
     "POST /auth/signup": lambda w, role: {
         "email": f"{(n := _unique('new'))}@example.test",
         "name": n,
@@ -839,6 +841,8 @@ FORM_EXAMPLES: dict[str, Callable[[World, str], PageBody]] = {
     "POST /orgs/{org}/jobs/new": lambda w, role: PageBody(
         {"deployment": _deployment(w), "action": "explain"}
     ),
+    # The instance's default store: valid for anyone allowed to configure stores.
+    "POST /orgs/{org}/datastores": lambda w, role: PageBody({"kind": "default"}),
     "POST /orgs/{org}/secrets": lambda w, role: PageBody(
         {"name": f"MATRIX_{uuid.uuid4().hex[:8].upper()}", "value": "matrix-value"}
     ),
