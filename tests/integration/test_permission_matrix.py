@@ -517,6 +517,20 @@ def _project(w: World, role: str) -> str:
     return name
 
 
+def _scaled_type(w: World, role: str) -> str:
+    """The machine type `cpu` with a capacity provider attached by the owner (the scaler
+    loop is off in this app, so nothing starts)."""
+    if "scaled" not in w.cache:
+        r = w.api.put(
+            f"/orgs/{w.org_slug}/machine-types/cpu/scaling",
+            w.people["owner"],
+            json={"provider": "process", "max_scale": 1},
+        )
+        assert r.status_code in (200, 201), r.text
+        w.cache["scaled"] = "cpu"
+    return w.cache["scaled"]
+
+
 def _job(w: World, role: str) -> str:
     """A job submitted by the caller (jobs:*-own rules let members see their own)."""
     r = w.api.post(f"/orgs/{w.org_slug}/jobs", w.acting(role), json={"deployment": _deployment(w)})
@@ -596,6 +610,7 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
     "bundles/{digest}": _bundle,
     "projects/{name}": _project,
     "projects/{project}": _project,
+    "machine-types/{type}": _scaled_type,
     "jobs/{id}": _job,
     "schedules/{id}": _schedule,
     "secrets/{name}": _secret,
@@ -616,6 +631,10 @@ PATH_EXAMPLES: dict[str, Callable[[World, str], str]] = {
 # "METHOD /path" -> a minimal valid body for (world, role); routes not listed get `{}`.
 BODY_EXAMPLES: dict[str, Callable[[World, str], dict[str, Any]]] = {
     "PUT /orgs/{org}/projects/{project}/datastore": lambda w, role: {"kind": "default"},
+    "PUT /orgs/{org}/machine-types/{type}/scaling": lambda w, role: {
+        "provider": "process",
+        "max_scale": 1,
+    },
     "POST /auth/signup": lambda w, role: {
         "email": f"{(n := _unique('new'))}@example.test",
         "name": n,
@@ -1105,6 +1124,10 @@ def _matrix_app(db: Database) -> Iterator[ApiClient]:
             # /metrics takes its own token, not a user's (tests/integration/
             # test_metrics_access.py); open here, it is public like /healthz.
             metrics_open=True,
+            # Scaling rules may be attached (the process provider allowed), but the scaler
+            # loop is off: nothing starts machines here (tests/e2e/test_elastic.py does).
+            elastic_process_enabled=True,
+            elastic_interval_s=0,
             # A provider whose sign-in starts without a network call (GitHub's URLs).
             sso_providers=[
                 SsoProvider(name="github", kind="github", client_id="m", client_secret="s")
