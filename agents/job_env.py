@@ -75,6 +75,7 @@ PREFECT_NAMES: Final = frozenset(
     {"PREFECT_API_URL", "PREFECT_API_SSL_CERT_FILE", "PREFECT_API_TLS_INSECURE_SKIP_VERIFY"}
 )
 PREFECT_PREFIXES: Final = ("PREFECT_LOGGING_",)
+LOG_BATCH_INTERVAL_S: Final = "0.25"
 # Credentials the agent may hold: never copied from it, not even on request.
 NEVER: Final = frozenset(
     {
@@ -161,6 +162,9 @@ def engine_env(
         for k, v in prefect_settings.items()
         if k in PREFECT_NAMES or k.startswith(PREFECT_PREFIXES)
     }
+    # The job token dies the moment the run is final, so log lines still waiting in
+    # Prefect's 2 s batch (a flow's last lines) were refused with 401: ship them sooner.
+    env.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", LOG_BATCH_INTERVAL_S)
     auth = prefect_settings.get("PREFECT_API_AUTH_STRING")
     proxied = is_proxy_url(env.get("PREFECT_API_URL"))
     if auth and share_auth and not proxied:

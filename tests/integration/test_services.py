@@ -10,7 +10,7 @@ from pathlib import Path
 
 from datasets import catalog
 from flows import claims, hooks
-from orgs import cascade, machines, notifications
+from orgs import cascade, machines, notifications, teams
 from orgs.db import Database
 from tests.integration.test_jobs_support import FakePrefect, jobs_app
 
@@ -76,6 +76,7 @@ def test_app_wires_every_cascade_hook_in_order(sqlite_database: Database) -> Non
             machines.revoke_member_machines,
             notifications.member_left,
             catalog.drop_access_of_removed_member,
+            teams.drop_member_teams,
             hooks.cancel_member_jobs,
         ]
         assert machines._revoked_hooks == [claims.mark_runs_for_cancellation]
@@ -83,6 +84,7 @@ def test_app_wires_every_cascade_hook_in_order(sqlite_database: Database) -> Non
             machines.retire_org_machines,
             catalog.drop_org_datasets,
             hooks.forget_org_in_prefect,
+            teams.drop_org_teams,
         ]
 
 

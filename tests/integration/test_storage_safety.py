@@ -406,7 +406,9 @@ def test_quota_refuses_before_bytes_are_stored(api: ApiClient, world: World) -> 
     first = os.urandom(6000)
     assert upload(api, world, "quota", first).status_code == 201
     usage = api.get(f"/orgs/{world.slug}/usage", world.admin).json()
-    assert usage["storage"] == {"used_bytes": 6000, "max_bytes": 10_000}
+    storage = usage["storage"]
+    assert (storage["used_bytes"], storage["max_bytes"]) == (6000, 10_000)
+    assert (storage["datasets_bytes"], storage["bundles_bytes"]) == (6000, 0)
 
     second = os.urandom(6000)
     sha = hashlib.sha256(second).hexdigest()
