@@ -304,7 +304,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             prefect_process=prefect_process,
             gateway=PrefectGateway(prefect.api_url, prefect.auth_string),
             url=url,
-            http=httpx.Client(base_url=url + "/api/v1", timeout=30),
+            # Above the API's 60 s Prefect budget (set in _start_api): it answers first.
+            http=httpx.Client(base_url=url + "/api/v1", timeout=90),
             api_process=api_process,
             smtp=smtp,
             hooks=hooks,
