@@ -467,6 +467,16 @@ def _store_lines(store: dict[str, Any]) -> None:
         output.say(f"credentials: {store['access_key_id']} (secret stored, never shown)")
 
 
+# The S3 API's secret key and TLS check, shared by the s3 and swift store commands.
+SecretKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--secret-access-key",
+        envvar="CSHARE_STORE_SECRET_ACCESS_KEY",
+        help="Its secret (asked for when not given; never shown again).",
+    ),
+]
+VerifyOpt = Annotated[bool, typer.Option("--verify/--no-verify")]
 ProjectOpt = Annotated[
     str | None,
     typer.Option(
@@ -527,15 +537,8 @@ def store_s3(
     access_key_id: Annotated[
         str | None, typer.Option("--access-key-id", help="The bucket's access key.")
     ] = None,
-    secret_access_key: Annotated[
-        str | None,
-        typer.Option(
-            "--secret-access-key",
-            envvar="CSHARE_STORE_SECRET_ACCESS_KEY",
-            help="Its secret (asked for when not given; never shown again).",
-        ),
-    ] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    secret_access_key: SecretKeyOpt = None,
+    verify: VerifyOpt = True,
     project: ProjectOpt = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
@@ -571,15 +574,8 @@ def store_swift(
         str | None,
         typer.Option("--access-key-id", help="EC2 credentials (openstack ec2 credentials create)."),
     ] = None,
-    secret_access_key: Annotated[
-        str | None,
-        typer.Option(
-            "--secret-access-key",
-            envvar="CSHARE_STORE_SECRET_ACCESS_KEY",
-            help="Its secret (asked for when not given; never shown again).",
-        ),
-    ] = None,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    secret_access_key: SecretKeyOpt = None,
+    verify: VerifyOpt = True,
     project: ProjectOpt = None,
     org: OrgOpt = None,
     json_: JsonOpt = False,
